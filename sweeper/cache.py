@@ -1,0 +1,79 @@
+"""The forecast cache: sample paths on disk, keyed by everything that changes them.
+
+The key holds the backend, its checkpoint, the model-changing knobs, the data and plan fingerprints, the
+split and the sample count drawn. Sample count and aggregation are not in it: a trial asking for fewer
+samples takes the first n stored draws. Files live in the run folder, so a resumed sweep and other
+workers on the same folder reuse them; a small in-memory layer (bounded in bytes) saves re-reading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from sweeper.atomic import write_json, write_with
+
+
+@dataclass(frozen=True)
+class Cached:
+    samples: np.ndarray  # (B, N, H) float32
+    seconds_per_origin: float  # model wall time per origin when these draws were made
+
+
+def cache_key(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+class ForecastCache:
+    def __init__(self, root: Path | None, memory_bytes: int = 512 * 2**20) -> None:
+        self.root = root
+        self.memory_bytes = memory_bytes
+        self._mem: OrderedDict[str, Cached] = OrderedDict()
+        self._used = 0
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        assert self.root is not None
+        return self.root / f"{key}.npy", self.root / f"{key}.json"
+
+    def get(self, key: str) -> Cached | None:
+        if key in self._mem:
+            self._mem.move_to_end(key)
+            return self._mem[key]
+        if self.root is None:
+            return None
+        npy, meta = self._paths(key)
+        if not (npy.is_file() and meta.is_file()):
+            return None
+        info = orjson.loads(meta.read_bytes())
+        hit = Cached(np.load(npy), float(info["seconds_per_origin"]))
+        self._remember(key, hit)
+        return hit
+
+    def put(self, key: str, value: Cached, fields: dict[str, Any]) -> None:
+        if self.root is not None:
+            npy, meta = self._paths(key)
+
+            def save(path: Path) -> None:
+                with open(path, "wb") as fh:
+                    np.save(fh, value.samples)
+
+            write_with(npy, save)
+            # the metadata file is written last: its presence marks a complete entry
+            write_json(meta, {"seconds_per_origin": value.seconds_per_origin, "shape": value.samples.shape, **fields})
+        self._remember(key, value)
+
+    def _remember(self, key: str, value: Cached) -> None:
+        size = value.samples.nbytes
+        if size > self.memory_bytes:
+            return
+        self._mem[key] = value
+        self._used += size
+        while self._used > self.memory_bytes:
+            _, old = self._mem.popitem(last=False)
+            self._used -= old.samples.nbytes

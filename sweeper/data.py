@@ -1,0 +1,291 @@
+"""The candle lake: find, read and check OHLCV series; import CSV files into it.
+
+Layout (hive partitions, one Parquet file per calendar month):
+`asset_class=A/freq=F/symbol=S/year=YYYY/month=MM/part.parquet` with columns
+ts (UTC bar open time), open, high, low, close, volume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from sweeper.atomic import write_with
+from sweeper.errors import SweepError, check_name
+
+COLUMNS = ("ts", "open", "high", "low", "close", "volume")
+PRICES = ("open", "high", "low", "close")
+DEMO_LAKE = Path(__file__).parent / "demo_lake"
+_FREQ = re.compile(r"^(\d+)(min|h|d|w)$")
+_UNIT_SECONDS = {"min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def freq_seconds(freq: str) -> int:
+    """Bar length in seconds of a frequency label such as 1min, 1h, 1d."""
+    m = _FREQ.match(freq)
+    if not m:
+        raise SweepError(f"invalid frequency {freq!r}: expected a number and a unit (min, h, d, w), e.g. 1h")
+    return int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+def resolve_lake(lake: str | Path | None) -> Path:
+    """--lake, else $SWEEP_LAKE, else the demo lake shipped with the package."""
+    chosen = lake or os.environ.get("SWEEP_LAKE") or DEMO_LAKE
+    path = Path(chosen).expanduser()
+    if not path.is_dir():
+        raise SweepError(f"lake not found: {path} is not a directory (set --lake or $SWEEP_LAKE)")
+    return path
+
+
+@dataclass(frozen=True)
+class SeriesRef:
+    """Where one symbol at one frequency lives in the lake."""
+
+    symbol: str
+    freq: str
+    asset_class: str
+    path: Path
+
+
+def available(lake: Path) -> list[SeriesRef]:
+    """Every (symbol, freq) partition in the lake."""
+    refs = []
+    for sym_dir in sorted(lake.glob("asset_class=*/freq=*/symbol=*")):
+        asset = sym_dir.parent.parent.name.split("=", 1)[1]
+        freq = sym_dir.parent.name.split("=", 1)[1]
+        refs.append(SeriesRef(sym_dir.name.split("=", 1)[1], freq, asset, sym_dir))
+    return refs
+
+
+def locate(lake: Path, symbols: list[str], freq: str | None) -> list[SeriesRef]:
+    """Find each symbol; with no freq, take the finest frequency every symbol has."""
+    for s in symbols:
+        check_name("symbol", s)
+    refs = available(lake)
+    by_symbol: dict[str, list[SeriesRef]] = {}
+    for r in refs:
+        by_symbol.setdefault(r.symbol, []).append(r)
+    for s in symbols:
+        if s not in by_symbol:
+            known = ", ".join(sorted(by_symbol)) or "none"
+            raise SweepError(f"symbol {s} not found in lake {lake} (symbols there: {known})")
+    if freq is None:
+        common = set.intersection(*({r.freq for r in by_symbol[s]} for s in symbols))
+        if not common:
+            raise SweepError(f"no frequency is available for all of {', '.join(symbols)} in lake {lake}")
+        freq = min(common, key=freq_seconds)
+    freq_seconds(freq)
+    out = []
+    for s in symbols:
+        matches = [r for r in by_symbol[s] if r.freq == freq]
+        if not matches:
+            have = ", ".join(sorted({r.freq for r in by_symbol[s]}))
+            raise SweepError(f"symbol {s} has no {freq} bars in lake {lake} (it has: {have})")
+        if len(matches) > 1:
+            classes = ", ".join(r.asset_class for r in matches)
+            raise SweepError(f"symbol {s} at {freq} is ambiguous in lake {lake}: asset classes {classes}")
+        out.append(matches[0])
+    return out
+
+
+@dataclass(frozen=True)
+class Gaps:
+    count: int
+    missing_bars: int
+    longest_seconds: int
+
+
+@dataclass
+class Series:
+    """One checked OHLCV series, as NumPy arrays (rows in time order)."""
+
+    symbol: str
+    freq: str
+    asset_class: str
+    ts: np.ndarray  # datetime64[us], UTC bar open times
+    ohlcv: np.ndarray  # (T, 5) float64: open, high, low, close, volume
+    source: str
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        h = hashlib.sha256()
+        h.update(self.ts.astype("datetime64[us]").view(np.int64).tobytes())
+        h.update(np.ascontiguousarray(self.ohlcv, dtype=np.float64).tobytes())
+        self.fingerprint = h.hexdigest()[:16]
+
+    @property
+    def close(self) -> np.ndarray:
+        return self.ohlcv[:, 3]
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def gaps(self) -> Gaps:
+        """Steps longer than one bar. Markets that close (weekends, holidays) show up here too."""
+        step = freq_seconds(self.freq)
+        diffs = np.diff(self.ts.astype("datetime64[s]").view(np.int64))
+        big = diffs[diffs > step]
+        return Gaps(int(big.size), int((big // step - 1).sum()), int(big.max()) if big.size else 0)
+
+
+def _frame_problem(df: pl.DataFrame, where: str) -> str | None:
+    """The first broken rule in a frame of bars, as '<where> row N (ts): rule', or None."""
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        return f"{where}: missing column(s) {', '.join(missing)} (have: {', '.join(df.columns)})"
+    checks: list[tuple[pl.Expr, str]] = [
+        (pl.col("ts").is_null(), "timestamp is missing"),
+        *[(pl.col(c).is_null() | pl.col(c).is_nan(), f"{c} is NaN or missing") for c in PRICES],
+        *[(pl.col(c).is_infinite(), f"{c} is infinite") for c in PRICES],
+        *[(pl.col(c) <= 0, f"{c} is not positive") for c in PRICES],
+        (pl.col("high") < pl.col("low"), "high is below low"),
+        (pl.col("high") < pl.max_horizontal("open", "close"), "high is below open or close"),
+        (pl.col("low") > pl.min_horizontal("open", "close"), "low is above open or close"),
+        (~pl.col("volume").is_finite() | (pl.col("volume") < 0), "volume is negative or not finite"),
+        (pl.col("ts") == pl.col("ts").shift(1), "duplicate timestamp"),
+        (pl.col("ts") < pl.col("ts").shift(1), "timestamps not sorted ascending"),
+    ]
+    flags = df.select(
+        [pl.col("ts").cast(pl.String).alias("_ts")]
+        + [e.fill_null(False).alias(f"c{i}") for i, (e, _) in enumerate(checks)]
+    )
+    for i, (_, rule) in enumerate(checks):
+        hits = flags.get_column(f"c{i}").arg_true()
+        if hits.len():
+            row = int(hits[0])
+            return f"{where} row {row + 1} (ts {flags['_ts'][row]}): {rule}"
+    return None
+
+
+def _to_frame(path: Path) -> pl.DataFrame:
+    try:
+        df = pl.read_parquet(path, hive_partitioning=False)
+    except Exception as exc:  # corrupt or non-Parquet file
+        raise SweepError(f"data error: {path}: cannot read Parquet ({exc.__class__.__name__})") from exc
+    return df
+
+
+def _normalise(df: pl.DataFrame) -> pl.DataFrame:
+    """Cast the canonical columns: ts to UTC microseconds, the rest to float64."""
+    ts = pl.col("ts")
+    if df.schema["ts"] == pl.String:
+        ts = ts.str.to_datetime(time_unit="us", time_zone="UTC")
+    elif isinstance(df.schema["ts"], pl.Datetime) and df.schema["ts"].time_zone is None:
+        ts = ts.dt.replace_time_zone("UTC")
+    return df.select(
+        ts.cast(pl.Datetime("us", "UTC")).alias("ts"), *[pl.col(c).cast(pl.Float64) for c in COLUMNS[1:]]
+    )
+
+
+def read_series(ref: SeriesRef) -> Series:
+    """Read and check one series; a broken rule raises with file, row and rule."""
+    files = sorted(ref.path.glob("year=*/month=*/*.parquet")) or sorted(ref.path.rglob("*.parquet"))
+    if not files:
+        raise SweepError(f"data error: {ref.path}: no Parquet files for {ref.symbol} {ref.freq}")
+    frames = []
+    for f in files:
+        df = _to_frame(f)
+        problem = _frame_problem(df, f"data error: {f}")
+        if problem:
+            raise SweepError(problem)
+        frames.append(_normalise(df).with_columns(pl.lit(str(f)).alias("_file")))
+    df = pl.concat(frames)
+    # order across files: the same rules, now naming the file where the break happens
+    step = df.select(
+        (pl.col("ts") == pl.col("ts").shift(1)).fill_null(False).alias("dup"),
+        (pl.col("ts") < pl.col("ts").shift(1)).fill_null(False).alias("back"),
+    )
+    for col, rule in (("dup", "duplicate timestamp"), ("back", "timestamps not sorted ascending")):
+        hits = step.get_column(col).arg_true()
+        if hits.len():
+            row = int(hits[0])
+            raise SweepError(f"data error: {df['_file'][row]} (ts {df['ts'][row]}): {rule} across files")
+    ts = df.get_column("ts").dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
+    ohlcv = df.select(COLUMNS[1:]).to_numpy().astype(np.float64)
+    return Series(ref.symbol, ref.freq, ref.asset_class, ts, ohlcv, str(ref.path))
+
+
+def load(lake: Path, symbols: list[str], freq: str | None) -> list[Series]:
+    return [read_series(r) for r in locate(lake, symbols, freq)]
+
+
+# --- CSV import -----------------------------------------------------------------------------------
+
+_SPELLINGS = {
+    "ts": ("ts", "timestamp", "date", "datetime", "time", "open_time", "unix", "date_time"),
+    "open": ("open", "o"),
+    "high": ("high", "h"),
+    "low": ("low", "l"),
+    "close": ("close", "c", "price", "last"),
+    "volume": ("volume", "vol", "v", "volume_base", "base_volume"),
+}
+
+
+def _canonical_columns(columns: list[str], where: str) -> dict[str, str]:
+    lower = {c.strip().lower().replace(" ", "_"): c for c in columns}
+    mapping = {}
+    for name, spellings in _SPELLINGS.items():
+        found = next((lower[s] for s in spellings if s in lower), None)
+        if found is None:
+            raise SweepError(
+                f"{where}: no {name} column (accepted spellings: {', '.join(spellings)}; have: {', '.join(columns)})"
+            )
+        mapping[found] = name
+    return mapping
+
+
+def _parse_ts(col: pl.Series) -> pl.Series:
+    if col.dtype.is_numeric():
+        # epoch seconds or milliseconds, by magnitude
+        unit = "ms" if float(col.abs().max() or 0) > 1e11 else "s"
+        return pl.from_epoch(col.cast(pl.Int64), time_unit=unit).dt.replace_time_zone("UTC")
+    if col.dtype == pl.String:
+        parsed = col.str.to_datetime(time_unit="us", strict=False)
+        if parsed.null_count() > col.null_count():
+            bad = col.filter(parsed.is_null() & col.is_not_null())[0]
+            raise SweepError(f"cannot parse timestamp {bad!r}")
+        col = parsed
+    if isinstance(col.dtype, pl.Date):
+        col = col.cast(pl.Datetime("us"))
+    if col.dtype.time_zone is None:  # type: ignore[union-attr]
+        return col.dt.replace_time_zone("UTC")
+    return col.dt.convert_time_zone("UTC")
+
+
+def import_csv(csv: Path, lake: Path, symbol: str, freq: str, asset_class: str) -> tuple[int, int]:
+    """Write a CSV of bars into the lake layout; returns (rows, files). Checks everything first."""
+    check_name("symbol", symbol)
+    check_name("asset class", asset_class)
+    freq_seconds(freq)
+    if not csv.is_file():
+        raise SweepError(f"import error: {csv}: file not found")
+    where = f"import error: {csv}"
+    try:
+        raw = pl.read_csv(csv, infer_schema_length=10000, try_parse_dates=True)
+    except Exception as exc:
+        raise SweepError(f"{where}: cannot read CSV ({exc})") from exc
+    df = raw.rename(_canonical_columns(raw.columns, where)).select(COLUMNS)
+    try:
+        df = df.with_columns(_parse_ts(df.get_column("ts")).cast(pl.Datetime("us", "UTC")).alias("ts"))
+    except SweepError as exc:
+        raise SweepError(f"{where}: {exc}") from exc
+    df = df.with_columns([pl.col(c).cast(pl.Float64, strict=False) for c in COLUMNS[1:]])
+    problem = _frame_problem(df, where)
+    if problem:
+        raise SweepError(problem)
+    target = lake / f"asset_class={asset_class}" / f"freq={freq}" / f"symbol={symbol}"
+    if target.exists():
+        raise SweepError(f"{where}: {target} already exists; remove it first to re-import")
+    df = df.with_columns(pl.col("ts").dt.year().alias("_y"), pl.col("ts").dt.month().alias("_m"))
+    parts = df.partition_by(["_y", "_m"], as_dict=True, maintain_order=True)
+    for (y, m), part in parts.items():
+        out = target / f"year={y}" / f"month={m:02d}" / "part.parquet"
+        frame = part.select(COLUMNS)
+        write_with(out, lambda p, f=frame: f.write_parquet(p, compression="zstd"))
+    return df.height, len(parts)

@@ -1,0 +1,190 @@
+"""Search spaces: one YAML file per backend in `search_spaces/`, checked before anything runs.
+
+    backend: naive
+    checkpoint: null            # optional hub id or local directory
+    params:
+      num_samples:    {type: int, low: 16, high: 512, log: true, default: 128}
+      aggregation:    {type: categorical, choices: [mean, median, trimmed_mean_10], default: median}
+      context_length: {type: categorical, choices: [64, 128, 256], default: 128}
+      temperature:    {type: log-float, low: 0.05, high: 1.0}
+      top_p:          {type: float, low: 0.7, high: 0.95, step: 0.05}
+
+Every backend needs num_samples, aggregation and context_length. When every knob has a default, that
+configuration is the first trial, so the documented default is always among the candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from sweeper.aggregate import parse as parse_aggregation
+from sweeper.errors import SweepError
+
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+TYPES = ("int", "float", "log-float", "categorical")
+REQUIRED = ("num_samples", "aggregation", "context_length")
+Value = int | float | str | bool
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: tuple[Value, ...] = ()
+    default: Value | None = None
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        if self.type == "categorical":
+            return optuna.distributions.CategoricalDistribution(self.choices)
+        if self.type == "int":
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.type == "log-float", step=self.step)
+
+    def suggest(self, trial: optuna.Trial) -> Value:
+        if self.type == "categorical":
+            return trial.suggest_categorical(self.name, self.choices)  # type: ignore[arg-type]
+        if self.type == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.type == "log-float")
+
+    def values_max(self) -> Value:
+        return max(self.choices) if self.type == "categorical" else self.high  # type: ignore[return-value,type-var]
+
+
+@dataclass(frozen=True)
+class Space:
+    backend: str
+    path: Path
+    params: dict[str, Param]
+    checkpoint: str | None = None
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        return {name: p.distribution() for name, p in self.params.items()}
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Value]:
+        return {name: p.suggest(trial) for name, p in self.params.items()}
+
+    def defaults(self) -> dict[str, Value] | None:
+        if any(p.default is None for p in self.params.values()):
+            return None
+        return {name: p.default for name, p in self.params.items()}  # type: ignore[misc]
+
+    @property
+    def max_samples(self) -> int:
+        return int(self.params["num_samples"].values_max())
+
+    @property
+    def max_context(self) -> int:
+        return int(self.params["context_length"].values_max())
+
+
+def _fail(path: Path, key: str, rule: str) -> SweepError:
+    return SweepError(f"search space {path}: key {key}: {rule}")
+
+
+def _number(path: Path, key: str, spec: dict, field: str, integer: bool) -> float | None:
+    value = spec.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
+        raise _fail(path, f"{key}.{field}", f"must be {'an integer' if integer else 'a number'}, got {value!r}")
+    return value
+
+
+def _param(path: Path, name: str, spec: Any) -> Param:
+    key = f"params.{name}"
+    if not isinstance(spec, dict):
+        raise _fail(path, key, "must be a mapping with a 'type'")
+    unknown = set(spec) - {"type", "low", "high", "step", "log", "choices", "default"}
+    if unknown:
+        raise _fail(path, key, f"unknown field(s) {', '.join(sorted(unknown))}")
+    kind = spec.get("type")
+    if kind not in TYPES:
+        raise _fail(path, f"{key}.type", f"must be one of {', '.join(TYPES)}, got {kind!r}")
+    default = spec.get("default")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise _fail(path, f"{key}.choices", "must be a non-empty list")
+        if any(not isinstance(c, int | float | str | bool) for c in choices):
+            raise _fail(path, f"{key}.choices", "must hold numbers, strings or booleans")
+        if default is not None and default not in choices:
+            raise _fail(path, f"{key}.default", f"{default!r} is not one of the choices")
+        return Param(name, kind, choices=tuple(choices), default=default)
+    integer = kind == "int"
+    low, high = _number(path, key, spec, "low", integer), _number(path, key, spec, "high", integer)
+    step = _number(path, key, spec, "step", integer)
+    if low is None or high is None:
+        raise _fail(path, key, "needs low and high")
+    if low > high:
+        raise _fail(path, key, f"low {low} is above high {high}")
+    log = bool(spec.get("log", False)) or kind == "log-float"
+    if log and low <= 0:
+        raise _fail(path, f"{key}.low", "must be > 0 on a log scale")
+    if log and step is not None:
+        raise _fail(path, f"{key}.step", "cannot be combined with a log scale")
+    if kind == "float" and "log" in spec:
+        raise _fail(path, f"{key}.log", "use type: log-float for a log-scaled float")
+    if default is not None:
+        _number(path, key, spec, "default", integer)
+        if not low <= default <= high:
+            raise _fail(path, f"{key}.default", f"{default} is outside [{low}, {high}]")
+    return Param(name, kind, low, high, step, log, default=default)
+
+
+def _check_knobs(path: Path, params: dict[str, Param]) -> None:
+    for name in REQUIRED:
+        if name not in params:
+            raise _fail(path, f"params.{name}", "is required for every backend")
+    ns, ctx = params["num_samples"], params["context_length"]
+    for p in (ns, ctx):
+        values = p.choices if p.type == "categorical" else (p.low, p.high)
+        if p.type not in ("int", "categorical") or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < (2 if p is ctx else 1) for v in values
+        ):
+            raise _fail(path, f"params.{p.name}", f"must be integers >= {2 if p is ctx else 1}")
+    agg = params["aggregation"]
+    if agg.type != "categorical":
+        raise _fail(path, "params.aggregation", "must be categorical")
+    for choice in agg.choices:
+        try:
+            parse_aggregation(str(choice))
+        except SweepError as exc:
+            raise _fail(path, "params.aggregation.choices", str(exc)) from exc
+
+
+def load_space(backend: str, spaces_dir: Path | None = None) -> Space:
+    path = (spaces_dir or SPACES_DIR) / f"{backend}.yaml"
+    if not path.is_file():
+        raise SweepError(f"search space not found: {path} (one YAML file per backend)")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SweepError(f"search space {path}: not valid YAML{where}") from exc
+    if not isinstance(doc, dict):
+        raise SweepError(f"search space {path}: must be a mapping with keys backend and params")
+    unknown = set(doc) - {"backend", "params", "checkpoint"}
+    if unknown:
+        raise _fail(path, ", ".join(sorted(unknown)), "unknown top-level key")
+    if doc.get("backend") != backend:
+        raise _fail(path, "backend", f"must be {backend!r} (the file name), got {doc.get('backend')!r}")
+    raw = doc.get("params")
+    if not isinstance(raw, dict) or not raw:
+        raise _fail(path, "params", "must be a non-empty mapping of knob names to specs")
+    params = {str(name): _param(path, str(name), spec) for name, spec in raw.items()}
+    _check_knobs(path, params)
+    checkpoint = doc.get("checkpoint")
+    if checkpoint is not None and not isinstance(checkpoint, str):
+        raise _fail(path, "checkpoint", "must be a hub id or a directory path")
+    return Space(backend, path, params, checkpoint)
