@@ -178,9 +178,7 @@ def _normalise(df: pl.DataFrame) -> pl.DataFrame:
         ts = ts.str.to_datetime(time_unit="us", time_zone="UTC")
     elif isinstance(df.schema["ts"], pl.Datetime) and df.schema["ts"].time_zone is None:
         ts = ts.dt.replace_time_zone("UTC")
-    return df.select(
-        ts.cast(pl.Datetime("us", "UTC")).alias("ts"), *[pl.col(c).cast(pl.Float64) for c in COLUMNS[1:]]
-    )
+    return df.select(ts.cast(pl.Datetime("us", "UTC")).alias("ts"), *[pl.col(c).cast(pl.Float64) for c in COLUMNS[1:]])
 
 
 def read_series(ref: SeriesRef) -> Series:

@@ -46,7 +46,9 @@ class Param:
         if self.type == "categorical":
             return optuna.distributions.CategoricalDistribution(self.choices)
         if self.type == "int":
-            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+            return optuna.distributions.IntDistribution(
+                int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
+            )
         return optuna.distributions.FloatDistribution(self.low, self.high, log=self.type == "log-float", step=self.step)
 
     def suggest(self, trial: optuna.Trial) -> Value:

@@ -52,7 +52,9 @@ class SeasonalNaive(Backend):
         m = int(knobs["season"])
         log_close = np.log(ctx.close)
         if log_close.shape[1] <= 2 * m:
-            raise ValueError(f"seasonal_naive needs a context longer than 2 seasons ({2 * m}), got {log_close.shape[1]}")
+            raise ValueError(
+                f"seasonal_naive needs a context longer than 2 seasons ({2 * m}), got {log_close.shape[1]}"
+            )
         diffs = log_close[:, m:] - log_close[:, :-m]
         diffs = diffs - diffs.mean(axis=1, keepdims=True)
         noise = _bootstrap(diffs, num_samples, horizon, np.random.default_rng(seed))

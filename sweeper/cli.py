@@ -1,0 +1,317 @@
+"""The `sweep` command line. User errors print one line and exit 2; `--debug` shows the traceback."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sweeper.errors import SweepError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+data_app = typer.Typer(no_args_is_help=True, help="Inspect the lake and bring CSV files into it.")
+models_app = typer.Typer(no_args_is_help=True, help="Local model checkpoints.")
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+# options that take several values after one flag: `--symbols BTCUSD ETHUSD`
+LIST_OPTIONS = ("--symbols", "--backends", "--checkpoint")
+_state = {"debug": False}
+
+
+def handled(fn: F) -> F:
+    """Turn a SweepError into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SweepError as exc:
+            if _state["debug"]:
+                raise
+            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")) -> None:
+    _state["debug"] = debug
+
+
+def expand_list_options(argv: list[str]) -> list[str]:
+    """Rewrite `--symbols A B --x` as `--symbols A --symbols B --x` (also accepts A,B)."""
+    out: list[str] = []
+    current: str | None = None
+    for arg in argv:
+        if arg.startswith("-"):
+            current = arg if arg in LIST_OPTIONS else None
+            if current is None:
+                out.append(arg)
+            continue
+        if current is not None:
+            out.extend(x for v in arg.split(",") if v for x in (current, v))
+        else:
+            out.append(arg)
+    return out
+
+
+def main() -> None:
+    app(args=expand_list_options(sys.argv[1:]), prog_name="sweep")
+
+
+# --- sweep run --------------------------------------------------------------------------------------
+
+
+def _parse_checkpoints(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SweepError(f"invalid --checkpoint {item!r}: use BACKEND=PATH_OR_HUB_ID")
+        out[name] = path
+    return out
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    return f"{x:.{digits}g}"
+
+
+def _summary_rows(results: list[Any], metric: str) -> list[dict[str, Any]]:
+    rows = []
+    for r in results:
+        chosen = r.backends.get(r.chosen) if r.chosen else None
+        vs = r.comparisons.get("chosen_vs_naive", {})
+        test_cmp = vs.get("test")
+        skill = None
+        if test_cmp is not None and test_cmp.mean_b:
+            skill = -test_cmp.diff / test_cmp.mean_b
+        rows.append(
+            {
+                "symbol": r.symbol,
+                "chosen": r.chosen,
+                "params": chosen.params if chosen else None,
+                "validation": chosen.val if chosen else None,
+                "test": chosen.test if chosen else None,
+                "naive": {"validation": r.baseline.val, "test": r.baseline.test, "source": r.baseline_source},
+                "test_skill_vs_naive": skill,
+                "vs_naive": {s: c.to_dict() for s, c in vs.items()},
+                "skipped": {b: x.error for b, x in r.backends.items() if x.error},
+            }
+        )
+    return rows
+
+
+def _print_summary(rows: list[dict[str, Any]], metric: str, run_id: str, out: Path) -> None:
+    con = Console()
+    table = Table(title=f"sweep run {run_id}", title_justify="left")
+    for col in ("symbol", "best", f"val {metric}", f"test {metric}", "val MAE", "test MAE", "test skill vs naive"):
+        table.add_column(col, justify="left" if col in ("symbol", "best") else "right")
+    for row in rows:
+        val, test = row["validation"] or {}, row["test"] or {}
+        cmp = row["vs_naive"].get("test")
+        skill = "-"
+        if row["test_skill_vs_naive"] is not None and cmp:
+            note = " (within noise)" if cmp["within_noise"] else ""
+            skill = f"{row['test_skill_vs_naive']:+.1%}{note}"
+        table.add_row(
+            row["symbol"],
+            row["chosen"] or "none",
+            _fmt(val.get(metric)),
+            _fmt(test.get(metric)),
+            _fmt(val.get("mae")),
+            _fmt(test.get("mae")),
+            skill,
+        )
+    con.print(table)
+    for row in rows:
+        for b, why in row["skipped"].items():
+            con.print(f"[yellow]{row['symbol']}: skipped {b}:[/yellow] {why}", highlight=False)
+    con.print(f"configs: {out / 'hyperparams' / run_id}   results: {out / 'results' / run_id}", highlight=False)
+
+
+@app.command()
+@handled
+def run(
+    symbols: list[str] = typer.Option(None, "--symbols", help="Symbols to sweep, e.g. --symbols BTCUSD ETHUSD."),
+    lake: str = typer.Option(None, help="Lake root (default: $SWEEP_LAKE, else the demo lake)."),
+    freq: str = typer.Option(None, help="Bar size, e.g. 1h (default: finest available for every symbol)."),
+    backends: list[str] = typer.Option(None, "--backends", help="Backends to search (default: the baselines)."),
+    trials: int = typer.Option(None, help="Trials per symbol and backend (default 50)."),
+    timeout: float = typer.Option(None, help="Seconds per symbol and backend study."),
+    metric: str = typer.Option(None, help="Selection metric (default crps)."),
+    horizon: int = typer.Option(None, help="Bars ahead to forecast (default 1)."),
+    val_origins: int = typer.Option(None, help="Validation origins (default: up to 500)."),
+    test_origins: int = typer.Option(None, help="Test origins (default: up to 200)."),
+    stride: int = typer.Option(None, help="Bars between consecutive origins (default 1)."),
+    seed: int = typer.Option(None, help="Seed of samplers and model draws (default 0)."),
+    checkpoint: list[str] = typer.Option(None, "--checkpoint", help="BACKEND=PATH or hub id; repeatable."),
+    device: str = typer.Option(None, help="auto, cpu or cuda (default auto)."),
+    spaces: str = typer.Option(None, help="Folder of search-space YAML files (default: search_spaces/)."),
+    storage: str = typer.Option(None, help="Optuna storage URL (default: SQLite in the run folder)."),
+    out: Path = typer.Option(Path("."), help="Where results/ and hyperparams/ go."),
+    run_id: str = typer.Option(None, "--run-id", help="Name of the run (default: timestamp)."),
+    resume: str = typer.Option(None, "--resume", help="Continue the stopped run RUN_ID."),
+    json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
+) -> None:
+    """Search every backend for every symbol; write per-symbol configs and result tables."""
+    from sweeper.store import RunPaths, new_run_id
+    from sweeper.sweep import RunRequest, resume_request
+    from sweeper.sweep import run as run_sweep
+
+    given = {
+        "symbols": symbols,
+        "lake": lake,
+        "freq": freq,
+        "backends": backends,
+        "metric": metric,
+        "horizon": horizon,
+        "val_origins": val_origins,
+        "test_origins": test_origins,
+        "stride": stride,
+        "seed": seed,
+        "checkpoints": _parse_checkpoints(checkpoint) or None,
+        "device": device,
+        "spaces_dir": spaces,
+        "storage": storage,
+    }
+    if resume:
+        extra = [k for k, v in given.items() if v]
+        if extra or run_id:
+            raise SweepError(
+                f"--resume repeats the recorded settings; only --trials, --timeout and --out may be given "
+                f"(got {', '.join(extra + (['run_id'] if run_id else []))})"
+            )
+        paths = RunPaths(out, resume)
+        req = resume_request(paths, trials, timeout)
+    else:
+        paths = RunPaths(out, run_id or new_run_id())
+        values = {k: v for k, v in {**given, "trials": trials, "timeout": timeout}.items() if v is not None}
+        req = RunRequest(**values)
+    console = err if json else Console()
+    with Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal and json,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(label, total=total)
+            bar.update(tasks[label], completed=done)
+
+        results = run_sweep(req, paths, progress, resume=bool(resume))
+    rows = _summary_rows(results, req.metric)
+    if json:
+        doc = {"run_id": paths.run_id, "metric": req.metric, "symbols": rows, "results": str(paths.results)}
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+    else:
+        _print_summary(rows, req.metric, paths.run_id, out)
+
+
+# --- sweep data ---------------------------------------------------------------------------------------
+
+
+@data_app.command("check")
+@handled
+def data_check(
+    symbols: list[str] = typer.Option(..., "--symbols", help="Symbols to check."),
+    lake: str = typer.Option(None, help="Lake root (default: $SWEEP_LAKE, else the demo lake)."),
+    freq: str = typer.Option(None, help="Bar size (default: finest available for every symbol)."),
+) -> None:
+    """Rows, first/last bar, gaps and broken rules per symbol; exit 1 when any rule is broken."""
+    from sweeper.data import locate, read_series, resolve_lake
+
+    root = resolve_lake(lake)
+    table = Table(title=f"lake {root}", title_justify="left")
+    for col in ("symbol", "freq", "rows", "first bar", "last bar", "gaps", "longest gap", "zero-volume", "problems"):
+        table.add_column(col)
+    failed = False
+    for ref in locate(root, symbols, freq):
+        try:
+            s = read_series(ref)
+        except SweepError as exc:
+            failed = True
+            table.add_row(ref.symbol, ref.freq, "-", "-", "-", "-", "-", "-", f"[red]{exc}[/red]")
+            continue
+        g = s.gaps()
+        table.add_row(
+            s.symbol,
+            s.freq,
+            f"{len(s):,}",
+            str(s.ts[0])[:19],
+            str(s.ts[-1])[:19],
+            f"{g.count} ({g.missing_bars} bars)",
+            _duration(g.longest_seconds),
+            str(int((s.ohlcv[:, 4] == 0).sum())),
+            "none",
+        )
+    Console(width=200).print(table)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _duration(seconds: int) -> str:
+    if seconds == 0:
+        return "-"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    return (f"{days}d " if days else "") + f"{hours}h{rest // 60:02d}m"
+
+
+@data_app.command("import")
+@handled
+def data_import(
+    file: Path = typer.Argument(..., help="CSV of bars (timestamp/date/ts, open, high, low, close, volume)."),
+    symbol: str = typer.Option(..., help="Symbol name in the lake."),
+    freq: str = typer.Option(..., help="Bar size, e.g. 1h or 1d."),
+    asset_class: str = typer.Option(..., "--asset-class", help="crypto, equity, fx, commodity, ..."),
+    lake: str = typer.Option(None, help="Lake root to write into (default: $SWEEP_LAKE)."),
+) -> None:
+    """Write a CSV of bars into the lake layout, after checking every row."""
+    from sweeper.data import import_csv
+
+    target = lake or os.environ.get("SWEEP_LAKE")
+    if not target:
+        raise SweepError("import needs a lake to write into: pass --lake PATH or set $SWEEP_LAKE")
+    rows, files = import_csv(file, Path(target), symbol, freq, asset_class)
+    Console().print(f"imported {rows:,} bars of {symbol} {freq} into {target} ({files} monthly files)")
+
+
+# --- sweep models ---------------------------------------------------------------------------------------
+
+
+@models_app.command("init")
+@handled
+def models_init(
+    backend: str = typer.Argument(..., help="Backend whose checkpoint format to write."),
+    preset: str = typer.Option("tiny", help="tiny or small (the published small shapes)."),
+    out: Path = typer.Option(..., help="Directory to write the checkpoint into."),
+) -> None:
+    """Write a randomly initialised checkpoint in the backend's real on-disk format (no weights needed)."""
+    from sweeper.backends import backend_class
+
+    if preset not in ("tiny", "small", "base"):
+        raise SweepError(f"unknown preset {preset!r}: use tiny or small")
+    path = backend_class(backend).init_checkpoint(preset, out)
+    Console().print(f"wrote a randomly initialised {backend} checkpoint ({preset}) to {path}")

@@ -1,0 +1,74 @@
+"""Scoring a candidate configuration on a symbol's plan, and the objective a search minimises.
+
+A candidate is a backend plus its knobs. Its samples come from the forecaster (cached at the largest
+sample count of the backend's space); the trial's own sample count and aggregation are applied here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+
+from sweeper import metrics
+from sweeper.aggregate import aggregate
+from sweeper.data import Series
+from sweeper.forecast import Forecaster
+from sweeper.plan import Plan, contexts, targets
+from sweeper.space import Space
+
+
+@dataclass(frozen=True)
+class Candidate:
+    backend: str
+    params: dict[str, Any]
+
+    def label(self) -> str:
+        return self.backend
+
+
+@dataclass
+class SymbolTask:
+    """Everything needed to score candidates for one symbol: series, plan, spaces, forecaster."""
+
+    series: Series
+    plan: Plan
+    spaces: dict[str, Space]
+    forecaster: Forecaster
+    _truth: dict[str, metrics.Truth] = field(default_factory=dict)
+
+    def truth(self, split: str) -> metrics.Truth:
+        """Targets and MASE scale; the scale uses the plan's longest context so it is equal for all."""
+        if split not in self._truth:
+            idx = self.plan.origins(split)
+            ctx = contexts(self.series, idx, self.plan.protocol.max_context)
+            self._truth[split] = metrics.truth(targets(self.series, idx, self.plan.protocol.horizon), ctx.close)
+        return self._truth[split]
+
+    def samples(self, cand: Candidate, split: str) -> tuple[np.ndarray, float]:
+        """(B, n, H) float64 draws of the candidate and the model seconds per origin for n draws."""
+        n_max = self.spaces[cand.backend].max_samples
+        n = int(cand.params["num_samples"])
+        cached = self.forecaster.samples(self.series, self.plan, split, cand.backend, cand.params, n_max)
+        return cached.samples[:, :n].astype(np.float64), cached.seconds_per_origin * n / n_max
+
+    def scores(self, cand: Candidate, split: str) -> dict[str, np.ndarray]:
+        """Per-origin metrics of a candidate on `split` ("val" or "test")."""
+        samples, seconds = self.samples(cand, split)
+        point = aggregate(samples, str(cand.params["aggregation"]))
+        return metrics.score(samples, point, self.truth(split), seconds)
+
+
+def mean_scores(scores: dict[str, np.ndarray]) -> dict[str, float]:
+    return {k: float(np.nanmean(v)) for k, v in scores.items()}
+
+
+def objective(trial: optuna.Trial, task: SymbolTask, backend: str, metric: str) -> float:
+    """The plain function Optuna calls: suggest knobs, score on validation origins, return the mean."""
+    params = task.spaces[backend].suggest(trial)
+    means = mean_scores(task.scores(Candidate(backend, params), "val"))
+    for name, value in means.items():
+        trial.set_user_attr(name, value)
+    return means[metric]

@@ -1,0 +1,167 @@
+"""Where a run's files go, and what they hold.
+
+    results/<run_id>/manifest.json      the request, status, and what was written
+    results/<run_id>/study.db           Optuna storage (SQLite unless --storage says otherwise)
+    results/<run_id>/cache/             forecast samples, reused by resumed runs and other workers
+    results/<run_id>/trials.parquet     every trial of every study
+    results/<run_id>/origins.parquet    per-origin metrics of each selected candidate, val and test
+    hyperparams/<run_id>/<SYMBOL>.json  the per-symbol config (schema below, SCHEMA_VERSION)
+
+Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import secrets
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import polars as pl
+
+from sweeper import __version__
+from sweeper.atomic import read_json, write_with
+from sweeper.errors import SweepError, check_name
+from sweeper.objective import SymbolTask
+from sweeper.select import SymbolResult
+
+SCHEMA_VERSION = 1
+_PACKAGES = ("numpy", "polars", "optuna", "scoringrules", "torch", "uni2ts", "toto-ts", "kronos-model-arch")
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+class RunPaths:
+    def __init__(self, out: Path, run_id: str) -> None:
+        self.run_id = check_name("run id", run_id)
+        self.out = out
+        self.results = out / "results" / run_id
+        self.hyperparams = out / "hyperparams" / run_id
+
+    manifest = property(lambda self: self.results / "manifest.json")
+    cache = property(lambda self: self.results / "cache")
+    study_db = property(lambda self: self.results / "study.db")
+
+    def storage_url(self) -> str:
+        return f"sqlite:///{self.study_db.resolve()}"
+
+    def config(self, symbol: str) -> Path:
+        return self.hyperparams / f"{check_name('symbol', symbol)}.json"
+
+    def load_manifest(self) -> dict[str, Any]:
+        if not self.manifest.is_file():
+            raise SweepError(f"run {self.run_id} not found: no {self.manifest}")
+        return read_json(self.manifest)
+
+
+def versions() -> dict[str, str]:
+    found = {"sweeper": __version__, "python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _clean(d: dict[str, float] | None) -> dict[str, float | None] | None:
+    """JSON has no NaN: undefined means (e.g. MASE on a flat context) become null."""
+    return None if d is None else {k: (v if np.isfinite(v) else None) for k, v in d.items()}
+
+
+def config_record(run_id: str, task: SymbolTask, result: SymbolResult, metric: str, seed: int, lake: str) -> dict:
+    s = task.series
+    chosen = result.backends.get(result.chosen) if result.chosen else None
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "symbol": s.symbol,
+        "freq": s.freq,
+        "asset_class": s.asset_class,
+        "horizon": task.plan.protocol.horizon,
+        "selection_metric": metric,
+        "chosen": None if chosen is None else {"backend": chosen.backend, "params": chosen.params},
+        "backends": {
+            b: {
+                "params": r.params,
+                "trials": r.trials,
+                "validation": _clean(r.val),
+                "test": _clean(r.test),
+                **({"error": r.error} if r.error else {}),
+            }
+            for b, r in result.backends.items()
+        },
+        "baseline": {
+            "backend": result.baseline.backend,
+            "source": result.baseline_source,
+            "params": result.baseline.params,
+            "validation": _clean(result.baseline.val),
+            "test": _clean(result.baseline.test),
+        },
+        "comparisons": {
+            name: {split: c.to_dict() for split, c in by_split.items()} for name, by_split in result.comparisons.items()
+        },
+        "protocol": task.plan.describe(s),
+        "data": {
+            "lake": lake,
+            "source": s.source,
+            "fingerprint": s.fingerprint,
+            "plan_fingerprint": task.plan.fingerprint(),
+            "rows": len(s),
+            "first_ts": str(s.ts[0]),
+            "last_ts": str(s.ts[-1]),
+        },
+        "versions": versions(),
+        "seed": seed,
+    }
+
+
+def trials_frame(symbol: str, backend: str, study: optuna.Study) -> pl.DataFrame:
+    rows = [
+        {
+            "symbol": symbol,
+            "backend": backend,
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value,
+            "params": str(t.params),
+            "duration_s": t.duration.total_seconds() if t.duration else None,
+            **{f"val_{k}": v for k, v in t.user_attrs.items() if isinstance(v, float)},
+        }
+        for t in study.get_trials(deepcopy=False)
+    ]
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def origins_frame(task: SymbolTask, result: SymbolResult) -> pl.DataFrame:
+    frames = []
+    for (cand, split), scores in result.per_origin.items():
+        idx = task.plan.origins(split)
+        frames.append(
+            pl.DataFrame(
+                {
+                    "symbol": task.series.symbol,
+                    "candidate": cand,
+                    "split": split,
+                    "origin_row": idx,
+                    "origin_ts": task.series.ts[idx],
+                    **{k: np.asarray(v, dtype=np.float64) for k, v in scores.items()},
+                }
+            )
+        )
+    return pl.concat(frames)
+
+
+def write_parquet(path: Path, frame: pl.DataFrame) -> None:
+    write_with(path, lambda p: frame.write_parquet(p))
+
+
+def protocol_dict(protocol: Any) -> dict:
+    return asdict(protocol)

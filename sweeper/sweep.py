@@ -1,0 +1,157 @@
+"""One sweep, start to end: lake -> plan -> forecasts (cached) -> scores -> search -> selection -> files.
+
+`prepare` checks every input and reads the data without writing anything, so bad input leaves no
+files. `execute` then searches, selects and writes; it can be killed at any point and resumed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from sweeper.atomic import write_json
+from sweeper.backends import BASELINE, check_backend
+from sweeper.cache import ForecastCache
+from sweeper.data import Series, load, resolve_lake
+from sweeper.errors import SweepError
+from sweeper.forecast import Forecaster
+from sweeper.metrics import check_metric
+from sweeper.objective import SymbolTask
+from sweeper.plan import Protocol, make_plan
+from sweeper.search import Budget, best_params, finished, run_study
+from sweeper.select import SymbolResult, select
+from sweeper.space import load_space
+from sweeper.store import RunPaths, config_record, origins_frame, trials_frame, write_parquet
+
+DEFAULT_BACKENDS = ("naive", "drift", "seasonal_naive")
+
+
+@dataclass
+class RunRequest:
+    """What the user asked for; stored in the manifest so `--resume` can repeat it exactly."""
+
+    symbols: list[str]
+    lake: str | None = None
+    freq: str | None = None
+    backends: list[str] = field(default_factory=lambda: list(DEFAULT_BACKENDS))
+    trials: int = 50
+    timeout: float | None = None
+    metric: str = "crps"
+    horizon: int = 1
+    val_origins: int | None = None
+    test_origins: int | None = None
+    stride: int = 1
+    seed: int = 0
+    spaces_dir: str | None = None
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    device: str = "auto"
+    storage: str | None = None
+
+
+@dataclass
+class Prepared:
+    request: RunRequest
+    lake: Path
+    tasks: list[SymbolTask]
+
+
+def prepare(req: RunRequest, cache: ForecastCache | None = None) -> Prepared:
+    """Validate the request and build every symbol's plan; writes nothing."""
+    if not req.symbols:
+        raise SweepError("no symbols given: use --symbols SYMBOL [SYMBOL ...]")
+    if len(set(req.symbols)) != len(req.symbols):
+        raise SweepError(f"duplicate symbols in --symbols: {' '.join(req.symbols)}")
+    if req.trials < 1:
+        raise SweepError(f"--trials must be >= 1, got {req.trials}")
+    if req.timeout is not None and req.timeout <= 0:
+        raise SweepError(f"--timeout must be > 0 seconds, got {req.timeout}")
+    check_metric(req.metric)
+    for b in req.backends:
+        check_backend(b)
+    for b in req.checkpoints:
+        if b not in req.backends:
+            raise SweepError(f"--checkpoint names backend {b!r}, which is not in --backends")
+    spaces_dir = Path(req.spaces_dir) if req.spaces_dir else None
+    spaces = {b: load_space(b, spaces_dir) for b in {*req.backends, BASELINE}}
+    lake = resolve_lake(req.lake)
+    series: list[Series] = load(lake, req.symbols, req.freq)
+    max_context = max(s.max_context for s in spaces.values())
+    protocol = Protocol(req.horizon, max_context, req.val_origins, req.test_origins, req.stride)
+    checkpoints = {b: req.checkpoints.get(b) or spaces[b].checkpoint for b in req.backends}
+    forecaster = Forecaster(
+        cache or ForecastCache(None),
+        seed=req.seed,
+        device=req.device,
+        checkpoints={b: c for b, c in checkpoints.items() if c},
+    )
+    tasks = [SymbolTask(s, make_plan(s, protocol), spaces, forecaster) for s in series]
+    return Prepared(req, lake, tasks)
+
+
+Progress = Callable[[str, int, int], None]  # (study label, finished trials, budget)
+
+
+def execute(prep: Prepared, paths: RunPaths, progress: Progress | None = None) -> list[SymbolResult]:
+    """Search every (symbol, backend), select per symbol, write configs and tables."""
+    req = prep.request
+    storage = req.storage or paths.storage_url()
+    budget = Budget(req.trials, req.timeout)
+    results, trial_frames, origin_frames = [], [], []
+    for task in prep.tasks:
+        best: dict[str, tuple[dict[str, Any] | None, int]] = {}
+        errors: dict[str, str] = {}
+        for backend in req.backends:
+            label = f"{task.series.symbol} {backend}"
+
+            def tick(study: Any, label: str = label) -> None:
+                if progress:
+                    progress(label, finished(study), req.trials)
+
+            try:
+                study = run_study(task, backend, storage, req.metric, budget, req.seed, on_trial=tick)
+            except SweepError as exc:  # a backend that cannot load (no weights): skip it, say so
+                errors[backend] = str(exc)
+                continue
+            tick(study)
+            complete = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
+            best[backend] = (best_params(study), complete)
+            trial_frames.append(trials_frame(task.series.symbol, backend, study))
+        result = select(task, best, req.metric, req.seed, errors)
+        results.append(result)
+        origin_frames.append(origins_frame(task, result))
+        record = config_record(paths.run_id, task, result, req.metric, req.seed, str(prep.lake))
+        write_json(paths.config(task.series.symbol), record)
+    if trial_frames:
+        write_parquet(paths.results / "trials.parquet", pl.concat(trial_frames, how="diagonal_relaxed"))
+    write_parquet(paths.results / "origins.parquet", pl.concat(origin_frames, how="diagonal_relaxed"))
+    return results
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def run(req: RunRequest, paths: RunPaths, progress: Progress | None = None, resume: bool = False) -> list[SymbolResult]:
+    """Check everything, then record the request, search, select, write; `resume` continues a run folder."""
+    prep = prepare(req, ForecastCache(paths.cache))
+    if not resume and paths.results.exists():
+        raise SweepError(f"run {paths.run_id} already exists in {paths.results.parent}; use --resume {paths.run_id}")
+    manifest = {"run_id": paths.run_id, "created": _now(), "status": "running", "request": asdict(req)}
+    if resume:
+        manifest = {**paths.load_manifest(), "status": "running", "resumed": _now(), "request": asdict(req)}
+    write_json(paths.manifest, manifest)
+    results = execute(prep, paths, progress)
+    configs = {r.symbol: str(paths.config(r.symbol)) for r in results}
+    write_json(paths.manifest, {**manifest, "status": "complete", "finished": _now(), "configs": configs})
+    return results
+
+
+def resume_request(paths: RunPaths, trials: int | None = None, timeout: float | None = None) -> RunRequest:
+    """The recorded request of a run; only the budget may change on resume."""
+    req = RunRequest(**paths.load_manifest()["request"])
+    return replace(req, trials=trials or req.trials, timeout=timeout or req.timeout)
