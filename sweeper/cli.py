@@ -117,8 +117,14 @@ def _summary_rows(results: list[Any], metric: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _print_summary(rows: list[dict[str, Any]], metric: str, run_id: str, out: Path) -> None:
+def _console() -> Console:
+    """Stdout console; wide when piped, so tables in logs are not wrapped at 80 columns."""
     con = Console()
+    return con if con.is_terminal else Console(width=160)
+
+
+def _print_summary(rows: list[dict[str, Any]], metric: str, run_id: str, out: Path) -> None:
+    con = _console()
     table = Table(title=f"sweep run {run_id}", title_justify="left")
     for col in ("symbol", "best", f"val {metric}", f"test {metric}", "val MAE", "test MAE", "test skill vs naive"):
         table.add_column(col, justify="left" if col in ("symbol", "best") else "right")
@@ -203,7 +209,7 @@ def run(
         paths = RunPaths(out, run_id or new_run_id())
         values = {k: v for k, v in {**given, "trials": trials, "timeout": timeout}.items() if v is not None}
         req = RunRequest(**values)
-    console = err if json else Console()
+    console = err if json else _console()
     with Progress(
         TextColumn("{task.description:<28}"),
         BarColumn(),
@@ -266,7 +272,7 @@ def data_check(
             str(int((s.ohlcv[:, 4] == 0).sum())),
             "none",
         )
-    Console(width=200).print(table)
+    _console().print(table)
     if failed:
         raise typer.Exit(1)
 
@@ -295,7 +301,7 @@ def data_import(
     if not target:
         raise SweepError("import needs a lake to write into: pass --lake PATH or set $SWEEP_LAKE")
     rows, files = import_csv(file, Path(target), symbol, freq, asset_class)
-    Console().print(f"imported {rows:,} bars of {symbol} {freq} into {target} ({files} monthly files)")
+    _console().print(f"imported {rows:,} bars of {symbol} {freq} into {target} ({files} monthly files)")
 
 
 # --- sweep models ---------------------------------------------------------------------------------------
@@ -314,4 +320,4 @@ def models_init(
     if preset not in ("tiny", "small", "base"):
         raise SweepError(f"unknown preset {preset!r}: use tiny or small")
     path = backend_class(backend).init_checkpoint(preset, out)
-    Console().print(f"wrote a randomly initialised {backend} checkpoint ({preset}) to {path}")
+    _console().print(f"wrote a randomly initialised {backend} checkpoint ({preset}) to {path}")

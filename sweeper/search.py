@@ -6,12 +6,15 @@ kept, a trial that was running when the process died is marked failed and its kn
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy import event
 
 from sweeper.metrics import direction
 from sweeper.objective import SymbolTask, objective
@@ -31,11 +34,27 @@ def study_name(symbol: str, backend: str) -> str:
     return f"{symbol}--{backend}"
 
 
+@functools.cache
+def storage_for(url: str) -> optuna.storages.BaseStorage:
+    """One RDB storage per URL and process. SQLite runs in WAL mode: a commit per trial without a full
+    fsync, still safe against a killed process (only a power cut can lose the last trials)."""
+    storage = optuna.storages.RDBStorage(url)
+    if url.startswith("sqlite"):
+
+        @event.listens_for(storage.engine, "connect")
+        def _wal(dbapi_con: Any, _record: Any) -> None:
+            dbapi_con.execute("PRAGMA journal_mode=WAL")
+            dbapi_con.execute("PRAGMA synchronous=NORMAL")
+
+        storage.engine.dispose()
+    return storage
+
+
 def open_study(storage: str, symbol: str, backend: str, metric: str, seed: int) -> optuna.Study:
     name = study_name(symbol, backend)
     sampler = optuna.samplers.TPESampler(seed=(seed + zlib.crc32(name.encode())) % 2**31)
     return optuna.create_study(
-        study_name=name, storage=storage, sampler=sampler, direction=direction(metric), load_if_exists=True
+        study_name=name, storage=storage_for(storage), sampler=sampler, direction=direction(metric), load_if_exists=True
     )
 
 

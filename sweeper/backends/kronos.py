@@ -1,0 +1,286 @@
+"""Kronos (PyPI `kronos-model-arch`, module `model`): a tokenised OHLCV model sampled autoregressively.
+
+Checkpoints. A hub id names the model; its tokenizer follows from it (`NeoQuasar/Kronos-mini` uses
+`NeoQuasar/Kronos-Tokenizer-2k`, every other id `NeoQuasar/Kronos-Tokenizer-base`). A local directory
+DIR holds both, each in the package's own `save_pretrained` format (config.json + model.safetensors):
+
+    DIR/model/      config.json  model.safetensors    (e.g. huggingface-cli download NeoQuasar/Kronos-small
+    DIR/tokenizer/  config.json  model.safetensors     --local-dir DIR/model; same for the tokenizer)
+
+`sweep models init kronos --preset tiny --out DIR` writes that layout with random weights.
+
+Inputs. Kronos reads six columns: open, high, low, close, volume and amount. The lake has no amount, so
+it is volume x mean(open, high, low, close), the package's own rule when amount is missing (so a
+forecast here equals what `KronosPredictor` would give for the same bars). Each window is z-scored per
+column over its context and clipped to +-clip, as the package does. Time features (minute, hour,
+weekday, day, month) come from the context's timestamps; the H target timestamps are the last context
+timestamp plus 1..H bar lengths of the series frequency, never the real future bars.
+
+Sampling. `KronosPredictor.predict` averages its paths; here every path is kept: each origin's window
+is repeated `num_samples` times along the batch axis and all origins and samples go through the
+package's `auto_regressive_inference` together (sample_count=1), in passes bounded by a token budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from sweeper.backends.base import Backend
+from sweeper.data import freq_seconds
+from sweeper.errors import SweepError
+from sweeper.plan import Contexts
+
+DEFAULT_MODEL = "NeoQuasar/Kronos-small"
+DEFAULT_TOKENIZER = "NeoQuasar/Kronos-Tokenizer-base"
+TOKENIZERS = {"NeoQuasar/Kronos-mini": "NeoQuasar/Kronos-Tokenizer-2k"}
+WEIGHTS = ("config.json", "model.safetensors")
+CLOSE = 3  # column of close in Kronos's open, high, low, close, volume, amount
+# The package's predict() defaults, used when a knob is absent from the space.
+KNOB_DEFAULTS: dict[str, float] = {"temperature": 1.0, "top_p": 0.9, "top_k": 0, "clip": 5.0}
+
+_TOKENIZER_BASE: dict[str, Any] = {
+    "d_in": 6, "d_model": 256, "n_heads": 4, "ff_dim": 512, "n_enc_layers": 4, "n_dec_layers": 4,
+    "ffn_dropout_p": 0.0, "attn_dropout_p": 0.0, "resid_dropout_p": 0.0, "s1_bits": 10, "s2_bits": 10,
+    "beta": 0.05, "gamma0": 1.0, "gamma": 1.1, "zeta": 0.05, "group_size": 4,
+}  # fmt: skip
+# Random-init shapes: (tokenizer config, model config). `small` is the published Kronos-small with
+# Kronos-Tokenizer-base; `tiny` has 6 + 6 token bits (vocabularies of 64, not 1024): the package computes
+# both output heads at every window position for every new bar, which would dominate a tiny model's cost.
+PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "tiny": (
+        {
+            **_TOKENIZER_BASE, "d_model": 32, "n_heads": 2, "ff_dim": 64, "n_enc_layers": 2, "n_dec_layers": 2,
+            "s1_bits": 6, "s2_bits": 6,
+        },
+        {
+            "s1_bits": 6, "s2_bits": 6, "n_layers": 2, "d_model": 32, "n_heads": 2, "ff_dim": 64,
+            "ffn_dropout_p": 0.0, "attn_dropout_p": 0.0, "resid_dropout_p": 0.0, "token_dropout_p": 0.0,
+            "learn_te": True,
+        },
+    ),
+    "small": (
+        _TOKENIZER_BASE,
+        {
+            "s1_bits": 10, "s2_bits": 10, "n_layers": 8, "d_model": 512, "n_heads": 8, "ff_dim": 1024,
+            "ffn_dropout_p": 0.25, "attn_dropout_p": 0.1, "resid_dropout_p": 0.25, "token_dropout_p": 0.1,
+            "learn_te": True,
+        },
+    ),
+}  # fmt: skip
+# Parameter counts of the published checkpoints (Kronos-small, Kronos-Tokenizer-base).
+PUBLISHED_PARAMS = {"small": (3_958_042, 24_741_376)}
+
+
+def _kronos_package() -> Any:
+    """Import `model` from kronos-model-arch, refusing a look-alike earlier on sys.path."""
+    try:
+        import model as pkg
+    except ImportError as exc:
+        raise SweepError(
+            "kronos backend needs kronos-model-arch: pip install --no-deps kronos-model-arch==0.1.0"
+        ) from exc
+    if not all(hasattr(pkg, n) for n in ("Kronos", "KronosTokenizer")):
+        raise SweepError(
+            f"kronos: `import model` found {getattr(pkg, '__file__', pkg)}, not kronos-model-arch; "
+            "a model/ folder or model.py earlier on sys.path hides the package"
+        )
+    return pkg
+
+
+def _offline() -> bool:
+    """HF_HUB_OFFLINE read now: huggingface_hub reads it only once, at its import."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _missing_weights(model_id: str, tokenizer_id: str, reason: str) -> SweepError:
+    return SweepError(
+        f"kronos weights not found for {model_id} (tokenizer {tokenizer_id}): {reason}; point at a local copy "
+        "with --checkpoint kronos=PATH or `checkpoint: PATH` in search_spaces/kronos.yaml (PATH/model and "
+        "PATH/tokenizer, each config.json + model.safetensors), or make a random one with "
+        "`sweep models init kronos --preset tiny --out DIR`"
+    )
+
+
+def _fetch_hub(model_id: str, tokenizer_id: str) -> None:
+    """Put both repos' files in the hub cache, or fail at once with one line (no retry loop offline)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    offline = _offline()
+    for repo in (model_id, tokenizer_id):
+        for filename in WEIGHTS:
+            try:
+                hf_hub_download(repo, filename, local_files_only=offline)
+            except HFValidationError as exc:
+                raise SweepError(
+                    f"kronos checkpoint {repo!r} is neither a directory nor a valid hub id (owner/name)"
+                ) from exc
+            except LocalEntryNotFoundError as exc:
+                why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
+                raise _missing_weights(
+                    model_id, tokenizer_id, f"{repo}/{filename} is not in the local cache and {why}"
+                ) from exc
+            except HfHubHTTPError as exc:
+                raise _missing_weights(model_id, tokenizer_id, f"{repo}/{filename}: {_first_line(exc)}") from exc
+
+
+def _load(cls: Any, ref: str, device: str) -> Any:
+    """`from_pretrained` with strict key checking, in eval mode (it returns training mode), on `device`."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loading weights from local directory"
+            module = cls.from_pretrained(ref, local_files_only=_offline(), map_location="cpu", strict=True)
+    except (RuntimeError, TypeError) as exc:
+        raise SweepError(f"kronos checkpoint {ref}: weights do not match its config.json ({_first_line(exc)})") from exc
+    return module.to(device).eval()
+
+
+def _time_features(ts: np.ndarray) -> np.ndarray:
+    """(..., 5) minute, hour, weekday, day, month: the package's calc_time_stamps, for any array shape."""
+    import pandas as pd
+
+    idx = pd.DatetimeIndex(ts.ravel())
+    cols = (idx.minute, idx.hour, idx.weekday, idx.day, idx.month)
+    return np.stack([np.asarray(c) for c in cols], axis=-1).reshape(*ts.shape, 5).astype(np.float32)
+
+
+def future_timestamps(ts: np.ndarray, freq: str, horizon: int) -> np.ndarray:
+    """(B, H) timestamps of the target bars, stepped from each context's last bar by the frequency."""
+    step = np.timedelta64(freq_seconds(freq), "s")
+    return ts[:, -1:] + np.arange(1, horizon + 1) * step
+
+
+def _features(values: np.ndarray) -> np.ndarray:
+    """(B, C, 6) open, high, low, close, volume, amount; amount = volume x mean of the four prices."""
+    amount = values[:, :, 4] * values[:, :, :4].mean(axis=2)
+    return np.concatenate([values, amount[:, :, None]], axis=2)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: str) -> Iterator[None]:
+    """Seed torch for the package's sampler (it uses the global generator) and restore the state after."""
+    import torch
+
+    dev = torch.device(device)
+    devices = [dev.index or 0] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class KronosBackend(Backend):
+    name = "kronos"
+    default_checkpoint = DEFAULT_MODEL
+    batch_size = 64  # origins per call; the rows (origins x samples) are split further by tokens_per_pass
+    tokens_per_pass: ClassVar[int] = 1 << 16  # rows x window tokens in one autoregressive pass: bounds memory
+
+    def __init__(self, checkpoint: str | None = None, device: str = "cpu") -> None:
+        super().__init__(checkpoint, device)
+        pkg = _kronos_package()
+        self.device = _resolve_device(device)
+        model_ref, tokenizer_ref = self._refs(str(self.checkpoint))
+        self.tokenizer = _load(pkg.KronosTokenizer, tokenizer_ref, self.device)
+        self.model = _load(pkg.Kronos, model_ref, self.device)
+
+    @staticmethod
+    def _refs(checkpoint: str) -> tuple[str, str]:
+        """(model, tokenizer) references for from_pretrained: two subdirectories, or two hub ids."""
+        path = Path(checkpoint).expanduser()
+        if path.is_dir():
+            missing = [
+                f"{sub}/{f}" for sub in ("model", "tokenizer") for f in WEIGHTS if not (path / sub / f).is_file()
+            ]
+            if missing:
+                raise SweepError(
+                    f"kronos checkpoint {path} must hold model/ and tokenizer/, each with config.json and "
+                    f"model.safetensors; missing {', '.join(missing)}"
+                )
+            return str(path / "model"), str(path / "tokenizer")
+        tokenizer = TOKENIZERS.get(checkpoint, DEFAULT_TOKENIZER)
+        _fetch_hub(checkpoint, tokenizer)
+        return checkpoint, tokenizer
+
+    @classmethod
+    def model_knobs(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """top_k > 0 turns top_p off in the package's sampler, so top_p then stays out of the cache key."""
+        knobs = super().model_knobs(params)
+        if int(knobs.get("top_k", 0)) > 0:
+            knobs.pop("top_p", None)
+        return knobs
+
+    def forecast(
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: int
+    ) -> np.ndarray:
+        import torch
+        from model.kronos import auto_regressive_inference
+
+        temperature = float(knobs.get("temperature", KNOB_DEFAULTS["temperature"]))
+        top_k = int(knobs.get("top_k", KNOB_DEFAULTS["top_k"]))
+        top_p = float(knobs.get("top_p", KNOB_DEFAULTS["top_p"]))
+        clip = float(knobs.get("clip", KNOB_DEFAULTS["clip"]))
+        if temperature <= 0 or not 0 < top_p <= 1 or top_k < 0 or clip <= 0:
+            raise SweepError(
+                f"kronos knobs out of range: temperature {temperature} (> 0), top_p {top_p} (0, 1], "
+                f"top_k {top_k} (>= 0), clip {clip} (> 0)"
+            )
+        b, c, _ = ctx.values.shape
+        x = _features(ctx.values.astype(np.float64))
+        mean, std = x.mean(axis=1, keepdims=True), x.std(axis=1, keepdims=True) + 1e-5
+        z = np.clip((x - mean) / std, -clip, clip).astype(np.float32)
+        x_stamp = _time_features(ctx.ts)
+        y_stamp = _time_features(future_timestamps(ctx.ts, ctx.freq, horizon))
+
+        rows = b * num_samples  # origin-major: row r is draw r % num_samples of origin r // num_samples
+        per_pass = max(1, self.tokens_per_pass // (c + horizon))
+        close = np.empty((rows, horizon), dtype=np.float64)
+        with _seeded(seed, self.device), torch.inference_mode():
+            for lo in range(0, rows, per_pass):
+                origin = np.arange(lo, min(lo + per_pass, rows)) // num_samples
+                x_t, xs_t, ys_t = (torch.from_numpy(a[origin]).to(self.device) for a in (z, x_stamp, y_stamp))
+                preds = auto_regressive_inference(
+                    self.tokenizer, self.model, x_t, xs_t, ys_t, c, horizon,
+                    clip=clip, T=temperature, top_k=top_k, top_p=top_p, sample_count=1, verbose=False,
+                )  # fmt: skip
+                close[lo : lo + origin.size] = preds[:, -horizon:, CLOSE]
+        paths = close.reshape(b, num_samples, horizon)
+        return paths * std[:, :, CLOSE, None] + mean[:, :, CLOSE, None]
+
+    @classmethod
+    def init_checkpoint(cls, preset: str, out: Path) -> Path:
+        """Random tokenizer + model written by the package's save_pretrained: OUT/model, OUT/tokenizer."""
+        tokenizer, model = build_preset(preset)
+        out = Path(out)
+        model.save_pretrained(out / "model")
+        tokenizer.save_pretrained(out / "tokenizer")
+        return out
+
+
+def build_preset(preset: str, seed: int = 0) -> tuple[Any, Any]:
+    """Randomly initialised (tokenizer, model) of a preset, in memory; seeded so checkpoints are reproducible."""
+    if preset not in PRESETS:
+        raise SweepError(f"unknown kronos preset {preset!r}: choose from {', '.join(PRESETS)}")
+    pkg = _kronos_package()
+    tokenizer_cfg, model_cfg = PRESETS[preset]
+    with _seeded(seed, "cpu"):
+        return pkg.KronosTokenizer(**tokenizer_cfg), pkg.Kronos(**model_cfg)

@@ -1,0 +1,201 @@
+"""Toto (Datadog, toto-ts 0.2.0): a decoder-only transformer with a Student-T mixture head.
+
+Toto forecasts a patch (16 or 64 bars) at a time: for the next patch it outputs an independent
+distribution per bar and variate, and longer horizons are decoded autoregressively, patch by patch, each
+draw feeding its own sampled patch back. So:
+
+- horizon within one patch: one forward pass per origin, then all draws from that distribution. This is
+  exactly the distribution the library's sampler draws from (it repeats the context once per draw and
+  runs the same pass on each copy), at a fraction of the cost. Draws come in fixed chunks, so the first
+  n of N draws are exactly the n-draw forecast.
+- longer horizons: `TotoForecaster.forecast`, `samples_per_batch` paths per pass. That knob changes speed,
+  not the draws' distribution, so the cache ignores it; it must divide the sample count, and the largest
+  divisor not above the knob is used.
+
+With `use_covariates` the five OHLCV columns go in as one multivariate series (Toto attends across
+variates) and the close is read out; otherwise the close alone. The model scales each variate itself
+(causal patch mean/std), so raw prices go in and prices come out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sweeper.backends.base import Backend
+from sweeper.backends.pretrained import (
+    CONFIG,
+    WEIGHTS,
+    checkpoint_dir,
+    preset_config,
+    quiet,
+    seeded,
+    torch_device,
+    write_checkpoint,
+)
+from sweeper.data import freq_seconds
+from sweeper.plan import Contexts
+
+CLOSE = 3  # column of the close in Contexts.values (open, high, low, close, volume)
+DEFAULT_SAMPLES_PER_BATCH = 32
+DRAW_CHUNK = 32  # one-patch draws are made this many at a time, so a prefix of the draws never changes
+
+_COMMON = {
+    "dropout": 0.0,
+    "scaler_cls": "<class 'model.scaler.CausalPatchStdMeanScaler'>",
+    "output_distribution_classes": ["<class 'model.distribution.MixtureOfStudentTsOutput'>"],
+    "spacewise_first": True,
+    "use_memory_efficient_attention": False,
+    "stabilize_with_global": True,
+    "scale_factor_exponent": 10.0,
+}
+# Toto publishes one size, Toto-Open-Base-1.0 (151M parameters): `small` and `base` both write its shapes.
+_BASE = {
+    **_COMMON,
+    "patch_size": 64,
+    "stride": 64,
+    "embed_dim": 768,
+    "num_layers": 12,
+    "num_heads": 12,
+    "mlp_hidden_dim": 3072,
+    "dropout": 0.1,
+    "spacewise_every_n_layers": 12,
+    "spacewise_first": False,
+    "output_distribution_kwargs": {"k_components": 24},
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        **_COMMON,
+        "patch_size": 16,
+        "stride": 16,
+        "embed_dim": 64,
+        "num_layers": 2,
+        "num_heads": 4,
+        "mlp_hidden_dim": 128,
+        "spacewise_every_n_layers": 2,
+        "output_distribution_kwargs": {"k_components": 4},
+    },
+    "small": _BASE,
+    "base": _BASE,
+}
+
+
+def samples_per_batch(num_samples: int, wanted: int) -> int:
+    """The largest divisor of `num_samples` that is at most `wanted` (Toto asserts divisibility)."""
+    top = max(1, min(int(wanted), num_samples))
+    return next(d for d in range(top, 0, -1) if num_samples % d == 0)
+
+
+def _toto() -> Any:
+    """The toto-ts modules (slow to import, and noisy about xFormers)."""
+    with quiet():
+        import toto.data.util.dataset
+        import toto.inference.forecaster
+        import toto.model.toto
+    return toto
+
+
+class TotoBackend(Backend):
+    name = "toto"
+    default_checkpoint = "Datadog/Toto-Open-Base-1.0"
+    batch_size = 32  # origins per call; past one patch each carries samples_per_batch paths
+    speed_knobs = frozenset({"samples_per_batch"})
+
+    def __init__(self, checkpoint: str | None = None, device: str = "auto") -> None:
+        super().__init__(checkpoint, device)
+        folder = checkpoint_dir(self.name, str(self.checkpoint))  # before the slow imports: fail fast
+        lib = _toto()
+        dataset = lib.data.util.dataset
+        self._masked, self._pad, self._pad_ids = dataset.MaskedTimeseries, dataset.pad_array, dataset.pad_id_mask
+        self._clean = dataset.replace_extreme_values
+        self._device = torch_device(device)
+        self.device = str(self._device)
+        with quiet():  # from_pretrained prints where it loads from
+            model = lib.model.toto.Toto.from_pretrained(str(folder), map_location=self.device, strict=True)
+        model.eval()
+        self._forecaster = lib.inference.forecaster.TotoForecaster(model.model)
+
+    def forecast(
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: int
+    ) -> np.ndarray:
+        import torch
+
+        columns = [0, 1, 2, CLOSE, 4] if knobs.get("use_covariates", False) else [CLOSE]
+        series = torch.as_tensor(
+            np.ascontiguousarray(ctx.values[:, :, columns].transpose(0, 2, 1)), dtype=torch.float32, device=self._device
+        )  # (B, V, C)
+        b, v, c = series.shape
+        stamps = torch.as_tensor(ctx.ts.astype("datetime64[s]").astype(np.int64), device=self._device)
+        inputs = self._masked(
+            series=series,
+            padding_mask=torch.ones_like(series, dtype=torch.bool),
+            id_mask=torch.zeros_like(series, dtype=torch.int),
+            timestamp_seconds=stamps[:, None, :].expand(b, v, c),
+            time_interval_seconds=torch.full((b, v), freq_seconds(ctx.freq), dtype=torch.int, device=self._device),
+            num_exogenous_variables=0,
+        )
+        target = columns.index(CLOSE)
+        with seeded(seed, self._device), torch.inference_mode():
+            if horizon <= self._forecaster.model.patch_embed.patch_size:
+                paths = self._next_patch(inputs, target, horizon, num_samples)
+            else:
+                wanted = knobs.get("samples_per_batch", DEFAULT_SAMPLES_PER_BATCH)
+                out = self._forecaster.forecast(
+                    inputs,
+                    prediction_length=horizon,
+                    num_samples=num_samples,
+                    samples_per_batch=samples_per_batch(num_samples, wanted),
+                )
+                paths = out.samples[:, target].permute(0, 2, 1)  # (B, H, N) -> (B, N, H)
+        return paths.float().cpu().numpy()
+
+    def _next_patch(self, inputs: Any, target: int, horizon: int, num_samples: int) -> Any:
+        """(B, N, H) draws of the first `horizon` bars of the next patch of variate `target`.
+
+        The same pass the library's first decoding step makes (padding, causal scaler, backbone, mixture
+        head), then every draw from it instead of one draw per repeated context.
+        """
+        import torch
+
+        model = self._forecaster.model
+        stride = model.patch_embed.stride
+        series = self._pad(inputs.series, stride)
+        hidden, loc, scale = model.backbone(
+            series,
+            self._pad(inputs.padding_mask, stride),
+            self._pad_ids(inputs.id_mask, stride),
+            None,
+            series.shape[-1],
+            0,
+        )
+        patch = model.patch_embed.patch_size
+        last = slice(hidden.shape[2] - patch, hidden.shape[2] - patch + horizon)
+        pick = slice(target, target + 1)
+        distr = self._forecaster.create_affine_transformed(
+            model.output_distribution(hidden[:, pick, last]), loc[:, pick, last], scale[:, pick, last]
+        )
+        chunks = [distr.sample((DRAW_CHUNK,)) for _ in range(-(-num_samples // DRAW_CHUNK))]
+        draws = self._clean(torch.cat(chunks)[:num_samples, :, 0])  # (N, B, H)
+        return draws.permute(1, 0, 2)
+
+    @classmethod
+    def init_checkpoint(cls, preset: str, out: Path) -> Path:
+        """config.json (the constructor arguments, as on the hub) + model.safetensors; Toto has no save_pretrained."""
+        import json
+
+        import torch
+        from safetensors.torch import save_model
+
+        config = preset_config(cls.name, PRESETS, preset)
+        toto_cls = _toto().model.toto.Toto
+        with seeded(0, torch.device("cpu")):
+            model = toto_cls(**config)
+
+        def save(folder: Path) -> None:
+            (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+            save_model(model, str(folder / WEIGHTS))
+
+        return write_checkpoint(out, save)

@@ -1,0 +1,134 @@
+"""Every bad input: one clear line naming what and where, exit code 2, and no files written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+FILE = "asset_class=crypto/freq=1d/symbol=ETHUSD/year=2018/month=03/part.parquet"
+
+
+def corrupt(lake: Path, change) -> Path:
+    path = lake / FILE
+    df = pl.read_parquet(path)
+    change(df).write_parquet(path)
+    return path
+
+
+def set_cell(col: str, row: int, value: float):
+    return lambda df: df.with_columns(
+        pl.when(pl.int_range(pl.len()) == row).then(pl.lit(value)).otherwise(pl.col(col)).alias(col)
+    )
+
+
+CASES = {
+    "nan close": (set_cell("close", 3, float("nan")), r"row 4 .*close is NaN"),
+    "inf high": (set_cell("high", 2, float("inf")), r"row 3 .*high is infinite"),
+    "zero open": (set_cell("open", 0, 0.0), r"row 1 .*open is not positive"),
+    "negative low": (set_cell("low", 7, -3.0), r"row 8 .*low is not positive"),
+    "high below low": (set_cell("high", 4, 1.0), r"row 5 .*high is below low"),
+    "duplicate ts": (
+        lambda df: df.with_columns(
+            pl.when(pl.int_range(pl.len()) == 6).then(pl.col("ts").shift(1)).otherwise(pl.col("ts")).alias("ts")
+        ),
+        r"row 7 .*duplicate timestamp",
+    ),
+    "unsorted ts": (lambda df: df.reverse(), r"row 2 .*timestamps not sorted ascending"),
+    "misspelled column": (lambda df: df.rename({"close": "clsoe"}), r"missing column\(s\) close"),
+    "missing column": (lambda df: df.drop("volume"), r"missing column\(s\) volume"),
+}
+
+
+def assert_clean_failure(result, out: Path, pattern: str) -> None:
+    import re
+
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+    assert not (out / "results").exists() and not (out / "hyperparams").exists()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_data(case: str, small_lake: Path, tmp_path: Path, sweep) -> None:
+    change, pattern = CASES[case]
+    path = corrupt(small_lake, change)
+    out = tmp_path / "out"
+    result = sweep("run", "--symbols", "BTCUSD", "ETHUSD", "--lake", small_lake, "--out", out, "--trials", 2)
+    assert_clean_failure(result, out, pattern)
+    assert str(path) in result.stderr.replace("\n", "")
+
+
+def args(lake: Path, out: Path, *extra: object) -> list[object]:
+    return ["run", "--lake", lake, "--out", out, "--trials", 2, *extra]
+
+
+@pytest.mark.parametrize(
+    "extra,pattern",
+    [
+        (["--symbols", "DOGEUSD"], r"symbol DOGEUSD not found in lake"),
+        (["--symbols", "ETHUSD", "--freq", "1h"], r"symbol ETHUSD has no 1h bars"),
+        (["--symbols", "ETHUSD", "--backends", "prophet"], r"unknown backend 'prophet'"),
+        (["--symbols", "ETHUSD", "--metric", "rmse"], r"unknown metric 'rmse'"),
+        (["--symbols", "../etc"], r"invalid symbol '\.\./etc'"),
+        (["--symbols", "ETHUSD", "--run-id", "a/b"], r"invalid run id 'a/b'"),
+        (["--symbols", "ETHUSD", "--val-origins", 700], r"series too short: ETHUSD 1d has 788 bars"),
+        (["--symbols", "ETHUSD", "--horizon", 400], r"series too short"),
+        (["--symbols", "ETHUSD", "--checkpoint", "toto"], r"invalid --checkpoint 'toto'"),
+    ],
+)
+def test_bad_request(extra: list, pattern: str, small_lake: Path, tmp_path: Path, sweep) -> None:
+    out = tmp_path / "out"
+    assert_clean_failure(sweep(*args(small_lake, out, *extra)), out, pattern)
+
+
+def test_missing_lake(tmp_path: Path, sweep) -> None:
+    out = tmp_path / "out"
+    result = sweep(*args(tmp_path / "nowhere", out, "--symbols", "ETHUSD"))
+    assert_clean_failure(result, out, r"lake not found: .*nowhere is not a directory")
+
+
+SPACE_CASES = {
+    "bad aggregation": (
+        "aggregation: {type: categorical, choices: [mean, trimmed_mean_60]}",
+        r"key params.aggregation.choices: invalid aggregation 'trimmed_mean_60'",
+    ),
+    "unknown aggregation": ("aggregation: {type: categorical, choices: [mode]}", r"unknown aggregation 'mode'"),
+    "bad type": ("aggregation: {type: text, choices: [mean]}", r"key params.aggregation.type: must be one of"),
+    "low above high": (
+        "aggregation: {type: categorical, choices: [mean]}\n  num_samples: {type: int, low: 9, high: 3}",
+        r"key params.num_samples: low 9 is above high 3",
+    ),
+    "not yaml": ("aggregation: [mean", r"not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("case", SPACE_CASES)
+def test_malformed_search_space(case: str, small_lake: Path, tmp_path: Path, sweep) -> None:
+    body, pattern = SPACE_CASES[case]
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    (spaces / "naive.yaml").write_text(
+        "backend: naive\nparams:\n  num_samples: {type: int, low: 8, high: 64}\n"
+        f"  context_length: {{type: categorical, choices: [32]}}\n  {body}\n"
+    )
+    out = tmp_path / "out"
+    result = sweep(*args(small_lake, out, "--symbols", "ETHUSD", "--backends", "naive", "--spaces", spaces))
+    assert_clean_failure(result, out, pattern)
+    assert "naive.yaml" in result.stderr.replace("\n", "")
+
+
+def test_bad_aggregation_name_is_clear() -> None:
+    from sweeper.aggregate import parse
+    from sweeper.errors import SweepError
+
+    for name, msg in [
+        ("trimmed_mean_0", "0 < P < 50"),
+        ("winsorized_mean_50", "0 < P < 50"),
+        ("quantile_1.5", "0 < Q < 1"),
+        ("trim", "unknown aggregation"),
+    ]:
+        with pytest.raises(SweepError, match=msg):
+            parse(name)

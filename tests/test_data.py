@@ -1,0 +1,96 @@
+"""The lake reader on the shared candles, and every rule a bad series can break."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from sweeper.data import available, freq_seconds, import_csv, load, locate
+from sweeper.errors import SweepError
+from tests.helpers import SHARED_LAKE, shared_series
+
+
+def test_reads_shared_series_as_documented() -> None:
+    # figures from shared/data/README.md
+    btc = shared_series("BTCUSD", "1d")
+    assert len(btc) == 1770
+    assert str(btc.ts[0]) == "2014-12-01T00:00:00.000000"
+    assert str(btc.ts[-1]) == "2019-10-17T00:00:00.000000"
+    gaps = btc.gaps()
+    assert (gaps.count, gaps.missing_bars, gaps.longest_seconds) == (1, 12, 13 * 86400)
+    eth = shared_series("BTCUSDT", "1h")
+    assert len(eth) == 58419
+    assert eth.gaps().count == 28 and eth.gaps().missing_bars == 128
+    assert np.all(np.diff(eth.ts.astype(np.int64)) > 0)
+    assert eth.ohlcv.shape == (58419, 5)
+
+
+def test_all_32_shared_series_pass_the_checks() -> None:
+    refs = available(SHARED_LAKE)
+    assert len(refs) == 32
+    for ref in refs:
+        s = load(SHARED_LAKE, [ref.symbol], ref.freq)[0]
+        assert len(s) > 700
+
+
+def test_default_frequency_is_the_finest_common_one() -> None:
+    assert {r.freq for r in locate(SHARED_LAKE, ["BTCUSDT", "ETHUSDT"], None)} == {"1min"}
+    assert {r.freq for r in locate(SHARED_LAKE, ["BTCUSDT", "SOLUSDT"], None)} == {"1h"}
+    assert {r.freq for r in locate(SHARED_LAKE, ["BTCUSD", "ETHUSD"], None)} == {"1d"}
+
+
+def test_fingerprint_changes_with_one_price() -> None:
+    a = shared_series("ETHUSD", "1d")
+    b = shared_series("ETHUSD", "1d")
+    assert a.fingerprint == b.fingerprint
+    b.ohlcv[100, 3] += 0.01
+    b.__post_init__()
+    assert a.fingerprint != b.fingerprint
+
+
+@pytest.mark.parametrize("freq,seconds", [("1min", 60), ("5min", 300), ("1h", 3600), ("1d", 86400)])
+def test_freq_seconds(freq: str, seconds: int) -> None:
+    assert freq_seconds(freq) == seconds
+
+
+def test_import_csv_common_spellings_round_trip(tmp_path: Path) -> None:
+    real = shared_series("ETHUSD", "1d")
+    frame = pl.DataFrame(
+        {
+            "Date": [str(t)[:10] for t in real.ts],
+            "Open": real.ohlcv[:, 0],
+            "HIGH": real.ohlcv[:, 1],
+            "low": real.ohlcv[:, 2],
+            "Close": real.ohlcv[:, 3],
+            "Volume": real.ohlcv[:, 4],
+        }
+    )
+    csv = tmp_path / "eth.csv"
+    frame.write_csv(csv)
+    rows, files = import_csv(csv, tmp_path / "lake", "ETHX", "1d", "crypto")
+    assert rows == len(real) and files == 27
+    back = load(tmp_path / "lake", ["ETHX"], "1d")[0]
+    np.testing.assert_array_equal(back.ohlcv, real.ohlcv)
+    np.testing.assert_array_equal(back.ts, real.ts)
+
+
+def test_import_rejects_bad_csv_and_writes_nothing(tmp_path: Path) -> None:
+    real = shared_series("ETHUSD", "1d")
+    close = real.ohlcv[:, 3].copy()
+    close[5] = -1.0
+    pl.DataFrame(
+        {
+            "ts": [str(t) for t in real.ts],
+            "open": real.ohlcv[:, 0],
+            "high": real.ohlcv[:, 1],
+            "low": real.ohlcv[:, 2],
+            "close": close,
+            "volume": real.ohlcv[:, 4],
+        }
+    ).write_csv(tmp_path / "x.csv")
+    with pytest.raises(SweepError, match=r"row 6 .*close is not positive"):
+        import_csv(tmp_path / "x.csv", tmp_path / "lake", "ETHX", "1d", "crypto")
+    assert not (tmp_path / "lake").exists()

@@ -1,0 +1,56 @@
+"""Metrics against values worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sweeper import metrics
+
+
+def test_crps_of_two_member_ensemble_by_hand() -> None:
+    # CRPS = mean|X - y| - 0.5 mean|X - X'|; X in {1, 3}, y = 2: 1 - 0.5 * (0 + 2 + 2 + 0) / 4 = 0.5
+    samples = np.array([[[1.0], [3.0]]])
+    assert metrics.crps(samples, np.array([[2.0]]))[0] == pytest.approx(0.5)
+    # y = 5: mean|X-y| = 3, spread term 0.5: 2.5
+    assert metrics.crps(samples, np.array([[5.0]]))[0] == pytest.approx(2.5)
+
+
+def test_crps_of_point_mass_is_absolute_error_and_weights_mix() -> None:
+    samples = np.full((1, 4, 2), 10.0)
+    assert metrics.crps(samples, np.array([[12.0, 7.0]]))[0] == pytest.approx((2 + 3) / 2)
+    # weights (1, 0) leave only the first member: crps = |1 - 2| = 1
+    two = np.array([[[1.0], [3.0]]])
+    assert metrics.crps(two, np.array([[2.0]]), weights=np.array([1.0, 0.0]))[0] == pytest.approx(1.0)
+
+
+def test_point_metrics_by_hand() -> None:
+    ctx = np.array([[100.0, 102.0, 101.0, 104.0]])  # one-step |changes| 2, 1, 3 -> scale 2
+    t = metrics.truth(np.array([[106.0, 103.0]]), ctx)
+    assert t.scale[0] == pytest.approx(2.0) and t.last_close[0] == 104.0
+    point = np.array([[105.0, 105.0]])
+    s = metrics.point_scores(point, t)
+    assert s["mae"][0] == pytest.approx((1 + 2) / 2)
+    assert s["mse"][0] == pytest.approx((1 + 4) / 2)
+    assert s["mase"][0] == pytest.approx(1.5 / 2)
+    assert s["pct_return_mae"][0] == pytest.approx((abs(2 / 104 - 1 / 104) + abs(-1 / 104 - 1 / 104)) / 2)
+    assert s["directional_accuracy"][0] == pytest.approx(0.5)  # up/up right, down/up wrong
+
+
+def test_msis_by_hand() -> None:
+    # 201 samples 0..200: 2.5% and 97.5% quantiles are 5 and 195
+    samples = np.arange(201, dtype=float).reshape(1, 201, 1)
+    scale = np.array([10.0])
+    inside = metrics.msis(samples, np.array([[100.0]]), scale)
+    assert inside[0] == pytest.approx(190 / 10)
+    above = metrics.msis(samples, np.array([[205.0]]), scale)
+    assert above[0] == pytest.approx((190 + (2 / 0.05) * 10) / 10)
+
+
+def test_score_returns_one_value_per_origin() -> None:
+    rng = np.random.default_rng(0)
+    samples = 100 + rng.normal(size=(6, 50, 3))
+    t = metrics.truth(100 + rng.normal(size=(6, 3)), 100 + rng.normal(size=(6, 20)))
+    out = metrics.score(samples, samples.mean(axis=1), t, np.full(6, 0.01))
+    assert set(out) == set(metrics.METRICS)
+    assert all(v.shape == (6,) for v in out.values())

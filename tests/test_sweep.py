@@ -1,0 +1,252 @@
+"""End to end on real candles: configs, tables, resume after a kill, and the forecast cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import polars as pl
+import pytest
+
+from sweeper.cache import ForecastCache
+from sweeper.objective import Candidate
+from sweeper.search import INTERRUPTED, open_study
+from sweeper.sweep import RunRequest, prepare
+from tests.helpers import SHARED_LAKE
+
+SMALL = ["--val-origins", "120", "--test-origins", "40"]
+
+
+def test_daily_sweep_writes_valid_configs(tmp_path: Path, sweep) -> None:
+    result = sweep(
+        "run",
+        "--symbols",
+        "BTCUSD",
+        "ETHUSD",
+        "--lake",
+        SHARED_LAKE,
+        "--freq",
+        "1d",
+        "--trials",
+        6,
+        "--out",
+        tmp_path,
+        "--run-id",
+        "daily",
+        "--json",
+        *SMALL,
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert [r["symbol"] for r in summary["symbols"]] == ["BTCUSD", "ETHUSD"]
+    for sym in ("BTCUSD", "ETHUSD"):
+        cfg = json.loads((tmp_path / "hyperparams" / "daily" / f"{sym}.json").read_text())
+        assert cfg["schema_version"] == 1 and cfg["symbol"] == sym and cfg["freq"] == "1d"
+        assert cfg["chosen"]["backend"] in ("naive", "drift", "seasonal_naive")
+        chosen = cfg["backends"][cfg["chosen"]["backend"]]
+        assert chosen["params"] == cfg["chosen"]["params"]
+        # the chosen backend has the best validation CRPS of all backends tried
+        assert chosen["validation"]["crps"] == min(b["validation"]["crps"] for b in cfg["backends"].values())
+        assert set(cfg["backends"]) == {"naive", "drift", "seasonal_naive"}
+        assert all(b["trials"] == 6 for b in cfg["backends"].values())
+        assert cfg["protocol"]["val_origins"]["count"] == 120 and cfg["protocol"]["test_origins"]["count"] == 40
+        assert cfg["protocol"]["val_origins"]["last_ts"] < cfg["protocol"]["test_origins"]["first_ts"]
+        assert cfg["baseline"]["backend"] == "naive" and cfg["baseline"]["test"]["crps"] > 0
+        vs = cfg["comparisons"]["chosen_vs_naive"]["test"]
+        assert vs["low"] <= vs["diff"] <= vs["high"]
+        assert len(cfg["data"]["fingerprint"]) == 16 and cfg["versions"]["optuna"]
+    run = tmp_path / "results" / "daily"
+    assert json.loads((run / "manifest.json").read_text())["status"] == "complete"
+    trials = pl.read_parquet(run / "trials.parquet")
+    assert trials.height == 2 * 3 * 6 and set(trials["state"]) == {"COMPLETE"}
+    origins = pl.read_parquet(run / "origins.parquet")
+    assert (
+        origins.filter(
+            (pl.col("symbol") == "ETHUSD") & (pl.col("split") == "val") & (pl.col("candidate") == "naive")
+        ).height
+        == 120
+    )
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_hourly_sweep_readable_summary(tmp_path: Path, sweep) -> None:
+    result = sweep(
+        "run",
+        "--symbols",
+        "BTCUSDT",
+        "ETHUSDT",
+        "--lake",
+        SHARED_LAKE,
+        "--freq",
+        "1h",
+        "--trials",
+        4,
+        "--backends",
+        "naive",
+        "drift",
+        "--out",
+        tmp_path,
+        *SMALL,
+    )
+    assert result.exit_code == 0, result.output
+    assert "BTCUSDT" in result.stdout and "ETHUSDT" in result.stdout and "test skill vs naive" in result.stdout
+
+
+def count_trials(db: Path) -> int:
+    with sqlite3.connect(db) as con:
+        try:
+            return con.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+
+def test_killed_sweep_resumes_without_redoing_trials(tmp_path: Path) -> None:
+    sweep_bin = [sys.executable, "-c", "from sweeper.cli import main; main()"]
+    cmd = [
+        *sweep_bin,
+        "run",
+        "--symbols",
+        "ETHUSD",
+        "--lake",
+        str(SHARED_LAKE),
+        "--backends",
+        "naive",
+        "drift",
+        "--trials",
+        "120",
+        "--run-id",
+        "k",
+        "--out",
+        str(tmp_path),
+        *SMALL,
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    db = tmp_path / "results" / "k" / "study.db"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not db.exists() or count_trials(db) < 15):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = count_trials(db)
+    assert 15 <= done_before < 240, "the kill must land mid-sweep"
+    storage = f"sqlite:///{db}"
+    before = {
+        t.number: t.params
+        for t in optuna.load_study(study_name="ETHUSD--naive", storage=storage).trials
+        if t.state.name == "COMPLETE"
+    }
+    assert not (tmp_path / "hyperparams" / "k").exists()
+    out = subprocess.run([*sweep_bin, "run", "--resume", "k", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    for backend in ("naive", "drift"):
+        study = optuna.load_study(study_name=f"ETHUSD--{backend}", storage=storage)
+        complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+        interrupted = [t for t in study.trials if t.user_attrs.get(INTERRUPTED)]
+        assert len(complete) == 120 and len(study.trials) == 120 + len(interrupted)
+    after = {t.number: t.params for t in optuna.load_study(study_name="ETHUSD--naive", storage=storage).trials}
+    assert all(after[n] == p for n, p in before.items())  # finished trials kept, not redone
+    cfg = json.loads((tmp_path / "hyperparams" / "k" / "ETHUSD.json").read_text())
+    assert cfg["backends"]["naive"]["trials"] == 120
+
+
+def test_stale_running_trial_is_requeued(tmp_path: Path) -> None:
+    req = RunRequest(
+        symbols=["ETHUSD"], lake=str(SHARED_LAKE), backends=["naive"], trials=3, val_origins=60, test_origins=20
+    )
+    prep = prepare(req)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_study(storage, "ETHUSD", "naive", "crps", 0)
+    trial = study.ask()
+    prep.tasks[0].spaces["naive"].params["context_length"].suggest(trial)  # dies here: left RUNNING
+    from sweeper.search import Budget, run_study
+
+    study = run_study(prep.tasks[0], "naive", storage, "crps", Budget(3), 0)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1
+    assert study.trials[0].user_attrs[INTERRUPTED] is True
+
+
+def test_cached_trials_never_call_the_model(tmp_path: Path) -> None:
+    req = RunRequest(
+        symbols=["BTCUSDT"], lake=str(SHARED_LAKE), freq="1h", backends=["naive"], val_origins=500, test_origins=100
+    )
+    prep = prepare(req, ForecastCache(tmp_path / "cache"))
+    task = prep.tasks[0]
+    fc = task.forecaster
+    base = {"num_samples": 256, "aggregation": "median", "context_length": 128}
+    first = task.scores(Candidate("naive", base), "val")
+    calls = fc.model_calls
+    assert calls >= 1
+    for change in (
+        {"num_samples": 17},
+        {"aggregation": "trimmed_mean_10"},
+        {"num_samples": 1000, "aggregation": "quantile_0.4"},
+    ):
+        task.scores(Candidate("naive", {**base, **change}), "val")
+    assert fc.model_calls == calls
+    # same knobs give the same scores from the cache
+    again = task.scores(Candidate("naive", base), "val")
+    assert (again["crps"] == first["crps"]).all()
+    # a model-changing knob does call the model
+    task.scores(Candidate("naive", {**base, "context_length": 64}), "val")
+    assert fc.model_calls == calls + 1
+    # a new process (new forecaster, same folder) reads the disk cache: no call at all
+    fresh = prepare(req, ForecastCache(tmp_path / "cache")).tasks[0]
+    fresh.scores(Candidate("naive", {**base, "aggregation": "mean"}), "val")
+    assert fresh.forecaster.model_calls == 0
+
+
+def test_selection_never_reads_test_targets(tmp_path: Path) -> None:
+    from sweeper.select import select
+
+    req = RunRequest(
+        symbols=["ETHUSD"], lake=str(SHARED_LAKE), backends=["naive", "drift"], val_origins=150, test_origins=60
+    )
+    best = {
+        "naive": ({"num_samples": 64, "aggregation": "median", "context_length": 64}, 1),
+        "drift": ({"num_samples": 64, "aggregation": "mean", "context_length": 32}, 1),
+    }
+    clean = select(prepare(req).tasks[0], best, "crps")
+    task = prepare(req).tasks[0]
+    # wreck every test target: selection must not move
+    task.series.ohlcv[task.plan.test[0] :, :4] *= 3.0
+    wrecked = select(task, best, "crps")
+    assert wrecked.chosen == clean.chosen
+    for b in ("naive", "drift"):
+        assert wrecked.backends[b].val["crps"] == clean.backends[b].val["crps"]  # latency is wall time
+        assert wrecked.backends[b].test["crps"] != clean.backends[b].test["crps"]
+
+
+@pytest.mark.parametrize("metric", ["mae", "directional_accuracy"])
+def test_other_selection_metrics(metric: str, tmp_path: Path, sweep) -> None:
+    result = sweep(
+        "run",
+        "--symbols",
+        "ETHUSD",
+        "--lake",
+        SHARED_LAKE,
+        "--trials",
+        3,
+        "--metric",
+        metric,
+        "--backends",
+        "naive",
+        "drift",
+        "--out",
+        tmp_path,
+        "--run-id",
+        "m",
+        *SMALL,
+    )
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((tmp_path / "hyperparams" / "m" / "ETHUSD.json").read_text())
+    vals = {b: r["validation"][metric] for b, r in cfg["backends"].items()}
+    pick = max(vals, key=vals.get) if metric == "directional_accuracy" else min(vals, key=vals.get)
+    assert cfg["chosen"]["backend"] == pick and cfg["selection_metric"] == metric
