@@ -61,6 +61,9 @@ class SymbolTask:
         return metrics.score(samples, point, self.truth(split), seconds)
 
 
+VAL_MEANS = "val_means"
+
+
 def mean_scores(scores: dict[str, np.ndarray]) -> dict[str, float]:
     return {k: float(np.nanmean(v)) for k, v in scores.items()}
 
@@ -69,6 +72,5 @@ def objective(trial: optuna.Trial, task: SymbolTask, backend: str, metric: str) 
     """The plain function Optuna calls: suggest knobs, score on validation origins, return the mean."""
     params = task.spaces[backend].suggest(trial)
     means = mean_scores(task.scores(Candidate(backend, params), "val"))
-    for name, value in means.items():
-        trial.set_user_attr(name, value)
+    trial.set_user_attr(VAL_MEANS, means)  # one write: each attribute is a storage round trip
     return means[metric]

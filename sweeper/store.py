@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import platform
 import secrets
-from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import polars as pl
 from sweeper import __version__
 from sweeper.atomic import read_json, write_with
 from sweeper.errors import SweepError, check_name
-from sweeper.objective import SymbolTask
+from sweeper.objective import VAL_MEANS, SymbolTask
 from sweeper.select import SymbolResult
 
 SCHEMA_VERSION = 1
@@ -133,7 +132,7 @@ def trials_frame(symbol: str, backend: str, study: optuna.Study) -> pl.DataFrame
             "value": t.value,
             "params": str(t.params),
             "duration_s": t.duration.total_seconds() if t.duration else None,
-            **{f"val_{k}": v for k, v in t.user_attrs.items() if isinstance(v, float)},
+            **{f"val_{k}": v for k, v in t.user_attrs.get(VAL_MEANS, {}).items()},
         }
         for t in study.get_trials(deepcopy=False)
     ]
@@ -161,7 +160,3 @@ def origins_frame(task: SymbolTask, result: SymbolResult) -> pl.DataFrame:
 
 def write_parquet(path: Path, frame: pl.DataFrame) -> None:
     write_with(path, lambda p: frame.write_parquet(p))
-
-
-def protocol_dict(protocol: Any) -> dict:
-    return asdict(protocol)

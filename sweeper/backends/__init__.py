@@ -11,6 +11,7 @@ REGISTRY: dict[str, str] = {
     "naive": "sweeper.backends.baselines:Naive",
     "drift": "sweeper.backends.baselines:Drift",
     "seasonal_naive": "sweeper.backends.baselines:SeasonalNaive",
+    "marketgpt": "sweeper.backends.marketgpt:MarketGPTBackend",
 }
 BASELINE = "naive"
 

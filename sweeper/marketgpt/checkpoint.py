@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from sweeper.atomic import read_json, write_json, write_with
+from sweeper.atomic import read_json, write_bytes, write_json, write_with
 from sweeper.errors import SweepError
 from sweeper.marketgpt.model import MarketGPT, ModelConfig
 from sweeper.marketgpt.tokenizer import CandleTokenizer
@@ -59,7 +59,7 @@ def save_pretrained(out: Path, model: MarketGPT, tokenizer: CandleTokenizer, met
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out / "tokenizer.json")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_with(out / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": FORMAT}))
+    write_bytes(out / "model.safetensors", save(state, metadata={"format": FORMAT}))
     write_json(out / "config.json", {"format": FORMAT, "model": asdict(model.cfg), "training": asdict(meta)})
     return out
 

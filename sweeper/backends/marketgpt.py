@@ -1,0 +1,92 @@
+"""MarketGPT as a sweep backend: the project's own candle model, tuned like the foundation models.
+
+Knobs (search_spaces/marketgpt.yaml): `mode` sample (token paths; `temperature`, `top_k`, `top_p`) or
+direct (the multi-step head's point path, repeated for every sample); walk-forward fine-tuning with
+`finetune_epochs` (0 = off), `finetune_lr`, `freeze_blocks`, `finetune_every`: within one forecast call
+the origins are cut into blocks of `finetune_every`, and before each block an in-memory copy of the
+model is fine-tuned on the context bars before the block's first origin (sweeper.marketgpt.finetune),
+so no forecast ever trains on its own target or later bars.
+
+Two guards: the checkpoint's bar frequency must match the contexts', and no context may end before the
+last bar the weights were trained on (that origin's target would have been in the training data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sweeper.backends.base import Backend
+from sweeper.errors import SweepError
+from sweeper.plan import Contexts
+
+INIT_FREQ = "1h"  # a random-init checkpoint fits its bins on the lake's bars at this frequency
+
+
+class MarketGPTBackend(Backend):
+    name = "marketgpt"
+    batch_size = 1_000_000  # one call per split, so walk-forward fine-tuning runs across all its origins
+
+    def __init__(self, checkpoint: str | None = None, device: str = "cpu") -> None:
+        super().__init__(checkpoint, device)
+        if self.checkpoint is None:
+            raise SweepError(
+                "marketgpt needs a trained checkpoint: run `sweep train marketgpt --symbols ... --freq ...` "
+                "and pass `--checkpoint marketgpt=models/marketgpt/<name>` (or set checkpoint in "
+                "search_spaces/marketgpt.yaml)"
+            )
+        from sweeper.marketgpt.checkpoint import from_pretrained
+
+        self.pretrained = from_pretrained(Path(self.checkpoint), device)
+        meta = self.pretrained.meta
+        self.trained_until = None if meta.trained_until is None else np.datetime64(meta.trained_until, "us")
+        self.alpha = float(meta.settings.get("alpha", 0.7))
+
+    def _check(self, ctx: Contexts) -> None:
+        meta = self.pretrained.meta
+        if ctx.freq != meta.freq:
+            raise SweepError(
+                f"marketgpt checkpoint {self.checkpoint} was trained on {meta.freq} bars, asked for {ctx.freq}: "
+                f"train one for {ctx.freq} with `sweep train marketgpt --freq {ctx.freq}`"
+            )
+        if self.trained_until is not None and ctx.ts.size and ctx.ts[:, -1].min() < self.trained_until:
+            raise SweepError(
+                f"marketgpt checkpoint {self.checkpoint} was trained on bars up to {meta.trained_until}, but an "
+                f"origin right after {ctx.ts[:, -1].min()} is to be forecast: its target may have been "
+                "training data. Train with the sweep's protocol (e.g. --horizon) or evaluate later origins"
+            )
+
+    def forecast(
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: int
+    ) -> np.ndarray:
+        from sweeper.marketgpt.finetune import FinetuneSettings, walk_forward
+        from sweeper.marketgpt.sampling import SamplingSettings, close_paths
+
+        self._check(ctx)
+        sampling = SamplingSettings.from_knobs(knobs)
+        tuning = FinetuneSettings.from_knobs(knobs)
+        model, tokenizer = self.pretrained.model, self.pretrained.tokenizer
+        if tuning.epochs == 0:
+            return close_paths(model, tokenizer, ctx, horizon, num_samples, sampling, seed)
+        out = np.empty((ctx.values.shape[0], num_samples, horizon))
+        for block, tuned in walk_forward(model, tokenizer, ctx, tuning, self.alpha, seed):
+            part = Contexts(ctx.values[block], ctx.ts[block], ctx.freq)
+            out[block] = close_paths(tuned, tokenizer, part, horizon, num_samples, sampling, seed + block.start)
+        return out
+
+    @classmethod
+    def init_checkpoint(cls, preset: str, out: Path) -> Path:
+        """Random weights, but real bins: k-means on every `INIT_FREQ` series of the lake ($SWEEP_LAKE or the
+        demo lake), on bars before each one's default sweep validation origins (the same cut as training)."""
+        from sweeper.data import available, resolve_lake
+        from sweeper.marketgpt.train import train
+
+        lake = resolve_lake(None)
+        symbols = sorted({r.symbol for r in available(lake) if r.freq == INIT_FREQ})
+        if not symbols:
+            raise SweepError(f"lake {lake} has no {INIT_FREQ} bars to fit MarketGPT's bins on")
+        train(symbols, INIT_FREQ, lake, preset, out, max_steps=0, progress=False)
+        return Path(out)

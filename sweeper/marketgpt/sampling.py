@@ -1,0 +1,181 @@
+"""Close-price paths from MarketGPT: sampled token paths, or the multi-step head's direct forecast.
+
+`sample` mode runs each context once, draws `num_samples` next candles from the last position's logits
+(temperature, then top-k, then top-p per component), and continues every path with a key/value cache,
+so a path costs one token per step. Origins are processed in chunks sized to a memory budget for the
+per-path caches. `direct` mode is a point forecast (the head's mean returns), repeated for every sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from sweeper.data import freq_seconds
+from sweeper.errors import SweepError
+from sweeper.marketgpt.model import MarketGPT
+from sweeper.marketgpt.tokenizer import CandleTokenizer, candle_returns, time_features
+from sweeper.plan import Contexts
+
+MODES = ("sample", "direct")
+CACHE_BYTES = 256 * 2**20  # key/value caches of the paths in flight
+CONTEXT_CHUNK = 256  # origins per context pass
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    mode: str = "sample"
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+
+    @classmethod
+    def from_knobs(cls, knobs: Mapping[str, Any]) -> SamplingSettings:
+        s = cls(
+            str(knobs.get("mode", cls.mode)),
+            float(knobs.get("temperature", cls.temperature)),
+            int(knobs.get("top_k", cls.top_k)),
+            float(knobs.get("top_p", cls.top_p)),
+        )
+        if s.mode not in MODES:
+            raise SweepError(f"marketgpt knob mode={s.mode!r}: choose from {', '.join(MODES)}")
+        if s.temperature <= 0:
+            raise SweepError(f"marketgpt knob temperature={s.temperature}: must be > 0")
+        if s.top_k < 0 or not 0 < s.top_p <= 1:
+            raise SweepError(f"marketgpt knobs top_k={s.top_k}, top_p={s.top_p}: need top_k >= 0, 0 < top_p <= 1")
+        return s
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Contexts as model inputs, plus the time features of the bars to forecast."""
+
+    tokens: np.ndarray  # (B, L, 4)
+    hours: np.ndarray  # (B, L)
+    dows: np.ndarray  # (B, L)
+    last_close: np.ndarray  # (B,)
+    future_hours: np.ndarray  # (B, H)
+    future_dows: np.ndarray  # (B, H)
+
+
+def encode_contexts(tokenizer: CandleTokenizer, ctx: Contexts, horizon: int, keep: int) -> Encoded:
+    """Tokenise the last `keep` bars of each context (a context of C bars gives C-1 tokens).
+
+    Future bars are assumed one bar apart: their timestamps only feed the hour/day-of-week features.
+    """
+    if ctx.values.shape[1] < 2:
+        raise SweepError("marketgpt needs a context of at least 2 bars (one return)")
+    tokens = tokenizer.encode(candle_returns(ctx.values))[:, -keep:]
+    hours, dows = time_features(ctx.ts[:, 1:][:, -keep:])
+    step = np.timedelta64(freq_seconds(ctx.freq), "s")
+    fh, fd = time_features(ctx.ts[:, -1:] + step * np.arange(1, horizon + 1))
+    return Encoded(tokens, hours, dows, ctx.close[:, -1].astype(np.float64), fh, fd)
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Temperature, then keep the top_k most likely tokens, then the smallest set holding top_p of the mass."""
+    logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1:
+        ordered, order = torch.sort(logits, dim=-1, descending=True)
+        probs = ordered.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p  # mass before a token already exceeds top_p: the first one stays
+        logits = logits.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
+    return logits
+
+
+def _draw(logits: torch.Tensor, s: SamplingSettings, gen: torch.Generator) -> torch.Tensor:
+    """(M, 4, V) logits -> (M, 4) tokens, one independent draw per row and component."""
+    probs = filter_logits(logits.float(), s.temperature, s.top_k, s.top_p).softmax(-1)
+    return torch.multinomial(probs.flatten(0, 1), 1, generator=gen).view(logits.shape[:2])
+
+
+def _tensors(enc: Encoded, lo: int, hi: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(a[lo:hi]).to(device) for a in (enc.tokens, enc.hours, enc.dows))
+
+
+@torch.no_grad()
+def sample_paths(
+    model: MarketGPT,
+    tokenizer: CandleTokenizer,
+    enc: Encoded,
+    horizon: int,
+    num_samples: int,
+    settings: SamplingSettings,
+    seed: int,
+) -> np.ndarray:
+    """(B, num_samples, horizon) close paths by ancestral sampling of candle tokens."""
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    b, length = enc.tokens.shape[:2]
+    cfg = model.cfg
+    per_path = 2 * cfg.n_layers * (length + horizon) * cfg.d_model * 4
+    chunk = CONTEXT_CHUNK if horizon == 1 else max(1, min(CONTEXT_CHUNK, CACHE_BYTES // (per_path * num_samples)))
+    close_tokens = np.empty((b, num_samples, horizon), dtype=np.int64)
+    for lo in range(0, b, chunk):
+        hi = min(lo + chunk, b)
+        h, past = model(*_tensors(enc, lo, hi, dev))
+        tok = _draw(model.logits(h[:, -1]).repeat_interleave(num_samples, 0), settings, gen)
+        steps = [tok[:, 3]]
+        if horizon > 1:
+            past = [(k.repeat_interleave(num_samples, 0), v.repeat_interleave(num_samples, 0)) for k, v in past]
+            fh = torch.from_numpy(enc.future_hours[lo:hi]).to(dev).repeat_interleave(num_samples, 0)
+            fd = torch.from_numpy(enc.future_dows[lo:hi]).to(dev).repeat_interleave(num_samples, 0)
+        for j in range(horizon - 1):  # feed future bar j, draw bar j + 1
+            h, past = model(tok[:, None], fh[:, j : j + 1], fd[:, j : j + 1], start=length + j, past=past)
+            tok = _draw(model.logits(h[:, -1]), settings, gen)
+            steps.append(tok[:, 3])
+        close_tokens[lo:hi] = torch.stack(steps, dim=1).view(hi - lo, num_samples, horizon).cpu().numpy()
+    log_paths = np.cumsum(tokenizer.centres[3][close_tokens], axis=2)
+    return enc.last_close[:, None, None] * np.exp(log_paths)
+
+
+@torch.no_grad()
+def direct_paths(model: MarketGPT, tokenizer: CandleTokenizer, enc: Encoded, horizon: int) -> np.ndarray:
+    """(B, horizon) closes from the multi-step head; beyond its n_steps, its forecast is tokenised,
+    appended to the context, and the head is asked again."""
+    dev = next(model.parameters()).device
+    tokens, hours, dows = (torch.from_numpy(a).to(dev) for a in (enc.tokens, enc.hours, enc.dows))
+    scale = torch.from_numpy(tokenizer.scale).to(dev, torch.float32)
+    cap = model.cfg.context_length
+    out: list[torch.Tensor] = []
+    done = 0
+    while done < horizon:
+        h, _ = model(tokens[:, -cap:], hours[:, -cap:], dows[:, -cap:])
+        take = min(model.cfg.n_steps, horizon - done)
+        rets = (model.steps(h[:, -1]) * scale)[:, :take]  # (B, take, 4) log returns
+        out.append(rets[..., 3])
+        new = torch.from_numpy(tokenizer.encode(rets.double().cpu().numpy())).to(dev)
+        tokens = torch.cat([tokens, new], dim=1)
+        hours = torch.cat([hours, torch.from_numpy(enc.future_hours[:, done : done + take]).to(dev)], dim=1)
+        dows = torch.cat([dows, torch.from_numpy(enc.future_dows[:, done : done + take]).to(dev)], dim=1)
+        done += take
+    log_paths = np.cumsum(torch.cat(out, dim=1).double().cpu().numpy(), axis=1)
+    return enc.last_close[:, None] * np.exp(log_paths)
+
+
+def close_paths(
+    model: MarketGPT,
+    tokenizer: CandleTokenizer,
+    ctx: Contexts,
+    horizon: int,
+    num_samples: int,
+    settings: SamplingSettings,
+    seed: int,
+) -> np.ndarray:
+    """(B, num_samples, horizon) close paths for a batch of contexts, in the settings' mode."""
+    cap = model.cfg.context_length
+    if settings.mode == "direct":
+        enc = encode_contexts(tokenizer, ctx, horizon, cap)
+        point = direct_paths(model, tokenizer, enc, horizon)
+        return np.repeat(point[:, None, :], num_samples, axis=1)
+    if horizon > cap - 1:
+        raise SweepError(f"marketgpt: horizon {horizon} needs a model context above {horizon}, this one has {cap}")
+    enc = encode_contexts(tokenizer, ctx, horizon, cap - (horizon - 1))  # every sampled bar stays in context
+    return sample_paths(model, tokenizer, enc, horizon, num_samples, settings, seed)
