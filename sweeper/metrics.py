@@ -51,9 +51,22 @@ def crps(samples: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) 
     return np.asarray(sr.crps_ensemble(y, fct, m_axis=-1, ens_w=ens_w)).mean(axis=1)
 
 
-def msis(samples: np.ndarray, y: np.ndarray, scale: np.ndarray, alpha: float = MSIS_ALPHA) -> np.ndarray:
+def weighted_quantile(samples: np.ndarray, weights: np.ndarray, q: float) -> np.ndarray:
+    """Inverse CDF of the weighted empirical distribution at q: (B, N, H), (N,) -> (B, H)."""
+    order = np.argsort(samples, axis=1)
+    cum = np.cumsum(weights[order], axis=1)
+    idx = (cum < q * cum[:, -1:, :]).sum(axis=1, keepdims=True)
+    return np.take_along_axis(np.take_along_axis(samples, order, axis=1), idx, axis=1)[:, 0, :]
+
+
+def msis(
+    samples: np.ndarray, y: np.ndarray, scale: np.ndarray, alpha: float = MSIS_ALPHA, weights: np.ndarray | None = None
+) -> np.ndarray:
     """Interval score of the central (1 - alpha) sample interval, divided by the naive scale."""
-    lo, hi = np.quantile(samples, [alpha / 2, 1 - alpha / 2], axis=1)
+    if weights is None:
+        lo, hi = np.quantile(samples, [alpha / 2, 1 - alpha / 2], axis=1)
+    else:
+        lo, hi = (weighted_quantile(samples, weights, q) for q in (alpha / 2, 1 - alpha / 2))
     score = (hi - lo) + (2 / alpha) * ((lo - y) * (y < lo) + (y - hi) * (y > hi))
     return score.mean(axis=1) / scale
 
@@ -72,11 +85,13 @@ def point_scores(point: np.ndarray, t: Truth) -> dict[str, np.ndarray]:
     }
 
 
-def score(samples: np.ndarray, point: np.ndarray, t: Truth, latency_s: np.ndarray) -> dict[str, np.ndarray]:
-    """All metrics, one array of shape (B,) each."""
+def score(
+    samples: np.ndarray, point: np.ndarray, t: Truth, latency_s: np.ndarray | float, weights: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """All metrics, one array of shape (B,) each; `weights` (N,) score a weighted mixture of samples."""
     return {
-        "crps": crps(samples, t.y),
-        "msis": msis(samples, t.y, t.scale),
+        "crps": crps(samples, t.y, weights),
+        "msis": msis(samples, t.y, t.scale, weights=weights),
         **point_scores(point, t),
         "latency_s": np.broadcast_to(np.asarray(latency_s, dtype=np.float64), t.last_close.shape),
     }

@@ -25,8 +25,15 @@ class Candidate:
     backend: str
     params: dict[str, Any]
 
-    def label(self) -> str:
-        return self.backend
+
+@dataclass(frozen=True)
+class Forecast:
+    """A candidate's forecast of a split: draws (B, n, H), point (B, H), model seconds per origin."""
+
+    name: str
+    samples: np.ndarray
+    point: np.ndarray
+    latency_s: float
 
 
 @dataclass
@@ -47,18 +54,19 @@ class SymbolTask:
             self._truth[split] = metrics.truth(targets(self.series, idx, self.plan.protocol.horizon), ctx.close)
         return self._truth[split]
 
-    def samples(self, cand: Candidate, split: str) -> tuple[np.ndarray, float]:
-        """(B, n, H) float64 draws of the candidate and the model seconds per origin for n draws."""
+    def forecast(self, cand: Candidate, split: str, name: str | None = None) -> Forecast:
+        """The candidate's n draws (first n of the cached ones), its point forecast and latency."""
         n_max = self.spaces[cand.backend].max_samples
         n = int(cand.params["num_samples"])
         cached = self.forecaster.samples(self.series, self.plan, split, cand.backend, cand.params, n_max)
-        return cached.samples[:, :n].astype(np.float64), cached.seconds_per_origin * n / n_max
+        samples = cached.samples[:, :n].astype(np.float64)
+        point = aggregate(samples, str(cand.params["aggregation"]))
+        return Forecast(name or cand.backend, samples, point, cached.seconds_per_origin * n / n_max)
 
     def scores(self, cand: Candidate, split: str) -> dict[str, np.ndarray]:
         """Per-origin metrics of a candidate on `split` ("val" or "test")."""
-        samples, seconds = self.samples(cand, split)
-        point = aggregate(samples, str(cand.params["aggregation"]))
-        return metrics.score(samples, point, self.truth(split), seconds)
+        f = self.forecast(cand, split)
+        return metrics.score(f.samples, f.point, self.truth(split), f.latency_s)
 
 
 VAL_MEANS = "val_means"

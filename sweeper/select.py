@@ -1,8 +1,8 @@
-"""Selection for one symbol: the best knobs of each backend on validation, then one winner.
+"""Selection for one symbol: the best knobs of each backend on validation, one winner, an ensemble.
 
-The winner is fixed from validation scores alone; only then are test origins forecast and scored, once,
-for the report. Every comparison with the naive floor and with the runner-up carries a block-bootstrap
-interval over origins.
+The winner and the ensemble weights are fixed from validation scores alone; only then are test origins
+forecast and scored, once, for the report. Every comparison (winner vs naive, winner vs runner-up,
+ensemble vs winner) carries a block-bootstrap interval over origins.
 """
 
 from __future__ import annotations
@@ -12,10 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from sweeper import metrics
 from sweeper.backends import BASELINE
 from sweeper.compare import Comparison, paired_bootstrap
+from sweeper.ensemble import greedy, mixture
 from sweeper.metrics import HIGHER_IS_BETTER
-from sweeper.objective import Candidate, SymbolTask, mean_scores
+from sweeper.objective import Candidate, Forecast, SymbolTask, mean_scores
+
+ENSEMBLE = "ensemble"
+REFERENCE = "baseline"  # the naive floor when naive itself was not searched
 
 
 @dataclass
@@ -29,14 +34,28 @@ class BackendResult:
 
 
 @dataclass
+class EnsembleResult:
+    weights: dict[str, float]
+    val: dict[str, float]
+    test: dict[str, float]
+    history: list[float]
+
+
+@dataclass
 class SymbolResult:
     symbol: str
     chosen: str | None
     backends: dict[str, BackendResult]
     baseline: BackendResult
     baseline_source: str  # "tuned" when naive was searched, "defaults" otherwise
+    ensemble: EnsembleResult | None = None
     comparisons: dict[str, dict[str, Comparison]] = field(default_factory=dict)
     per_origin: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+def _ensemble_scores(task: SymbolTask, members: list[Forecast], weights: dict[str, float], split: str) -> dict:
+    samples, w, point, latency = mixture(members, weights)
+    return metrics.score(samples, point, task.truth(split), latency, weights=w)
 
 
 def select(
@@ -50,44 +69,53 @@ def select(
     errors = errors or {}
     results = {b: BackendResult(b, p, n, error=errors.get(b)) for b, (p, n) in best.items()}
     results.update({b: BackendResult(b, None, 0, error=e) for b, e in errors.items() if b not in results})
+    cands = {b: Candidate(b, r.params) for b, r in results.items() if r.params is not None}
+    tuned = BASELINE in cands
+    base_key = BASELINE if tuned else REFERENCE
+    if not tuned:
+        cands[REFERENCE] = Candidate(BASELINE, task.spaces[BASELINE].defaults() or {})
+    baseline = results[BASELINE] if tuned else BackendResult(BASELINE, cands[REFERENCE].params, 0)
+    bucket = {**results, REFERENCE: baseline}
+
     per_origin: dict[tuple[str, str], dict[str, np.ndarray]] = {}
-    ranked: list[tuple[float, str]] = []
-    for b, r in results.items():
-        if r.params is None:
-            continue
-        per_origin[(b, "val")] = task.scores(Candidate(b, r.params), "val")
-        r.val = mean_scores(per_origin[(b, "val")])
-        ranked.append((r.val[metric], b))
-    if BASELINE in results and results[BASELINE].params is not None:
-        baseline, source = results[BASELINE], "tuned"
-    else:
-        defaults = task.spaces[BASELINE].defaults()
-        baseline, source = BackendResult(BASELINE, defaults, 0), "defaults"
-        per_origin[("baseline", "val")] = task.scores(Candidate(BASELINE, defaults or {}), "val")
-        baseline.val = mean_scores(per_origin[("baseline", "val")])
-    ranked.sort(reverse=metric in HIGHER_IS_BETTER)
+    val = {name: task.forecast(c, "val", name) for name, c in cands.items()}
+    for name, f in val.items():
+        per_origin[(name, "val")] = metrics.score(f.samples, f.point, task.truth("val"), f.latency_s)
+        bucket[name].val = mean_scores(per_origin[(name, "val")])
+    ranked = sorted(((bucket[b].val[metric], b) for b in results if b in cands), reverse=metric in HIGHER_IS_BETTER)
     chosen = ranked[0][1] if ranked else None
-    # -- selection is final here; test origins are touched from this line on --
-    for b, r in results.items():
-        if r.params is not None:
-            per_origin[(b, "test")] = task.scores(Candidate(b, r.params), "test")
-            r.test = mean_scores(per_origin[(b, "test")])
-    base_key = BASELINE if source == "tuned" else "baseline"
-    if source == "defaults":
-        per_origin[("baseline", "test")] = task.scores(Candidate(BASELINE, baseline.params or {}), "test")
-        baseline.test = mean_scores(per_origin[("baseline", "test")])
-    out = SymbolResult(task.series.symbol, chosen, results, baseline, source, per_origin=per_origin)
+    ens = greedy(list(val.values()), task.truth("val").y) if len(val) > 1 else None
+    if ens is not None:
+        per_origin[(ENSEMBLE, "val")] = _ensemble_scores(task, list(val.values()), ens.weights, "val")
+    del val
+    # -- selection and weights are final here; test origins are touched from this line on --
+    test = {name: task.forecast(c, "test", name) for name, c in cands.items()}
+    for name, f in test.items():
+        per_origin[(name, "test")] = metrics.score(f.samples, f.point, task.truth("test"), f.latency_s)
+        bucket[name].test = mean_scores(per_origin[(name, "test")])
+    ensemble = None
+    if ens is not None:
+        per_origin[(ENSEMBLE, "test")] = _ensemble_scores(task, list(test.values()), ens.weights, "test")
+        ensemble = EnsembleResult(
+            ens.weights,
+            mean_scores(per_origin[(ENSEMBLE, "val")]),
+            mean_scores(per_origin[(ENSEMBLE, "test")]),
+            ens.history,
+        )
+    out = SymbolResult(task.series.symbol, chosen, results, baseline, "tuned" if tuned else "defaults", ensemble)
+    out.per_origin = per_origin
     if chosen is None:
         return out
     h = task.plan.protocol.horizon
-    out.comparisons["chosen_vs_naive"] = {
-        s: paired_bootstrap(per_origin[(chosen, s)][metric], per_origin[(base_key, s)][metric], metric, h, seed)
-        for s in ("val", "test")
-    }
-    if len(ranked) > 1:
-        runner = ranked[1][1]
-        out.comparisons["chosen_vs_runner_up"] = {
-            s: paired_bootstrap(per_origin[(chosen, s)][metric], per_origin[(runner, s)][metric], metric, h, seed)
-            for s in ("val", "test")
+
+    def compare(a: str, b: str, on: str = metric) -> dict[str, Comparison]:
+        return {
+            s: paired_bootstrap(per_origin[(a, s)][on], per_origin[(b, s)][on], on, h, seed) for s in ("val", "test")
         }
+
+    out.comparisons["chosen_vs_naive"] = compare(chosen, base_key)
+    if len(ranked) > 1:
+        out.comparisons["chosen_vs_runner_up"] = compare(chosen, ranked[1][1])
+    if ensemble is not None:
+        out.comparisons["ensemble_vs_chosen"] = compare(ENSEMBLE, chosen, "crps")
     return out

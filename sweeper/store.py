@@ -104,6 +104,14 @@ def config_record(run_id: str, task: SymbolTask, result: SymbolResult, metric: s
             "validation": _clean(result.baseline.val),
             "test": _clean(result.baseline.test),
         },
+        "ensemble": None
+        if result.ensemble is None
+        else {
+            "method": "greedy selection with replacement (Caruana et al. 2004) on validation CRPS",
+            "weights": result.ensemble.weights,
+            "validation": _clean(result.ensemble.val),
+            "test": _clean(result.ensemble.test),
+        },
         "comparisons": {
             name: {split: c.to_dict() for split, c in by_split.items()} for name, by_split in result.comparisons.items()
         },
