@@ -321,3 +321,131 @@ def models_init(
         raise SweepError(f"unknown preset {preset!r}: use tiny or small")
     path = backend_class(backend).init_checkpoint(preset, out)
     _console().print(f"wrote a randomly initialised {backend} checkpoint ({preset}) to {path}")
+
+
+# --- sweep promote / eval / runs / show -------------------------------------------------------------------
+
+
+@app.command()
+@handled
+def promote(
+    run_id: str = typer.Argument(..., help="Run whose winners to promote."),
+    symbols: list[str] = typer.Option(None, "--symbols", help="Only these symbols (default: all of the run)."),
+    force: bool = typer.Option(False, help="Promote even when not better beyond noise."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change; write nothing."),
+    out: Path = typer.Option(Path("."), help="Folder holding hyperparams/ and results/."),
+    lake: str = typer.Option(None, help="Lake to re-score on (default: the one each config recorded)."),
+) -> None:
+    """Copy a run's winners to hyperparams/best/ when they beat the current best beyond noise."""
+    from sweeper.promote import promote as do_promote
+
+    decisions = do_promote(out, run_id, symbols, force, dry_run, lake)
+    table = Table(title=f"promote {run_id}" + (" (dry run: nothing written)" if dry_run else ""), title_justify="left")
+    for col in ("symbol", "action", "why"):
+        table.add_column(col)
+    for d in decisions:
+        action = ("would promote" if dry_run else "promoted") if d.promote else "refused"
+        table.add_row(d.symbol, action, d.reason)
+    _console().print(table)
+
+
+@app.command("eval")
+@handled
+def eval_(
+    check: bool = typer.Option(False, help="Exit 1 when any metric is worse than recorded beyond tolerance."),
+    tolerance: float = typer.Option(0.01, help="Allowed relative worsening (0.01 = 1%)."),
+    out: Path = typer.Option(Path("."), help="Folder holding hyperparams/best/ and results/."),
+    lake: str = typer.Option(None, help="Lake to read (default: the one each config recorded)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Re-evaluate every promoted config on its recorded protocol and data (for CI)."""
+    from sweeper.evaluate import run_eval
+
+    if tolerance < 0:
+        raise SweepError(f"--tolerance must be >= 0, got {tolerance}")
+    checks, report = run_eval(out, tolerance, lake, device)
+    table = Table(title="sweep eval: recorded vs now (test origins)", title_justify="left")
+    for col in ("symbol", "metric", "recorded", "now", "status"):
+        table.add_column(col)
+    for c in checks:
+        if c.error:
+            table.add_row(c.symbol, "-", "-", "-", f"[red]error: {c.error}[/red]")
+            continue
+        for m in ("crps", "mae", "pct_return_mae", "directional_accuracy"):
+            status = "[red]REGRESSION[/red]" if m in c.regressions else "ok"
+            table.add_row(c.symbol, m, _fmt(c.recorded.get(m), 6), _fmt(c.now.get(m), 6), status)
+    con = _console()
+    con.print(table)
+    con.print(f"report: {report} and {report.with_suffix('.md')}", highlight=False)
+    errors = [c for c in checks if c.error]
+    if errors:
+        err.print(f"[red]error:[/red] {len(errors)} config(s) could not be evaluated", highlight=False)
+        raise typer.Exit(2)
+    if check and any(c.regressions for c in checks):
+        raise typer.Exit(1)
+
+
+@app.command()
+@handled
+def runs(out: Path = typer.Option(Path("."), help="Folder holding results/.")) -> None:
+    """List runs and their winners."""
+    from sweeper.atomic import read_json
+
+    table = Table(title=f"runs in {out / 'results'}", title_justify="left")
+    for col in ("run", "created", "status", "symbols", "winners"):
+        table.add_column(col)
+    for manifest in sorted((out / "results").glob("*/manifest.json")):
+        m = read_json(manifest)
+        winners = []
+        for sym, path in m.get("configs", {}).items():
+            cfg = read_json(Path(path)) if Path(path).is_file() else {}
+            winners.append(f"{sym}:{(cfg.get('chosen') or {}).get('backend', '-')}")
+        table.add_row(m["run_id"], m["created"], m["status"], " ".join(m["request"]["symbols"]), " ".join(winners))
+    _console().print(table)
+
+
+@app.command()
+@handled
+def show(
+    run_id: str = typer.Argument(..., help="Run to show."),
+    out: Path = typer.Option(Path("."), help="Folder holding hyperparams/ and results/."),
+) -> None:
+    """Per symbol: every backend's best validation and test scores, the ensemble and the naive floor."""
+    from sweeper.errors import check_name
+    from sweeper.evaluate import read_config
+
+    folder = out / "hyperparams" / check_name("run id", run_id)
+    configs = sorted(folder.glob("*.json"))
+    if not configs:
+        raise SweepError(f"run {run_id} has no configs in {folder}")
+    con = _console()
+    for path in configs:
+        cfg = read_config(path)
+        metric = cfg["selection_metric"]
+        table = Table(title=f"{cfg['symbol']} {cfg['freq']} H={cfg['horizon']}", title_justify="left")
+        for col in ("candidate", "params", f"val {metric}", f"test {metric}", "weight"):
+            table.add_column(col)
+        weights = (cfg.get("ensemble") or {}).get("weights", {})
+        chosen = (cfg.get("chosen") or {}).get("backend")
+        for name, b in cfg["backends"].items():
+            mark = " *" if name == chosen else ""
+            table.add_row(
+                name + mark,
+                str(b.get("params") or b.get("error", "")),
+                _fmt((b.get("validation") or {}).get(metric)),
+                _fmt((b.get("test") or {}).get(metric)),
+                _fmt(weights.get(name), 3),
+            )
+        if cfg["baseline"]["source"] == "defaults":
+            base = cfg["baseline"]
+            table.add_row(
+                "naive (defaults)",
+                str(base["params"]),
+                _fmt(base["validation"][metric]),
+                _fmt(base["test"][metric]),
+                _fmt(weights.get("baseline"), 3),
+            )
+        if cfg.get("ensemble"):
+            e = cfg["ensemble"]
+            table.add_row("ensemble", "", _fmt(e["validation"][metric]), _fmt(e["test"][metric]), "1")
+        con.print(table)

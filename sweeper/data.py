@@ -34,13 +34,21 @@ def freq_seconds(freq: str) -> int:
     return int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
 
 
+DEMO_LABEL = "demo"
+
+
 def resolve_lake(lake: str | Path | None) -> Path:
-    """--lake, else $SWEEP_LAKE, else the demo lake shipped with the package."""
+    """--lake, else $SWEEP_LAKE, else the demo lake shipped with the package ("demo" names it too)."""
     chosen = lake or os.environ.get("SWEEP_LAKE") or DEMO_LAKE
-    path = Path(chosen).expanduser()
+    path = DEMO_LAKE if str(chosen) == DEMO_LABEL else Path(chosen).expanduser()
     if not path.is_dir():
         raise SweepError(f"lake not found: {path} is not a directory (set --lake or $SWEEP_LAKE)")
     return path
+
+
+def lake_label(path: Path) -> str:
+    """How a config records its lake: "demo" for the shipped lake (valid in any checkout), else the path."""
+    return DEMO_LABEL if path.resolve() == DEMO_LAKE.resolve() else str(path.resolve())
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,12 @@ from sweeper.space import Space
 
 @dataclass(frozen=True)
 class Candidate:
+    """A backend and its knobs. `draws`: how many samples were cached for it (default: the space's
+    largest num_samples); recorded in configs so a re-evaluation reproduces the same draws."""
+
     backend: str
     params: dict[str, Any]
+    draws: int | None = None
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class SymbolTask:
 
     def forecast(self, cand: Candidate, split: str, name: str | None = None) -> Forecast:
         """The candidate's n draws (first n of the cached ones), its point forecast and latency."""
-        n_max = self.spaces[cand.backend].max_samples
+        n_max = cand.draws or self.spaces[cand.backend].max_samples
         n = int(cand.params["num_samples"])
         cached = self.forecaster.samples(self.series, self.plan, split, cand.backend, cand.params, n_max)
         samples = cached.samples[:, :n].astype(np.float64)

@@ -46,7 +46,10 @@ class Plan:
         return self.val if split == "val" else self.test
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256(repr(asdict(self.protocol)).encode())
+        """Of the resolved origins, not of how they were asked for: default and explicit counts that give
+        the same origins give the same fingerprint."""
+        p = self.protocol
+        h = hashlib.sha256(repr((p.horizon, p.max_context, p.stride)).encode())
         h.update(self.val.tobytes())
         h.update(self.test.tobytes())
         return h.hexdigest()[:16]

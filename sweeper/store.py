@@ -75,6 +75,11 @@ def _clean(d: dict[str, float] | None) -> dict[str, float | None] | None:
     return None if d is None else {k: (v if np.isfinite(v) else None) for k, v in d.items()}
 
 
+def _model_source(task: SymbolTask, backend: str) -> dict[str, Any]:
+    """What re-creates a backend's draws: its checkpoint and the number of draws cached."""
+    return {"checkpoint": task.forecaster.model(backend).checkpoint, "draws": task.spaces[backend].max_samples}
+
+
 def config_record(run_id: str, task: SymbolTask, result: SymbolResult, metric: str, seed: int, lake: str) -> dict:
     s = task.series
     chosen = result.backends.get(result.chosen) if result.chosen else None
@@ -86,10 +91,13 @@ def config_record(run_id: str, task: SymbolTask, result: SymbolResult, metric: s
         "asset_class": s.asset_class,
         "horizon": task.plan.protocol.horizon,
         "selection_metric": metric,
-        "chosen": None if chosen is None else {"backend": chosen.backend, "params": chosen.params},
+        "chosen": None
+        if chosen is None
+        else {"backend": chosen.backend, "params": chosen.params, **_model_source(task, chosen.backend)},
         "backends": {
             b: {
                 "params": r.params,
+                **({} if r.params is None else _model_source(task, b)),
                 "trials": r.trials,
                 "validation": _clean(r.val),
                 "test": _clean(r.test),
@@ -101,6 +109,7 @@ def config_record(run_id: str, task: SymbolTask, result: SymbolResult, metric: s
             "backend": result.baseline.backend,
             "source": result.baseline_source,
             "params": result.baseline.params,
+            **_model_source(task, result.baseline.backend),
             "validation": _clean(result.baseline.val),
             "test": _clean(result.baseline.test),
         },

@@ -17,7 +17,7 @@ import polars as pl
 from sweeper.atomic import write_json
 from sweeper.backends import BASELINE, check_backend
 from sweeper.cache import ForecastCache
-from sweeper.data import Series, load, resolve_lake
+from sweeper.data import Series, lake_label, load, resolve_lake
 from sweeper.errors import SweepError
 from sweeper.forecast import Forecaster
 from sweeper.metrics import check_metric
@@ -124,7 +124,7 @@ def execute(prep: Prepared, paths: RunPaths, progress: Progress | None = None) -
         result = select(task, best, req.metric, req.seed, errors)
         results.append(result)
         origin_frames.append(origins_frame(task, result))
-        record = config_record(paths.run_id, task, result, req.metric, req.seed, str(prep.lake))
+        record = config_record(paths.run_id, task, result, req.metric, req.seed, lake_label(prep.lake))
         write_json(paths.config(task.series.symbol), record)
     if trial_frames:
         write_parquet(paths.results / "trials.parquet", pl.concat(trial_frames, how="diagonal_relaxed"))

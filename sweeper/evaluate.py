@@ -1,0 +1,159 @@
+"""Re-scoring a written config on its recorded protocol and data: the regression check for CI.
+
+A config records everything its numbers came from: lake, data fingerprint, protocol, backend, knobs,
+checkpoint, the number of draws cached and the seed. Draws are seeded from those, so re-scoring on the
+same data reproduces the recorded metrics; a difference beyond the tolerance is a regression.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sweeper.atomic import read_json, write_bytes, write_json
+from sweeper.cache import ForecastCache
+from sweeper.data import Series, load, resolve_lake
+from sweeper.errors import SweepError
+from sweeper.forecast import Forecaster
+from sweeper.metrics import HIGHER_IS_BETTER, METRICS
+from sweeper.objective import Candidate, SymbolTask, mean_scores
+from sweeper.plan import Protocol, make_plan
+
+# wall-clock latency is not reproducible, so it is reported but never a regression
+CHECKED = tuple(m for m in METRICS if m != "latency_s")
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    try:
+        return read_json(path)
+    except (OSError, ValueError) as exc:
+        raise SweepError(f"cannot read config {path}: {exc}") from exc
+
+
+def protocol_of(config: dict[str, Any]) -> Protocol:
+    p = config["protocol"]
+    return Protocol(p["horizon"], p["max_context"], p["val_origins"]["count"], p["test_origins"]["count"], p["stride"])
+
+
+def load_recorded(config: dict[str, Any], lake: str | None = None) -> Series:
+    """The config's series, refusing data that changed since it was recorded."""
+    root = resolve_lake(lake or config["data"]["lake"])
+    series = load(root, [config["symbol"]], config["freq"])[0]
+    if series.fingerprint != config["data"]["fingerprint"]:
+        raise SweepError(
+            f"data changed: {config['symbol']} {config['freq']} in {root} has fingerprint {series.fingerprint}, "
+            f"the config recorded {config['data']['fingerprint']}"
+        )
+    return series
+
+
+def task_on(series: Series, protocol: Protocol, config: dict[str, Any], device: str = "auto") -> SymbolTask:
+    """A task that scores `config`'s chosen candidate on `series` under `protocol`, with its own seed."""
+    chosen = config["chosen"]
+    checkpoints = {chosen["backend"]: chosen["checkpoint"]} if chosen.get("checkpoint") else {}
+    forecaster = Forecaster(ForecastCache(None), seed=config["seed"], device=device, checkpoints=checkpoints)
+    return SymbolTask(series, make_plan(series, protocol), {}, forecaster)
+
+
+def chosen_candidate(config: dict[str, Any]) -> Candidate:
+    if not config.get("chosen"):
+        raise SweepError(f"config for {config.get('symbol')} has no chosen configuration")
+    c = config["chosen"]
+    return Candidate(c["backend"], c["params"], c["draws"])
+
+
+@dataclass
+class Check:
+    symbol: str
+    recorded: dict[str, float | None] = field(default_factory=dict)
+    now: dict[str, float] = field(default_factory=dict)
+    regressions: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def worse(metric: str, recorded: float, now: float, tolerance: float) -> bool:
+    """Now is worse than recorded by more than `tolerance` (relative)."""
+    slack = tolerance * max(abs(recorded), 1e-12)
+    return now < recorded - slack if metric in HIGHER_IS_BETTER else now > recorded + slack
+
+
+def check_config(path: Path, tolerance: float, lake: str | None = None, device: str = "auto") -> Check:
+    config = read_config(path)
+    check = Check(config.get("symbol", path.stem))
+    try:
+        series = load_recorded(config, lake)
+        task = task_on(series, protocol_of(config), config, device)
+        if task.plan.fingerprint() != config["data"]["plan_fingerprint"]:
+            raise SweepError(f"{check.symbol}: the recorded protocol no longer gives the recorded origins")
+        cand = chosen_candidate(config)
+        check.now = mean_scores(task.scores(cand, "test"))
+    except SweepError as exc:
+        check.error = str(exc)
+        return check
+    check.recorded = config["backends"][cand.backend]["test"]
+    check.regressions = [
+        m
+        for m in CHECKED
+        if check.recorded.get(m) is not None
+        and np.isfinite(check.now[m])
+        and worse(m, check.recorded[m], check.now[m], tolerance)  # type: ignore[arg-type]
+    ]
+    return check
+
+
+def markdown(checks: list[Check], tolerance: float) -> str:
+    lines = [
+        "# sweep eval",
+        "",
+        f"Promoted configs re-scored on their recorded test origins (tolerance {tolerance:.2%}).",
+        "",
+        "| symbol | metric | recorded | now | status |",
+        "|---|---|---|---|---|",
+    ]
+    for c in checks:
+        if c.error:
+            lines.append(f"| {c.symbol} | - | - | - | ERROR: {c.error} |")
+            continue
+        for m in CHECKED:
+            rec, now = c.recorded.get(m), c.now.get(m)
+            status = "REGRESSION" if m in c.regressions else "ok"
+            lines.append(f"| {c.symbol} | {m} | {_num(rec)} | {_num(now)} | {status} |")
+    return "\n".join(lines) + "\n"
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None or not np.isfinite(x) else f"{x:.6g}"
+
+
+def run_eval(out: Path, tolerance: float, lake: str | None = None, device: str = "auto") -> tuple[list[Check], Path]:
+    """Check every promoted config; write results/eval/<timestamp>.json and .md."""
+    best = out / "hyperparams" / "best"
+    paths = sorted(best.glob("*.json")) if best.is_dir() else []
+    if not paths:
+        raise SweepError(f"nothing to evaluate: no promoted configs in {best} (run `sweep promote RUN_ID` first)")
+    checks = [check_config(p, tolerance, lake, device) for p in paths]
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    report = out / "results" / "eval" / f"{stamp}.json"
+    write_json(
+        report,
+        {
+            "created": stamp,
+            "tolerance": tolerance,
+            "checks": [
+                {
+                    "symbol": c.symbol,
+                    "recorded": c.recorded,
+                    "now": c.now,
+                    "regressions": c.regressions,
+                    "error": c.error,
+                }
+                for c in checks
+            ],
+        },
+    )
+    write_bytes(report.with_suffix(".md"), markdown(checks, tolerance).encode())
+    return checks, report

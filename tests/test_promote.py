@@ -1,0 +1,110 @@
+"""Promote only what is better beyond noise; eval --check catches a tampered promotion; atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sweeper import atomic
+from sweeper.promote import history
+from tests.helpers import SHARED_LAKE
+
+RUN = [
+    "--lake",
+    SHARED_LAKE,
+    "--freq",
+    "1d",
+    "--symbols",
+    "BTCUSD",
+    "--trials",
+    3,
+    "--val-origins",
+    150,
+    "--test-origins",
+    80,
+]
+
+
+@pytest.fixture
+def out(tmp_path: Path, sweep) -> Path:
+    """Two runs: `bad` searches only seasonal_naive, `good` only naive (clearly better on BTCUSD daily)."""
+    for run_id, backend in (("bad", "seasonal_naive"), ("good", "naive")):
+        r = sweep("run", *RUN, "--backends", backend, "--run-id", run_id, "--out", tmp_path)
+        assert r.exit_code == 0, r.output
+    return tmp_path
+
+
+def best(out: Path) -> dict:
+    return json.loads((out / "hyperparams" / "best" / "BTCUSD.json").read_text())
+
+
+def test_promote_accepts_better_refuses_worse_and_equal(out: Path, sweep) -> None:
+    r = sweep("promote", "bad", "--out", out)
+    assert r.exit_code == 0 and "no current best" in r.stdout
+    assert best(out)["run_id"] == "bad"
+    # dry run: says it would promote, writes nothing
+    r = sweep("promote", "good", "--out", out, "--dry-run")
+    assert "would promote" in r.stdout and best(out)["run_id"] == "bad"
+    r = sweep("promote", "good", "--out", out)
+    assert "promoted" in r.stdout and "better beyond noise" in r.stdout
+    assert best(out)["run_id"] == "good" and best(out)["promotion"]["previous_run_id"] == "bad"
+    # worse: refused, best unchanged
+    r = sweep("promote", "bad", "--out", out)
+    assert "refused" in r.stdout and "worse" in r.stdout and best(out)["run_id"] == "good"
+    # equal (the same run again): within noise, refused
+    r = sweep("promote", "good", "--out", out)
+    assert "refused" in r.stdout and "within noise" in r.stdout
+    # --force overrides
+    r = sweep("promote", "bad", "--out", out, "--force")
+    assert "forced (worse)" in r.stdout and best(out)["run_id"] == "bad"
+    assert [h["run_id"] for h in history(out)] == ["bad", "good", "bad"]
+
+
+def test_eval_check_passes_untouched_and_fails_tampered(out: Path, sweep) -> None:
+    assert sweep("promote", "good", "--out", out).exit_code == 0
+    r = sweep("eval", "--check", "--out", out)
+    assert r.exit_code == 0, r.output
+    reports = sorted((out / "results" / "eval").glob("*.json"))
+    assert reports and reports[0].with_suffix(".md").is_file()
+    cfg = best(out)
+    chosen = cfg["chosen"]["backend"]
+    cfg["backends"][chosen]["test"]["crps"] *= 0.95  # claim a better score than the config really has
+    (out / "hyperparams" / "best" / "BTCUSD.json").write_text(json.dumps(cfg))
+    r = sweep("eval", "--check", "--out", out)
+    assert r.exit_code == 1 and "REGRESSION" in r.stdout
+    # without --check the table still shows it, but the exit code is 0
+    assert sweep("eval", "--out", out).exit_code == 0
+
+
+def test_eval_missing_data_is_an_error_not_a_pass(out: Path, sweep, tmp_path: Path) -> None:
+    assert sweep("promote", "good", "--out", out).exit_code == 0
+    empty = tmp_path / "empty-lake"
+    empty.mkdir()
+    r = sweep("eval", "--check", "--out", out, "--lake", empty)
+    assert r.exit_code == 2 and "not found in lake" in r.stdout
+
+
+def test_promote_unknown_run_is_clean_error(tmp_path: Path, sweep) -> None:
+    r = sweep("promote", "nope", "--out", tmp_path)
+    assert r.exit_code == 2 and "run nope has no configs" in r.stderr
+
+
+def test_atomic_write_leaves_old_file_when_interrupted(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "cfg.json"
+    atomic.write_json(target, {"v": 1})
+
+    def boom(*_a, **_k):
+        raise KeyboardInterrupt  # the process is interrupted between writing and renaming
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_json(target, {"v": 2})
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["cfg.json"]  # no temp file left behind
+    with pytest.raises(KeyboardInterrupt), atomic.atomic_path(tmp_path / "new.json") as tmp:
+        tmp.write_text('{"half":')
+        raise KeyboardInterrupt
+    assert not (tmp_path / "new.json").exists()
