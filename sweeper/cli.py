@@ -17,18 +17,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sweeper.errors import SweepError
+from sweeper.marketgpt.cli import train_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Inspect the lake and bring CSV files into it.")
 models_app = typer.Typer(no_args_is_help=True, help="Local model checkpoints.")
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+app.add_typer(train_app, name="train")
 
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 # options that take several values after one flag: `--symbols BTCUSD ETHUSD`
-LIST_OPTIONS = ("--symbols", "--backends", "--checkpoint")
+LIST_OPTIONS = ("--symbols", "--backends", "--checkpoint", "--objectives")
 _state = {"debug": False}
+_METRIC_ALIASES = {"latency": "latency_s"}
 
 
 def handled(fn: F) -> F:
@@ -170,6 +173,12 @@ def run(
     device: str = typer.Option(None, help="auto, cpu or cuda (default auto)."),
     spaces: str = typer.Option(None, help="Folder of search-space YAML files (default: search_spaces/)."),
     storage: str = typer.Option(None, help="Optuna storage URL (default: SQLite in the run folder)."),
+    objectives: list[str] = typer.Option(
+        None, "--objectives", help="Several metrics for a Pareto search (NSGA-II), e.g. crps latency."
+    ),
+    latency_budget: float = typer.Option(
+        None, "--latency-budget", help="Seconds per origin: pick the most accurate config within it."
+    ),
     out: Path = typer.Option(Path("."), help="Where results/ and hyperparams/ go."),
     run_id: str = typer.Option(None, "--run-id", help="Name of the run (default: timestamp)."),
     resume: str = typer.Option(None, "--resume", help="Continue the stopped run RUN_ID."),
@@ -195,7 +204,11 @@ def run(
         "device": device,
         "spaces_dir": spaces,
         "storage": storage,
+        "objectives": [_METRIC_ALIASES.get(o, o) for o in objectives] if objectives else None,
+        "latency_budget": latency_budget,
     }
+    if objectives and not metric:
+        given["metric"] = given["objectives"][0]
     if resume:
         extra = [k for k, v in given.items() if v]
         if extra or run_id:

@@ -80,9 +80,10 @@ def mean_scores(scores: dict[str, np.ndarray]) -> dict[str, float]:
     return {k: float(np.nanmean(v)) for k, v in scores.items()}
 
 
-def objective(trial: optuna.Trial, task: SymbolTask, backend: str, metric: str) -> float:
-    """The plain function Optuna calls: suggest knobs, score on validation origins, return the mean."""
+def objective(trial: optuna.Trial, task: SymbolTask, backend: str, objectives: tuple[str, ...]) -> float | tuple:
+    """The plain function Optuna calls: suggest knobs, score on validation origins, return the mean(s)."""
     params = task.spaces[backend].suggest(trial)
     means = mean_scores(task.scores(Candidate(backend, params), "val"))
     trial.set_user_attr(VAL_MEANS, means)  # one write: each attribute is a storage round trip
-    return means[metric]
+    values = tuple(means[m] for m in objectives)
+    return values[0] if len(values) == 1 else values

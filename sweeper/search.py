@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 
 from sweeper.metrics import direction
-from sweeper.objective import SymbolTask, objective
+from sweeper.objective import VAL_MEANS, SymbolTask, objective
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -50,11 +50,20 @@ def storage_for(url: str) -> optuna.storages.BaseStorage:
     return storage
 
 
-def open_study(storage: str, symbol: str, backend: str, metric: str, seed: int) -> optuna.Study:
+def open_study(storage: str, symbol: str, backend: str, objectives: tuple[str, ...], seed: int) -> optuna.Study:
+    """Seeded TPE for one objective; NSGA-II for several (a Pareto front, e.g. CRPS vs latency)."""
     name = study_name(symbol, backend)
-    sampler = optuna.samplers.TPESampler(seed=(seed + zlib.crc32(name.encode())) % 2**31)
+    study_seed = (seed + zlib.crc32(name.encode())) % 2**31
+    if len(objectives) == 1:
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=study_seed)
+    else:
+        sampler = optuna.samplers.NSGAIISampler(seed=study_seed)
     return optuna.create_study(
-        study_name=name, storage=storage_for(storage), sampler=sampler, direction=direction(metric), load_if_exists=True
+        study_name=name,
+        storage=storage_for(storage),
+        sampler=sampler,
+        directions=[direction(m) for m in objectives],
+        load_if_exists=True,
     )
 
 
@@ -78,13 +87,13 @@ def run_study(
     task: SymbolTask,
     backend: str,
     storage: str,
-    metric: str,
+    objectives: tuple[str, ...],
     budget: Budget,
     seed: int,
     on_trial: Callable[[optuna.Study], None] | None = None,
 ) -> optuna.Study:
     """Run the trials still missing from the study's budget."""
-    study = open_study(storage, task.series.symbol, backend, metric, seed)
+    study = open_study(storage, task.series.symbol, backend, objectives, seed)
     recover(study)
     if not study.trials:
         defaults = task.spaces[backend].defaults()
@@ -94,7 +103,7 @@ def run_study(
     if remaining > 0:
         callbacks = [lambda s, _t: on_trial(s)] if on_trial else None
         study.optimize(
-            lambda trial: objective(trial, task, backend, metric),
+            lambda trial: objective(trial, task, backend, objectives),
             n_trials=remaining,
             timeout=budget.timeout,
             callbacks=callbacks,
@@ -103,8 +112,17 @@ def run_study(
     return study
 
 
-def best_params(study: optuna.Study) -> dict | None:
-    try:
-        return dict(study.best_trial.params)
-    except ValueError:  # no completed trial
+def best_params(study: optuna.Study, metric: str, latency_budget: float | None = None) -> dict | None:
+    """The most accurate completed trial on `metric`, among those within the latency budget if one is set."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if VAL_MEANS in t.user_attrs]
+    if latency_budget is not None:
+        done = [t for t in done if t.user_attrs[VAL_MEANS]["latency_s"] <= latency_budget]
+    if not done:
         return None
+    sign = 1.0 if direction(metric) == "minimize" else -1.0
+    return dict(min(done, key=lambda t: (sign * t.user_attrs[VAL_MEANS][metric], t.number)).params)
+
+
+def pareto(study: optuna.Study) -> list[dict]:
+    """The Pareto front of a multi-objective study: knobs and objective values."""
+    return [{"number": t.number, "params": t.params, "values": t.values} for t in study.best_trials]

@@ -146,7 +146,7 @@ def trials_frame(symbol: str, backend: str, study: optuna.Study) -> pl.DataFrame
             "backend": backend,
             "number": t.number,
             "state": t.state.name,
-            "value": t.value,
+            "value": t.values[0] if t.values else None,  # the first objective; all are in the val_ columns
             "params": str(t.params),
             "duration_s": t.duration.total_seconds() if t.duration else None,
             **{f"val_{k}": v for k, v in t.user_attrs.get(VAL_MEANS, {}).items()},

@@ -23,7 +23,7 @@ from sweeper.forecast import Forecaster
 from sweeper.metrics import check_metric
 from sweeper.objective import SymbolTask
 from sweeper.plan import Protocol, make_plan
-from sweeper.search import Budget, best_params, finished, run_study
+from sweeper.search import Budget, best_params, finished, pareto, run_study
 from sweeper.select import SymbolResult, select
 from sweeper.space import load_space
 from sweeper.store import RunPaths, config_record, origins_frame, trials_frame, write_parquet
@@ -51,6 +51,11 @@ class RunRequest:
     checkpoints: dict[str, str] = field(default_factory=dict)
     device: str = "auto"
     storage: str | None = None
+    objectives: list[str] | None = None  # several: a Pareto search (NSGA-II); selection still uses `metric`
+    latency_budget: float | None = None  # seconds per origin; selection keeps only configs within it
+
+    def search_objectives(self) -> tuple[str, ...]:
+        return tuple(self.objectives or (self.metric,))
 
 
 @dataclass
@@ -71,6 +76,12 @@ def prepare(req: RunRequest, cache: ForecastCache | None = None) -> Prepared:
     if req.timeout is not None and req.timeout <= 0:
         raise SweepError(f"--timeout must be > 0 seconds, got {req.timeout}")
     check_metric(req.metric)
+    for m in req.search_objectives():
+        check_metric(m)
+    if req.objectives and req.metric != req.objectives[0]:
+        raise SweepError(f"--metric {req.metric} must be the first of --objectives ({' '.join(req.objectives)})")
+    if req.latency_budget is not None and req.latency_budget <= 0:
+        raise SweepError(f"--latency-budget must be > 0 seconds, got {req.latency_budget}")
     for b in req.backends:
         check_backend(b)
     for b in req.checkpoints:
@@ -105,6 +116,7 @@ def execute(prep: Prepared, paths: RunPaths, progress: Progress | None = None) -
     for task in prep.tasks:
         best: dict[str, tuple[dict[str, Any] | None, int]] = {}
         errors: dict[str, str] = {}
+        fronts: dict[str, list[dict]] = {}
         for backend in req.backends:
             label = f"{task.series.symbol} {backend}"
 
@@ -113,18 +125,26 @@ def execute(prep: Prepared, paths: RunPaths, progress: Progress | None = None) -
                     progress(label, finished(study), req.trials)
 
             try:
-                study = run_study(task, backend, storage, req.metric, budget, req.seed, on_trial=tick)
+                study = run_study(task, backend, storage, req.search_objectives(), budget, req.seed, on_trial=tick)
             except SweepError as exc:  # a backend that cannot load (no weights): skip it, say so
                 errors[backend] = str(exc)
                 continue
             tick(study)
             complete = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
-            best[backend] = (best_params(study), complete)
+            params = best_params(study, req.metric, req.latency_budget)
+            if params is None and req.latency_budget is not None and complete:
+                errors[backend] = f"no configuration within the latency budget of {req.latency_budget:g} s per origin"
+            best[backend] = (params, complete)
+            if len(req.search_objectives()) > 1:
+                fronts[backend] = pareto(study)
             trial_frames.append(trials_frame(task.series.symbol, backend, study))
         result = select(task, best, req.metric, req.seed, errors)
         results.append(result)
         origin_frames.append(origins_frame(task, result))
         record = config_record(paths.run_id, task, result, req.metric, req.seed, lake_label(prep.lake))
+        record["search"] = {"objectives": list(req.search_objectives()), "latency_budget_s": req.latency_budget}
+        for backend, front in fronts.items():
+            record["backends"][backend]["pareto_front"] = front
         write_json(paths.config(task.series.symbol), record)
     if trial_frames:
         write_parquet(paths.results / "trials.parquet", pl.concat(trial_frames, how="diagonal_relaxed"))

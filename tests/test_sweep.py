@@ -250,3 +250,36 @@ def test_other_selection_metrics(metric: str, tmp_path: Path, sweep) -> None:
     vals = {b: r["validation"][metric] for b, r in cfg["backends"].items()}
     pick = max(vals, key=vals.get) if metric == "directional_accuracy" else min(vals, key=vals.get)
     assert cfg["chosen"]["backend"] == pick and cfg["selection_metric"] == metric
+
+
+def test_pareto_search_and_latency_budget(tmp_path: Path, sweep) -> None:
+    base = [
+        "run",
+        "--symbols",
+        "ETHUSD",
+        "--lake",
+        SHARED_LAKE,
+        "--backends",
+        "naive",
+        "--trials",
+        12,
+        "--objectives",
+        "crps",
+        "latency",
+        "--out",
+        tmp_path,
+        *SMALL,
+    ]
+    assert sweep(*base, "--run-id", "p").exit_code == 0
+    cfg = json.loads((tmp_path / "hyperparams" / "p" / "ETHUSD.json").read_text())
+    front = cfg["backends"]["naive"]["pareto_front"]
+    assert cfg["search"]["objectives"] == ["crps", "latency_s"] and front
+    # no point of the front is dominated by another
+    for a in front:
+        assert not any(b["values"][0] < a["values"][0] and b["values"][1] < a["values"][1] for b in front)
+    trials = pl.read_parquet(tmp_path / "results" / "p" / "trials.parquet")
+    budget = float(trials["val_latency_s"].median())
+    assert sweep(*base, "--run-id", "q", "--latency-budget", budget).exit_code == 0
+    q = json.loads((tmp_path / "hyperparams" / "q" / "ETHUSD.json").read_text())
+    assert q["backends"]["naive"]["validation"]["latency_s"] <= budget
+    assert q["search"]["latency_budget_s"] == budget
