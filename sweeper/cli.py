@@ -102,8 +102,9 @@ def _summary_rows(results: list[Any], metric: str) -> list[dict[str, Any]]:
         vs = r.comparisons.get("chosen_vs_naive", {})
         test_cmp = vs.get("test")
         skill = None
-        if test_cmp is not None and test_cmp.mean_b:
+        if test_cmp is not None and test_cmp.mean_b and r.chosen != "naive":
             skill = -test_cmp.diff / test_cmp.mean_b
+        ens = r.comparisons.get("ensemble_vs_chosen", {})
         rows.append(
             {
                 "symbol": r.symbol,
@@ -114,6 +115,14 @@ def _summary_rows(results: list[Any], metric: str) -> list[dict[str, Any]]:
                 "naive": {"validation": r.baseline.val, "test": r.baseline.test, "source": r.baseline_source},
                 "test_skill_vs_naive": skill,
                 "vs_naive": {s: c.to_dict() for s, c in vs.items()},
+                "ensemble": None
+                if r.ensemble is None
+                else {
+                    "weights": r.ensemble.weights,
+                    "validation": r.ensemble.val,
+                    "test": r.ensemble.test,
+                    "vs_chosen": {s: c.to_dict() for s, c in ens.items()},
+                },
                 "skipped": {b: x.error for b, x in r.backends.items() if x.error},
             }
         )
@@ -126,18 +135,38 @@ def _console() -> Console:
     return con if con.is_terminal else Console(width=160)
 
 
+def _vs(cmp: dict[str, Any] | None, relative: float | None) -> str:
+    """'+3.1%' with '(within noise)' when the bootstrap interval holds zero."""
+    if not cmp or relative is None:
+        return "-"
+    return f"{relative:+.1%}" + (" (within noise)" if cmp["within_noise"] else "")
+
+
 def _print_summary(rows: list[dict[str, Any]], metric: str, run_id: str, out: Path) -> None:
     con = _console()
     table = Table(title=f"sweep run {run_id}", title_justify="left")
-    for col in ("symbol", "best", f"val {metric}", f"test {metric}", "val MAE", "test MAE", "test skill vs naive"):
+    cols = (
+        "symbol",
+        "best",
+        f"val {metric}",
+        f"test {metric}",
+        "val MAE",
+        "test MAE",
+        "test skill vs naive",
+        f"ensemble test {metric} vs best",
+    )
+    for col in cols:
         table.add_column(col, justify="left" if col in ("symbol", "best") else "right")
     for row in rows:
         val, test = row["validation"] or {}, row["test"] or {}
-        cmp = row["vs_naive"].get("test")
-        skill = "-"
-        if row["test_skill_vs_naive"] is not None and cmp:
-            note = " (within noise)" if cmp["within_noise"] else ""
-            skill = f"{row['test_skill_vs_naive']:+.1%}{note}"
+        skill = _vs(row["vs_naive"].get("test"), row["test_skill_vs_naive"])
+        if row["chosen"] == "naive":
+            skill = "best is naive"
+        ens_col = "-"
+        if row["ensemble"] and row["ensemble"]["vs_chosen"].get("test"):
+            cmp = row["ensemble"]["vs_chosen"]["test"]
+            rel = cmp["diff"] / cmp["mean_b"] if cmp["mean_b"] else None
+            ens_col = f"{_fmt(cmp['mean_a'])} ({_vs(cmp, rel)})"
         table.add_row(
             row["symbol"],
             row["chosen"] or "none",
@@ -146,6 +175,7 @@ def _print_summary(rows: list[dict[str, Any]], metric: str, run_id: str, out: Pa
             _fmt(val.get("mae")),
             _fmt(test.get("mae")),
             skill,
+            ens_col,
         )
     con.print(table)
     for row in rows:

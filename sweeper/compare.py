@@ -29,7 +29,9 @@ class Comparison:
 
     @property
     def within_noise(self) -> bool:
-        return self.low <= 0.0 <= self.high
+        """The interval holds zero (up to float rounding: equal forecasts scored two ways differ by 1e-16)."""
+        eps = 1e-9 * max(abs(self.mean_a), abs(self.mean_b))
+        return self.low <= eps and self.high >= -eps
 
     def to_dict(self) -> dict:
         return {**asdict(self), "within_noise": self.within_noise}

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from sweeper.atomic import write_with
 from sweeper.errors import SweepError, check_name
 
 COLUMNS = ("ts", "open", "high", "low", "close", "volume")
@@ -290,8 +291,15 @@ def import_csv(csv: Path, lake: Path, symbol: str, freq: str, asset_class: str) 
         raise SweepError(f"{where}: {target} already exists; remove it first to re-import")
     df = df.with_columns(pl.col("ts").dt.year().alias("_y"), pl.col("ts").dt.month().alias("_m"))
     parts = df.partition_by(["_y", "_m"], as_dict=True, maintain_order=True)
-    for (y, m), part in parts.items():
-        out = target / f"year={y}" / f"month={m:02d}" / "part.parquet"
-        frame = part.select(COLUMNS)
-        write_with(out, lambda p, f=frame: f.write_parquet(p, compression="zstd"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # all months go into a hidden folder that is renamed into place at the end: all or nothing
+    staging = Path(tempfile.mkdtemp(prefix=f".symbol={symbol}.", dir=target.parent))
+    try:
+        for (y, m), part in parts.items():
+            out = staging / f"year={y}" / f"month={m:02d}" / "part.parquet"
+            out.parent.mkdir(parents=True)
+            part.select(COLUMNS).write_parquet(out, compression="zstd")
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return df.height, len(parts)

@@ -94,3 +94,39 @@ def test_import_rejects_bad_csv_and_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(SweepError, match=r"row 6 .*close is not positive"):
         import_csv(tmp_path / "x.csv", tmp_path / "lake", "ETHX", "1d", "crypto")
     assert not (tmp_path / "lake").exists()
+
+
+def test_cli_data_check_and_import(tmp_path: Path, sweep) -> None:
+    r = sweep("data", "check", "--symbols", "BTCUSDT", "XAUUSD", "--lake", SHARED_LAKE, "--freq", "1h")
+    assert r.exit_code == 0, r.output
+    assert "58,419" in r.stdout and "28 (128 bars)" in r.stdout and "1d 10h00m" in r.stdout
+    real = shared_series("LTCUSD", "1d")
+    csv = tmp_path / "ltc.csv"
+    pl.DataFrame(
+        {
+            "timestamp": [str(t) for t in real.ts],
+            "open": real.ohlcv[:, 0],
+            "high": real.ohlcv[:, 1],
+            "low": real.ohlcv[:, 2],
+            "close": real.ohlcv[:, 3],
+            "volume": real.ohlcv[:, 4],
+        }
+    ).write_csv(csv)
+    lake = tmp_path / "lake"
+    r = sweep("data", "import", csv, "--symbol", "LTC", "--freq", "1d", "--asset-class", "crypto", "--lake", lake)
+    assert r.exit_code == 0 and "imported 925 bars" in r.stdout
+    r = sweep("data", "check", "--symbols", "LTC", "--lake", lake)
+    assert r.exit_code == 0 and "925" in r.stdout
+    # importing again refuses and leaves the lake as it was
+    r = sweep("data", "import", csv, "--symbol", "LTC", "--freq", "1d", "--asset-class", "crypto", "--lake", lake)
+    assert r.exit_code == 2 and "already exists" in r.stderr
+    assert not [p for p in (lake / "asset_class=crypto" / "freq=1d").iterdir() if p.name.startswith(".")]
+
+
+def test_cli_data_check_reports_a_broken_series(small_lake: Path, sweep) -> None:
+    path = small_lake / "asset_class=crypto/freq=1d/symbol=ETHUSD/year=2019/month=05/part.parquet"
+    df = pl.read_parquet(path)
+    df.with_columns((pl.col("low") * 0 + 1e9).alias("low")).write_parquet(path)
+    r = sweep("data", "check", "--symbols", "BTCUSD", "ETHUSD", "--lake", small_lake)
+    assert r.exit_code == 1
+    assert "1,770" in r.stdout and "high is below low" in r.stdout
