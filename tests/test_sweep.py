@@ -283,3 +283,13 @@ def test_pareto_search_and_latency_budget(tmp_path: Path, sweep) -> None:
     q = json.loads((tmp_path / "hyperparams" / "q" / "ETHUSD.json").read_text())
     assert q["backends"]["naive"]["validation"]["latency_s"] <= budget
     assert q["search"]["latency_budget_s"] == budget
+
+
+def test_timeout_stops_each_study(tmp_path: Path, sweep) -> None:
+    start = time.time()
+    r = sweep("run", "--symbols", "ETHUSD", "--lake", SHARED_LAKE, "--backends", "naive", "--trials", 100000,
+              "--timeout", 2, "--out", tmp_path, "--run-id", "t", *SMALL)
+    assert r.exit_code == 0, r.output
+    assert time.time() - start < 30
+    cfg = json.loads((tmp_path / "hyperparams" / "t" / "ETHUSD.json").read_text())
+    assert 1 <= cfg["backends"]["naive"]["trials"] < 100000
