@@ -492,3 +492,21 @@ def show(
             e = cfg["ensemble"]
             table.add_row("ensemble", "", _fmt(e["validation"][metric]), _fmt(e["test"][metric]), "1")
         con.print(table)
+
+
+# --- sweep report ---------------------------------------------------------------------------------------
+
+
+@app.command()
+@handled
+def report(
+    run_id: str = typer.Argument(..., help="Run to report on."),
+    out: Path = typer.Option(Path("."), help="Folder holding hyperparams/ and results/."),
+    lake: str = typer.Option(None, help="Lake for the forecast fans (default: the one each config recorded)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda, for model backends."),
+) -> None:
+    """Write results/RUN_ID/report.html: forecast fans, search history, importances, score distributions."""
+    from sweeper.report import write_report
+
+    path = write_report(out, run_id, lake, device)
+    _console().print(f"report: {path}", highlight=False)

@@ -1,0 +1,480 @@
+"""`sweep report RUN_ID`: one self-contained HTML page showing what a run found and how sure it is.
+
+Everything comes from the run's own files: configs, study.db, origins.parquet. The forecast fans are
+re-created through the run's forecast cache, so they show the very draws that were scored (a missing
+cache recomputes them; cheap for the baselines). Plots are PNGs drawn on matplotlib's Agg canvas and
+embedded as base64: the page has no external assets and can be attached to a CI run or mailed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import polars as pl
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+from matplotlib.figure import Figure
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from sweeper.atomic import write_bytes
+from sweeper.cache import ForecastCache
+from sweeper.data import Series
+from sweeper.ensemble import mixture
+from sweeper.errors import SweepError
+from sweeper.evaluate import chosen_candidate, load_recorded, protocol_of, read_config
+from sweeper.forecast import Forecaster
+from sweeper.objective import Candidate, SymbolTask
+from sweeper.plan import make_plan
+from sweeper.search import storage_for, study_name
+from sweeper.select import ENSEMBLE, REFERENCE
+from sweeper.store import RunPaths
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)  # 90% band, 50% band, median
+ROLLING_ORIGINS = 60  # H = 1: the one-step band over the last this many test origins
+FANS = 4  # H > 1: fans from this many non-overlapping test origins at the end of the test span
+TAIL = 30  # context bars drawn before the first plotted origin
+MIN_TRIALS = 10  # below this, importances would describe the sampler's noise, not the knobs
+COLORS = {"chosen": "#1f77b4", ENSEMBLE: "#d62728", "baseline": "#7f7f7f", "other": "#6baed6"}
+Bands = dict[str, tuple[str, np.ndarray]]  # panel title -> (colour, quantiles (Q, B, H))
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1em;color:#222}
+h1{font-size:1.5em} h2{border-bottom:2px solid #ccc;padding-top:.6em} h3{margin-bottom:.3em}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left} th{background:#f4f4f4}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.note{background:#fff4e5;border-left:4px solid #f0a030;padding:.5em 1em}
+.muted{color:#666;font-size:.9em} img{max-width:100%}
+"""
+
+
+# --- forecasts ---------------------------------------------------------------------------------------
+
+
+def _record(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """A candidate's entry in the config: a backend's best, or the untuned naive reference."""
+    return config["baseline"] if name == REFERENCE else config["backends"][name]
+
+
+def _candidate(config: dict[str, Any], name: str) -> Candidate:
+    rec = _record(config, name)
+    return Candidate(rec.get("backend", name), rec["params"], rec["draws"])
+
+
+def _weights(config: dict[str, Any]) -> dict[str, float]:
+    return (config.get("ensemble") or {}).get("weights") or {}
+
+
+def rebuild_task(config: dict[str, Any], cache: Path, lake: str | None, device: str) -> SymbolTask:
+    """The config's series, plan and a forecaster that reads the run's cached draws."""
+    series = load_recorded(config, lake)
+    plan = make_plan(series, protocol_of(config))
+    if plan.fingerprint() != config["data"]["plan_fingerprint"]:
+        raise SweepError(f"{config['symbol']}: the recorded protocol no longer gives the recorded origins")
+    names = [chosen_candidate(config).backend, *_weights(config)]
+    checkpoints = {_candidate(config, n).backend: _record(config, n).get("checkpoint") for n in names}
+    forecaster = Forecaster(ForecastCache(cache), config["seed"], device, {b: c for b, c in checkpoints.items() if c})
+    return SymbolTask(series, plan, {}, forecaster)
+
+
+def quantiles(samples: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(Q, B, H) quantiles of weighted draws (B, N, H): a mixture's draws carry unequal weights."""
+    order = np.argsort(samples, axis=1)
+    ordered = np.take_along_axis(samples, order, axis=1)
+    cum = np.cumsum(weights[order], axis=1)
+    cum /= cum[:, -1:]
+    idx = [np.minimum((cum < q).sum(axis=1, keepdims=True), samples.shape[1] - 1) for q in QUANTILES]
+    return np.stack([np.take_along_axis(ordered, i, axis=1)[:, 0] for i in idx])
+
+
+def fan_bands(config: dict[str, Any], task: SymbolTask) -> Bands:
+    """Quantiles on the test origins of the chosen config and of the ensemble (weighted mixture)."""
+    chosen = task.forecast(chosen_candidate(config), "test")
+    n = chosen.samples.shape[1]
+    bands = {f"chosen: {chosen.name}": (COLORS["chosen"], quantiles(chosen.samples, np.full(n, 1 / n)))}
+    weights = _weights(config)
+    if weights:
+        members = [task.forecast(_candidate(config, name), "test", name) for name in weights]
+        samples, w, _, _ = mixture(members, weights)
+        mix = ", ".join(f"{k} {v:.2f}" for k, v in weights.items())
+        bands[f"ensemble: {mix}"] = (COLORS[ENSEMBLE], quantiles(samples, w))
+    return bands
+
+
+# --- figures ------------------------------------------------------------------------------------------
+
+
+def png(fig: Figure, alt: str) -> str:
+    """The figure as an <img> with the PNG inline, so the page needs no other file."""
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buf)
+    data = base64.b64encode(buf.getvalue()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _grid(n: int, width: float = 11.0, height: float = 3.0) -> tuple[Figure, list[Axes]]:
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(width, height * rows), layout="constrained")
+    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _date_axis(ax: Axes) -> None:
+    loc = AutoDateLocator()
+    ax.xaxis.set_major_locator(loc)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(loc))
+
+
+def _actual(ax: Axes, series: Series, first: int, stop: int) -> None:
+    """Closes: the context tail before `first` in grey, the targets from `first` to `stop` in black."""
+    ctx = np.arange(max(first - TAIL, 0), first + 1)
+    ax.plot(series.ts[ctx], series.close[ctx], color="#999", lw=1, label="context")
+    rows = np.arange(first, stop)
+    ax.plot(series.ts[rows], series.close[rows], "k.-", lw=0.8, ms=3, label="actual close")
+
+
+def _band(ax: Axes, x: np.ndarray, q: np.ndarray, color: str, label: bool) -> None:
+    ax.fill_between(x, q[0], q[4], color=color, alpha=0.18, lw=0, label="90%" if label else None)
+    ax.fill_between(x, q[1], q[3], color=color, alpha=0.35, lw=0, label="50%" if label else None)
+    ax.plot(x, q[2], color=color, lw=1.3, label="median" if label else None)
+
+
+def _rolling(ax: Axes, series: Series, origins: np.ndarray, q: np.ndarray, color: str) -> None:
+    """H = 1: every recent test origin's one-step forecast, drawn at its target bar, as one band."""
+    pos = np.arange(max(origins.size - ROLLING_ORIGINS, 0), origins.size)
+    _actual(ax, series, int(origins[pos[0]]), int(origins[-1]) + 1)
+    _band(ax, series.ts[origins[pos]], q[:, pos, 0], color, True)
+
+
+def _fans(ax: Axes, series: Series, origins: np.ndarray, q: np.ndarray, color: str) -> None:
+    """H > 1: whole-horizon fans from the last test origins, one horizon apart so they do not overlap."""
+    h = q.shape[2]
+    pos = np.arange(origins.size - 1, -1, -h)[:FANS][::-1]
+    _actual(ax, series, int(origins[pos[0]]), int(origins[-1]) + h)
+    for i, p in enumerate(pos):
+        o = int(origins[p])
+        anchored = np.concatenate([np.full((len(QUANTILES), 1), series.close[o - 1]), q[:, p, :]], axis=1)
+        _band(ax, series.ts[o - 1 : o + h], anchored, color, i == 0)
+
+
+def fan_figure(series: Series, origins: np.ndarray, bands: Bands) -> Figure:
+    fig = Figure(figsize=(11, 3.0 * len(bands)), layout="constrained")
+    axes = fig.subplots(len(bands), 1, sharex=True, sharey=True, squeeze=False)[:, 0]
+    for ax, (title, (color, q)) in zip(axes, bands.items(), strict=True):
+        (_rolling if q.shape[2] == 1 else _fans)(ax, series, origins, q, color)
+        ax.set_title(title, loc="left", fontsize=10)
+        ax.set_ylabel("close")
+        ax.legend(loc="upper left", fontsize=8, ncols=5)
+    _date_axis(axes[-1])
+    return fig
+
+
+def _completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def history_figure(studies: dict[str, optuna.Study], metric: str) -> Figure:
+    """Validation score per trial and the best so far (first objective of a multi-objective study)."""
+    fig, axes = _grid(len(studies))
+    for ax, (backend, study) in zip(axes, studies.items(), strict=True):
+        done = _completed(study)
+        ax.set_title(backend, fontsize=10)
+        if not done:
+            ax.text(0.5, 0.5, "no completed trials", ha="center", transform=ax.transAxes)
+            continue
+        y = np.array([t.values[0] for t in done])
+        best = (np.minimum if study.directions[0] == StudyDirection.MINIMIZE else np.maximum).accumulate(y)
+        x = [t.number for t in done]
+        ax.plot(x, y, "o", ms=3, alpha=0.6, color=COLORS["baseline"], label="trial")
+        ax.step(x, best, where="post", color=COLORS["chosen"], label="best so far")
+        if y.min() > 0 and y.max() > 3 * y.min():  # a few poor trials would flatten the best-so-far line
+            ax.set_yscale("log")
+        ax.set_xlabel("trial")
+        ax.set_ylabel(f"validation {metric}")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def importance(study: optuna.Study) -> dict[str, float] | str:
+    """fANOVA importances of the knobs, or a sentence saying why there are none worth showing."""
+    done = _completed(study)
+    if len(done) < MIN_TRIALS:
+        return f"{len(done)} completed trial(s); importances need at least {MIN_TRIALS}"
+    if len({p for t in done for p in t.params}) < 2:
+        return "a single parameter was searched: its importance is 1 by definition"
+    if np.ptp([t.values[0] for t in done]) == 0:
+        return "every trial scored the same: there is no variance to attribute"
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    return optuna.importance.get_param_importances(study, evaluator=evaluator, target=lambda t: t.values[0])
+
+
+def importance_figure(found: dict[str, dict[str, float]]) -> Figure:
+    fig, axes = _grid(len(found), height=2.4)
+    for ax, (backend, imp) in zip(axes, found.items(), strict=True):
+        names = list(imp)[::-1]
+        ax.barh(names, [imp[n] for n in names], color=COLORS["chosen"])
+        ax.set_title(backend, fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("fANOVA importance")
+    return fig
+
+
+def _roles(name: str, config: dict[str, Any]) -> list[str]:
+    """What a candidate is in this config: the chosen one, the naive baseline (a tuned naive can be both)."""
+    base = config["baseline"]
+    chosen = name == (config.get("chosen") or {}).get("backend")
+    baseline = name == REFERENCE or (base["source"] == "tuned" and name == base["backend"])
+    return [role for role, hit in (("chosen", chosen), ("baseline", baseline)) if hit]
+
+
+def _label(name: str, config: dict[str, Any]) -> str:
+    shown = f"{config['baseline']['backend']} defaults" if name == REFERENCE else name
+    roles = _roles(name, config)
+    return f"{shown} ({', '.join(roles)})" if roles else shown
+
+
+def _color(name: str, config: dict[str, Any]) -> str:
+    roles = [ENSEMBLE] if name == ENSEMBLE else _roles(name, config)
+    return COLORS[roles[0]] if roles else COLORS["other"]
+
+
+def distribution_figure(frame: pl.DataFrame, names: list[str], config: dict[str, Any]) -> Figure:
+    """Per-origin CRPS of every candidate: a mean hides whether a win is broad or a few origins."""
+    labels = [_label(n, config) for n in names]
+    fig = Figure(figsize=(11, 1.4 + 0.45 * len(names)), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, split in zip(axes, ("val", "test"), strict=True):
+        data = [frame.filter(candidate=n, split=split)["crps"].drop_nans().to_numpy() for n in names]
+        box = ax.boxplot(
+            data, orientation="horizontal", whis=(5, 95), showfliers=False, showmeans=True, medianprops={"color": "k"}
+        )
+        for patch, name in zip(box["boxes"], names, strict=True):
+            patch.set_color(_color(name, config))
+        ax.set_yticks(range(1, len(labels) + 1), labels)
+        ax.set_title(f"{'validation' if split == 'val' else 'test'} origins", fontsize=10)
+        ax.set_xlabel("CRPS per origin (box 25-75%, whiskers 5-95%, triangle = mean)")
+    return fig
+
+
+def weights_figure(weights: dict[str, float]) -> Figure:
+    fig = Figure(figsize=(6, 0.5 + 0.4 * len(weights)), layout="constrained")
+    ax = fig.subplots()
+    names = list(weights)[::-1]
+    bars = ax.barh(names, [weights[n] for n in names], color=COLORS[ENSEMBLE])
+    ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel("ensemble weight (share of greedy picks on validation)")
+    return fig
+
+
+# --- html ---------------------------------------------------------------------------------------------
+
+
+def _num(x: Any) -> str:
+    return "-" if x is None or not np.isfinite(x) else f"{x:.5g}"
+
+
+def table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
+    """An HTML table; numbers right-aligned, everything else escaped."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float | int) and not isinstance(v, bool):
+            return f'<td class="num">{_num(v)}</td>'
+        return f"<td>{html.escape(str(v))}</td>"
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _ts(stamp: str) -> str:
+    """Recorded timestamps to the minute: the bars are never finer."""
+    return stamp.replace("T", " ")[:16]
+
+
+def _span(p: dict[str, Any]) -> str:
+    return f"{p['count']} ({_ts(p['first_ts'])} .. {_ts(p['last_ts'])})"
+
+
+def protocol_table(config: dict[str, Any]) -> str:
+    p, d = config["protocol"], config["data"]
+    rows = [
+        ("horizon", f"{p['horizon']} bar(s) of {config['freq']}"),
+        ("validation origins", _span(p["val_origins"])),
+        ("test origins", _span(p["test_origins"])),
+        ("stride / longest context", f"{p['stride']} / {p['max_context']} bars"),
+        ("data", f"{d['rows']} rows, {_ts(d['first_ts'])} .. {_ts(d['last_ts'])}, lake {d['lake']}"),
+        ("fingerprints", f"data {d['fingerprint']}, plan {d['plan_fingerprint']}"),
+    ]
+    return table(("protocol", ""), rows)
+
+
+def candidates_table(config: dict[str, Any]) -> str:
+    metric, weights = config["selection_metric"], _weights(config)
+    entries = dict(config["backends"])
+    if config["baseline"]["source"] == "defaults":
+        entries[REFERENCE] = config["baseline"]
+    rows = [
+        (
+            _label(name, config),
+            str(b.get("params") or b.get("error", "")),
+            b.get("checkpoint") or "-",
+            b.get("trials", "-"),
+            (b.get("validation") or {}).get(metric),
+            (b.get("test") or {}).get(metric),
+            weights.get(name, 0.0),
+        )
+        for name, b in entries.items()
+    ]
+    if config.get("ensemble"):
+        e = config["ensemble"]
+        rows.append(("ensemble", "", "-", "-", e["validation"].get(metric), e["test"].get(metric), 1.0))
+    return table(("candidate", "params", "checkpoint", "trials", f"val {metric}", f"test {metric}", "weight"), rows)
+
+
+def comparisons_table(config: dict[str, Any]) -> str:
+    rows = [
+        (
+            name.replace("_", " "),
+            split,
+            c["metric"],
+            c["mean_a"],
+            c["mean_b"],
+            c["diff"],
+            f"[{_num(c['low'])}, {_num(c['high'])}]",
+            "yes" if c["within_noise"] else "no",
+        )
+        for name, by_split in config.get("comparisons", {}).items()
+        for split, c in by_split.items()
+    ]
+    header = ("comparison (a vs b)", "split", "metric", "mean a", "mean b", "a - b", "95% interval", "within noise")
+    return table(header, rows)
+
+
+def load_studies(storage: str, symbol: str, backends: Iterable[str]) -> dict[str, optuna.Study]:
+    found = {}
+    for b in backends:
+        try:
+            found[b] = optuna.load_study(study_name=study_name(symbol, b), storage=storage_for(storage))
+        except KeyError:  # the backend failed before its study was created
+            continue
+    return found
+
+
+def forecast_section(config: dict[str, Any], cache: Path, lake: str | None, device: str) -> str:
+    try:
+        task = rebuild_task(config, cache, lake, device)
+        bands = fan_bands(config, task)
+    except SweepError as exc:
+        return f'<p class="note">forecast fans unavailable: {html.escape(str(exc))}</p>'
+    h = task.plan.protocol.horizon
+    what = (
+        f"one-step forecasts of the last {min(ROLLING_ORIGINS, task.plan.test.size)} test origins, drawn at "
+        "their target bars"
+        if h == 1
+        else f"{h}-bar fans from the last {min(FANS, task.plan.test.size)} test origins, one horizon apart"
+    )
+    return (
+        f'<p class="muted">{what}: median and 50%/90% bands from the samples, the actual closes in black, '
+        "the context before them in grey.</p>" + png(fan_figure(task.series, task.plan.test, bands), "forecast fans")
+    )
+
+
+def search_section(config: dict[str, Any], storage: str) -> str:
+    studies = load_studies(storage, config["symbol"], config["backends"])
+    if not studies:
+        return "<p>no studies found in the run's storage.</p>"
+    out = [png(history_figure(studies, config["selection_metric"]), "optimisation history")]
+    imps = {b: importance(s) for b, s in studies.items()}
+    found = {b: v for b, v in imps.items() if isinstance(v, dict)}
+    if found:
+        out.append(png(importance_figure(found), "parameter importance"))
+    notes = [f"<li>{html.escape(b)}: {html.escape(v)}</li>" for b, v in imps.items() if isinstance(v, str)]
+    if notes:
+        out.append(f"<p>no parameter importances for:</p><ul>{''.join(notes)}</ul>")
+    return "".join(out)
+
+
+def symbol_section(
+    config: dict[str, Any], origins: pl.DataFrame, paths: RunPaths, storage: str, lake: str | None, device: str
+) -> str:
+    sym = config["symbol"]
+    frame = origins.filter(symbol=sym)
+    names = [n for n in (*config["backends"], REFERENCE, ENSEMBLE) if n in set(frame["candidate"])]
+    weights = _weights(config)
+    parts = [
+        f'<h2 id="{html.escape(sym)}">{html.escape(sym)} {config["freq"]}, H={config["horizon"]}</h2>',
+        protocol_table(config),
+        "<h3>Forecasts on test origins</h3>",
+        forecast_section(config, paths.cache, lake, device),
+        "<h3>Candidates</h3>",
+        candidates_table(config),
+        png(distribution_figure(frame, names, config), "per-origin CRPS"),
+        "<h3>Ensemble and comparisons</h3>",
+        png(weights_figure(weights), "ensemble weights") if weights else "<p>no ensemble (one candidate).</p>",
+        comparisons_table(config),
+        '<p class="muted">a - b over the same origins, with a 95% moving-block bootstrap interval; '
+        "within noise when the interval contains 0.</p>",
+        "<h3>Search</h3>",
+        search_section(config, storage),
+    ]
+    return "\n".join(parts)
+
+
+def header(manifest: dict[str, Any], configs: list[dict[str, Any]]) -> str:
+    req = manifest["request"]
+    rows = [
+        ("status", f"{manifest['status']} (created {manifest['created']}, finished {manifest.get('finished', '-')})"),
+        ("symbols", " ".join(req["symbols"])),
+        ("backends", " ".join(req["backends"])),
+        ("trials per study", str(req["trials"])),
+        ("selection metric", req["metric"]),
+        ("seed", str(req["seed"])),
+    ]
+    models = sorted(
+        {f"{b} ({r['checkpoint']})" for c in configs for b, r in c["backends"].items() if r.get("checkpoint")}
+    )
+    note = (
+        '<p class="note">Model backends here ran from checkpoints: '
+        + html.escape(", ".join(models))
+        + ". Numbers from a randomly initialised checkpoint (<code>sweep models init</code>) say nothing about "
+        "the model's quality; they only show that the pipeline runs.</p>"
+        if models
+        else ""
+    )
+    toc = " · ".join(f'<a href="#{html.escape(c["symbol"])}">{html.escape(c["symbol"])}</a>' for c in configs)
+    return f"<h1>sweep report: run {html.escape(manifest['run_id'])}</h1>{table(('run', ''), rows)}{note}<p>{toc}</p>"
+
+
+def render(paths: RunPaths, lake: str | None = None, device: str = "auto") -> str:
+    manifest = paths.load_manifest()
+    configs = [read_config(p) for p in sorted(paths.hyperparams.glob("*.json"))]
+    if not configs:
+        raise SweepError(f"run {paths.run_id} has no configs in {paths.hyperparams} (is it still running?)")
+    origins = pl.read_parquet(paths.results / "origins.parquet")
+    storage = manifest["request"].get("storage") or paths.storage_url()
+    sections = [symbol_section(c, origins, paths, storage, lake, device) for c in configs]
+    body = header(manifest, configs) + "\n".join(sections)
+    head = f'<meta charset="utf-8"><title>sweep report {html.escape(paths.run_id)}</title><style>{CSS}</style>'
+    return f"<!doctype html><html><head>{head}</head><body>{body}</body></html>\n"
+
+
+def write_report(out: Path, run_id: str, lake: str | None = None, device: str = "auto") -> Path:
+    """Render the run's report and write results/<run_id>/report.html atomically; returns its path."""
+    paths = RunPaths(out, run_id)
+    target = paths.results / "report.html"
+    write_bytes(target, render(paths, lake, device).encode())
+    return target
