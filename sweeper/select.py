@@ -113,7 +113,8 @@ def select(
             s: paired_bootstrap(per_origin[(a, s)][on], per_origin[(b, s)][on], on, h, seed) for s in ("val", "test")
         }
 
-    out.comparisons["chosen_vs_naive"] = compare(chosen, base_key)
+    if chosen != base_key:  # naive against itself says nothing
+        out.comparisons["chosen_vs_naive"] = compare(chosen, base_key)
     if len(ranked) > 1:
         out.comparisons["chosen_vs_runner_up"] = compare(chosen, ranked[1][1])
     if ensemble is not None:

@@ -59,8 +59,13 @@ def test_daily_sweep_writes_valid_configs(tmp_path: Path, sweep) -> None:
         assert cfg["protocol"]["val_origins"]["count"] == 120 and cfg["protocol"]["test_origins"]["count"] == 40
         assert cfg["protocol"]["val_origins"]["last_ts"] < cfg["protocol"]["test_origins"]["first_ts"]
         assert cfg["baseline"]["backend"] == "naive" and cfg["baseline"]["test"]["crps"] > 0
-        vs = cfg["comparisons"]["chosen_vs_naive"]["test"]
-        assert vs["low"] <= vs["diff"] <= vs["high"]
+        if cfg["chosen"]["backend"] == "naive":
+            assert "chosen_vs_naive" not in cfg["comparisons"]  # naive against itself says nothing
+        else:
+            vs = cfg["comparisons"]["chosen_vs_naive"]["test"]
+            assert vs["low"] <= vs["diff"] <= vs["high"]
+        runner = cfg["comparisons"]["chosen_vs_runner_up"]["val"]
+        assert runner["diff"] <= 0 and runner["low"] <= runner["diff"] <= runner["high"]
         assert len(cfg["data"]["fingerprint"]) == 16 and cfg["versions"]["optuna"]
     run = tmp_path / "results" / "daily"
     assert json.loads((run / "manifest.json").read_text())["status"] == "complete"
