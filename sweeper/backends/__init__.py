@@ -11,7 +11,11 @@ REGISTRY: dict[str, str] = {
     "naive": "sweeper.backends.baselines:Naive",
     "drift": "sweeper.backends.baselines:Drift",
     "seasonal_naive": "sweeper.backends.baselines:SeasonalNaive",
+    "kronos": "sweeper.backends.kronos:KronosBackend",
     "marketgpt": "sweeper.backends.marketgpt:MarketGPTBackend",
+    "toto": "sweeper.backends.toto:TotoBackend",
+    "moirai": "sweeper.backends.moirai:MoiraiBackend",
+    "moirai2": "sweeper.backends.moirai2:Moirai2Backend",
 }
 BASELINE = "naive"
 

@@ -190,6 +190,8 @@ def _seeded(seed: int, device: str) -> Iterator[None]:
 
 
 class KronosBackend(Backend):
+    """Kronos tokenizer + model, loaded once; every sample path of the close (see the module docstring)."""
+
     name = "kronos"
     default_checkpoint = DEFAULT_MODEL
     batch_size = 64  # origins per call; the rows (origins x samples) are split further by tokens_per_pass
@@ -233,7 +235,6 @@ class KronosBackend(Backend):
         self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: int
     ) -> np.ndarray:
         import torch
-        from model.kronos import auto_regressive_inference
 
         temperature = float(knobs.get("temperature", KNOB_DEFAULTS["temperature"]))
         top_k = int(knobs.get("top_k", KNOB_DEFAULTS["top_k"]))
@@ -257,14 +258,51 @@ class KronosBackend(Backend):
         with _seeded(seed, self.device), torch.inference_mode():
             for lo in range(0, rows, per_pass):
                 origin = np.arange(lo, min(lo + per_pass, rows)) // num_samples
-                x_t, xs_t, ys_t = (torch.from_numpy(a[origin]).to(self.device) for a in (z, x_stamp, y_stamp))
-                preds = auto_regressive_inference(
-                    self.tokenizer, self.model, x_t, xs_t, ys_t, c, horizon,
-                    clip=clip, T=temperature, top_k=top_k, top_p=top_p, sample_count=1, verbose=False,
-                )  # fmt: skip
-                close[lo : lo + origin.size] = preds[:, -horizon:, CLOSE]
+                close[lo : lo + origin.size] = (
+                    self._paths(z, x_stamp, y_stamp, origin, temperature, top_k, top_p)[:, -horizon:, CLOSE]
+                    .cpu()
+                    .numpy()
+                )
         paths = close.reshape(b, num_samples, horizon)
         return paths * std[:, :, CLOSE, None] + mean[:, :, CLOSE, None]
+
+    def _paths(
+        self,
+        z: np.ndarray,
+        x_stamp: np.ndarray,
+        y_stamp: np.ndarray,
+        origin: np.ndarray,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+    ) -> Any:
+        """One sampled path per row (row -> `origin`), normalised: (rows, window, 6).
+
+        The package's `auto_regressive_inference` step by step (window of the last C tokens, sliding, then
+        the tokenizer decodes the final window), with the same draws under the same seed, except that the
+        encoding and the model's first step, equal for all draws of an origin, run once per origin.
+        """
+        import torch
+        from model.kronos import sample_from_logits
+
+        unique, inverse = np.unique(origin, return_inverse=True)
+        inv = torch.from_numpy(inverse).to(self.device)
+        x = torch.from_numpy(z[unique]).to(self.device)
+        stamps = torch.from_numpy(np.concatenate([x_stamp, y_stamp], axis=1)[unique]).to(self.device)
+        c, horizon = x.shape[1], y_stamp.shape[1]
+        pre, post = self.tokenizer.encode(x, half=True)  # (u, C) each
+        s1_logits, hidden = self.model.decode_s1(pre, post, stamps[:, :c])
+        logits, hidden = s1_logits[:, -1][inv], hidden[inv]
+        pre, post, stamps = pre[inv], post[inv], stamps[inv]
+        for i in range(horizon):
+            if i:  # the window slides: the last C tokens and their timestamps
+                s1_logits, hidden = self.model.decode_s1(pre[:, i:], post[:, i:], stamps[:, i : i + c])
+                logits = s1_logits[:, -1]
+            s1 = sample_from_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+            s2_logits = self.model.decode_s2(hidden, s1)[:, -1]
+            s2 = sample_from_logits(s2_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+            pre, post = torch.cat([pre, s1], dim=1), torch.cat([post, s2], dim=1)
+        return self.tokenizer.decode([pre[:, horizon:], post[:, horizon:]], half=True)
 
     @classmethod
     def init_checkpoint(cls, preset: str, out: Path) -> Path:

@@ -1,0 +1,198 @@
+"""Kronos backend: real loading code on random checkpoints, every sample path, no leak, offline errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sweeper.backends import backend_class
+from sweeper.backends.kronos import (
+    DEFAULT_MODEL,
+    DEFAULT_TOKENIZER,
+    KNOB_DEFAULTS,
+    PUBLISHED_PARAMS,
+    KronosBackend,
+    _features,
+    _time_features,
+    future_timestamps,
+)
+from sweeper.errors import SweepError
+from sweeper.plan import contexts
+from sweeper.space import load_space
+from tests.helpers import SHARED_LAKE, assert_no_leak, shared_series
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kronos")]
+
+KNOBS = {"context_length": 64, "temperature": 1.0, "top_p": 0.9, "top_k": 0, "clip": 5.0}
+H, S = 3, 8
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return KronosBackend.init_checkpoint("tiny", tmp_path_factory.mktemp("kronos") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir: Path) -> KronosBackend:
+    return KronosBackend(str(tiny_dir), "cpu")
+
+
+@pytest.fixture(scope="module")
+def series():
+    return shared_series("BTCUSDT", "1h", last=600)
+
+
+def _origins(series, n: int) -> np.ndarray:
+    return np.arange(len(series) - H - n, len(series) - H)
+
+
+def _hub_cache(root: Path, repo: str, src: Path) -> None:
+    """Lay `src` (config.json + model.safetensors) out as the hub cache holds a downloaded repo."""
+    commit = "0" * 40
+    repo_dir = root / f"models--{repo.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    snapshot = repo_dir / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(src / name, snapshot / name)
+
+
+def test_registered_and_space_defaults_match_the_package() -> None:
+    assert backend_class("kronos") is KronosBackend
+    defaults = load_space("kronos").defaults()
+    assert defaults is not None
+    assert {k: defaults[k] for k in KNOB_DEFAULTS} == KNOB_DEFAULTS
+
+
+def test_tiny_checkpoint_loads_through_the_hub_id_path(tiny_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """The default hub ids resolve from the hub cache (offline), through from_pretrained, strictly, in eval mode."""
+    from huggingface_hub import constants
+
+    _hub_cache(tmp_path, DEFAULT_MODEL, tiny_dir / "model")
+    _hub_cache(tmp_path, DEFAULT_TOKENIZER, tiny_dir / "tokenizer")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = KronosBackend(None, "auto")
+    assert model.checkpoint == DEFAULT_MODEL and model.device == "cpu"
+    assert not model.model.training and not model.tokenizer.training
+    local = KronosBackend(str(tiny_dir), "cpu")
+    for a, b in ((model.model, local.model), (model.tokenizer, local.tokenizer)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(bool((sa[k] == sb[k]).all()) for k in sa)
+
+
+def test_offline_hub_id_fails_at_once_with_one_clear_line(tmp_path: Path, monkeypatch) -> None:
+    import model  # noqa: F401  (torch's import time is not what this test measures)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(SweepError) as err:
+        KronosBackend(None, "cpu")
+    assert time.perf_counter() - start < 5
+    msg = str(err.value)
+    assert "\n" not in msg
+    for part in (DEFAULT_MODEL, DEFAULT_TOKENIZER, "--checkpoint kronos=PATH", "sweep models init kronos"):
+        assert part in msg
+
+
+def test_bad_local_layout_names_what_is_missing(tiny_dir: Path, tmp_path: Path) -> None:
+    shutil.copytree(tiny_dir / "model", tmp_path / "model")
+    with pytest.raises(SweepError, match=r"tokenizer/config\.json"):
+        KronosBackend(str(tmp_path), "cpu")
+
+
+def test_small_preset_has_the_published_parameter_counts(tmp_path: Path) -> None:
+    """Written to disk, loaded back strictly (no forward pass): the shapes of Kronos-small + Tokenizer-base."""
+    loaded = KronosBackend(str(KronosBackend.init_checkpoint("small", tmp_path)), "cpu")
+    counts = tuple(sum(p.numel() for p in m.parameters()) for m in (loaded.tokenizer, loaded.model))
+    assert counts == PUBLISHED_PARAMS["small"] == (3_958_042, 24_741_376)
+
+
+def test_shapes_reproducible_and_every_path_returned(tiny: KronosBackend, series) -> None:
+    ctx = contexts(series, _origins(series, 3), KNOBS["context_length"])
+    paths = tiny.forecast(ctx, H, S, KNOBS, seed=7)
+    assert paths.shape == (3, S, H) and np.isfinite(paths).all()
+    np.testing.assert_array_equal(paths, tiny.forecast(ctx, H, S, KNOBS, seed=7))
+    assert not np.array_equal(paths, tiny.forecast(ctx, H, S, KNOBS, seed=8))
+    for o in range(3):  # distinct draws, and not their average repeated
+        assert len(np.unique(paths[o], axis=0)) > S // 2
+        mean = paths[o].mean(axis=0)
+        assert all(not np.allclose(p, mean) for p in paths[o])
+
+
+def test_paths_equal_the_packages_own_sampler(tiny: KronosBackend, series) -> None:
+    """The shared first step changes the work, not the draws: identical to auto_regressive_inference."""
+    import torch
+    from model.kronos import auto_regressive_inference
+
+    c = KNOBS["context_length"]
+    ctx = contexts(series, _origins(series, 2), c)
+    x = _features(ctx.values.astype(np.float64))
+    z = np.clip((x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-5), -5, 5).astype(np.float32)
+    xs, ys = _time_features(ctx.ts), _time_features(future_timestamps(ctx.ts, ctx.freq, H))
+    rows = np.repeat(np.arange(2), 4)
+    torch.manual_seed(3)
+    with torch.inference_mode():
+        ours = tiny._paths(z, xs, ys, rows, 0.7, 0, 0.9)[:, -H:].numpy()
+    torch.manual_seed(3)
+    tensors = [torch.from_numpy(a[rows]) for a in (z, xs, ys)]
+    theirs = auto_regressive_inference(tiny.tokenizer, tiny.model, *tensors, c, H, T=0.7, top_p=0.9, sample_count=1)
+    np.testing.assert_array_equal(ours, theirs[:, -H:])
+
+
+def test_time_features_and_future_timestamps_come_from_the_context(series) -> None:
+    import pandas as pd
+    from model.kronos import calc_time_stamps
+
+    ctx = contexts(series, _origins(series, 2), 16)
+    fut = future_timestamps(ctx.ts, ctx.freq, H)
+    np.testing.assert_array_equal(fut[:, 0] - ctx.ts[:, -1], np.timedelta64(3600, "s"))
+    np.testing.assert_array_equal(np.diff(fut, axis=1), np.timedelta64(3600, "s"))
+    expected = calc_time_stamps(pd.Series(ctx.ts[0])).to_numpy(np.float32)
+    np.testing.assert_array_equal(_time_features(ctx.ts)[0], expected)
+
+
+def test_no_leak(tiny: KronosBackend, series) -> None:
+    assert_no_leak(tiny, series, KNOBS, _origins(series, 2), horizon=H, num_samples=4)
+
+
+def test_knobs_checked_and_dead_top_p_left_out_of_the_cache_key(tiny: KronosBackend, series) -> None:
+    ctx = contexts(series, _origins(series, 1), KNOBS["context_length"])
+    with pytest.raises(SweepError, match="temperature"):
+        tiny.forecast(ctx, H, 2, {**KNOBS, "temperature": 0.0}, seed=0)
+    params = {**KNOBS, "num_samples": 8, "aggregation": "mean"}
+    assert "top_p" in KronosBackend.model_knobs(params)
+    assert "top_p" not in KronosBackend.model_knobs({**params, "top_k": 16})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sweeper.cli") is None, reason="sweep CLI (sweeper.cli) not there yet")
+def test_sweep_run_end_to_end(tiny_dir: Path, tmp_path: Path) -> None:
+    sweep = Path(sys.executable).with_name("sweep")
+    cmd = [
+        str(sweep), "run", "--symbols", "BTCUSDT", "ETHUSDT", "--lake", str(SHARED_LAKE), "--freq", "1h",
+        "--backends", "kronos", "naive", "--checkpoint", f"kronos={tiny_dir}", "--trials", "3",
+        "--val-origins", "40", "--test-origins", "20", "--out", str(tmp_path),
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run_dir,) = (tmp_path / "hyperparams").iterdir()
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        config = json.loads((run_dir / f"{symbol}.json").read_text())
+        kronos = config["backends"]["kronos"]
+        assert "error" not in kronos and kronos["trials"] == 3
+        assert kronos["checkpoint"] == str(tiny_dir)
+        assert set(KNOB_DEFAULTS) <= set(kronos["params"])
+        assert kronos["validation"] and kronos["test"]
