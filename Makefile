@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.sweep-installed
 REQS := requirements/constraints.txt requirements/base.txt requirements/nodeps.txt pyproject.toml
 
-.PHONY: setup test lint bench lock demo-lake clean
+.PHONY: setup postgres test lint bench lock demo-lake clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,11 @@ $(STAMP): $(REQS)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-test: setup
+# PostgreSQL server binaries for tests/test_postgres.py (installs them as root when missing)
+postgres:
+	bash scripts/ensure_postgres.sh
+
+test: setup postgres
 	$(BIN)/ruff check sweeper tests bench scripts
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q
 

@@ -1,51 +1,250 @@
 """`make bench`: measured numbers for the README, side by side in one run. Not a test: nothing here asserts.
 
-Section 1 (the foundation's target): a 200-trial sweep of the baselines over two hourly symbols of the
-shared lake with 500 validation origins each, on this machine, end to end through `sweep run`.
+1. Baseline sweep: the baselines over two hourly symbols, 500 validation origins each, end to end.
+2. Against the naive loop of the closest existing tool (per trial: load the model, forecast each origin on
+   its own with the trial's sample count, aggregate, score), same backend, data, origins, search space and
+   trial count: trials per minute of each and their ratio; and this sweep's wall time against its floor,
+   the sum of the distinct cache-miss forward passes its trials needed (each timed when it ran). For the
+   `naive` baseline and, when registered, Toto with a random tiny checkpoint.
+3. Scaling: wall time as origins, symbols and trials double; one against two Optuna processes (--jobs)
+   and one against two Ray workers on this machine's cores.
+4. Memory: resident memory of one 1,000-trial sweep after 250, 500 and 1,000 trials.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+import optuna
+import orjson
+
+from sweeper import metrics
+from sweeper.aggregate import aggregate
+from sweeper.backends import REGISTRY, backend_class
+from sweeper.objective import SymbolTask
+from sweeper.plan import contexts
 from sweeper.store import RunPaths
-from sweeper.sweep import RunRequest, run
+from sweeper.sweep import RunRequest, prepare, run
 
 SHARED_LAKE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ohlcv"
+LAKE = os.environ.get("SWEEP_BENCH_LAKE", str(SHARED_LAKE))
+NAIVE_LOOP_BUDGET_S = 60.0  # the naive loop stops after this long; its rate comes from the trials it did
+MODEL = "toto"  # the tiny-preset model backend measured when it is registered
 
 
-def baseline_sweep(backends: list[str], trials: int = 200, symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")) -> dict:
-    lake = os.environ.get("SWEEP_BENCH_LAKE", str(SHARED_LAKE))
-    req = RunRequest(
-        list(symbols), lake=lake, freq="1h", backends=backends, trials=trials, val_origins=500, test_origins=200
-    )
+@dataclass(frozen=True)
+class Sweep:
+    """One timed `sweep run`: wall time end to end, and its floor (the model time of its cache misses)."""
+
+    label: str
+    trials: int
+    wall_s: float
+    floor_s: float
+    misses: int
+
+    @property
+    def per_min(self) -> float:
+        return 60 * self.trials / self.wall_s
+
+
+def timed_sweep(label: str, req: RunRequest) -> Sweep:
+    """Run a sweep in a temp folder; the floor sums the forward time recorded with each cache entry."""
     with tempfile.TemporaryDirectory() as tmp:
+        paths = RunPaths(Path(tmp), "bench")
         start = time.perf_counter()
-        run(req, RunPaths(Path(tmp), "bench"))
+        run(req, paths)
         wall = time.perf_counter() - start
-    n = trials * len(backends) * len(symbols)
-    return {
-        "backends": "+".join(backends),
-        "symbols": len(symbols),
-        "trials": n,
-        "wall_s": wall,
-        "trials_per_s": n / wall,
-    }
+        entries = [orjson.loads(p.read_bytes()) for p in paths.cache.glob("*.json")]
+    floor = sum(e["seconds_per_origin"] * e["shape"][0] for e in entries)
+    return Sweep(label, req.trials * len(req.backends) * len(req.symbols), wall, floor, len(entries))
+
+
+@dataclass(frozen=True)
+class Loop:
+    trials: int
+    wall_s: float
+
+    @property
+    def per_min(self) -> float:
+        return 60 * self.trials / self.wall_s
+
+
+def naive_loop(task: SymbolTask, backend: str, checkpoint: str | None, trials: int, metric: str, seed: int) -> Loop:
+    """The closest existing tool's loop, with the same seeded TPE over the same space and origins: per trial
+    load the model, forecast each validation origin on its own, aggregate, score."""
+    space = task.spaces[backend]
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed), direction=metrics.direction(metric))
+    if space.defaults() is not None:
+        study.enqueue_trial(space.defaults())
+    origins, horizon, truth = task.plan.origins("val"), task.plan.protocol.horizon, task.truth("val")
+    start = time.perf_counter()
+    done = 0
+    while done < trials and time.perf_counter() - start < NAIVE_LOOP_BUDGET_S:
+        trial = study.ask()
+        params = space.suggest(trial)
+        model = backend_class(backend)(checkpoint=checkpoint, device="cpu")
+        knobs = type(model).model_knobs(params)
+        n, ctx = int(params["num_samples"]), int(params["context_length"])
+        samples = np.concatenate(
+            [model.forecast(contexts(task.series, np.array([o]), ctx), horizon, n, knobs, seed) for o in origins]
+        ).astype(np.float64)
+        point = aggregate(samples, str(params["aggregation"]))
+        study.tell(trial, float(np.nanmean(metrics.score(samples, point, truth, np.zeros(len(origins)))[metric])))
+        done += 1
+    return Loop(done, time.perf_counter() - start)
+
+
+def against_naive_loop(req: RunRequest) -> None:
+    backend = req.backends[0]
+    checkpoint = req.checkpoints.get(backend)
+    prepare(req).tasks[0].forecaster.model(backend)  # import the backend once, for neither side to pay
+    ours = timed_sweep(backend, req)
+    loop = naive_loop(prepare(req).tasks[0], backend, checkpoint, req.trials, req.metric, req.seed)
+    print(
+        f"{backend:<8} {req.symbols[0]} 1h, {req.val_origins} val origins, {req.trials} trials | "
+        f"naive loop {loop.per_min:9.1f} trials/min ({loop.trials} trials in {loop.wall_s:.1f} s) | "
+        f"sweep {ours.per_min:9.1f} trials/min ({ours.wall_s:.1f} s) | ratio {ours.per_min / loop.per_min:7.1f}x | "
+        f"floor {ours.floor_s:.1f} s ({ours.misses} distinct passes), wall/floor {ours.wall_s / ours.floor_s:.1f}x"
+    )
+
+
+def model_request(base: RunRequest, ckpt: Path) -> RunRequest | None:
+    """The tiny-preset model backend, when it is registered and importable."""
+    if MODEL not in REGISTRY:
+        print(f"{MODEL}: not registered in sweeper.backends.REGISTRY; skipped")
+        return None
+    try:
+        backend_class(MODEL).init_checkpoint("tiny", ckpt)
+    except ImportError as exc:
+        print(f"{MODEL}: cannot import ({exc}); skipped")
+        return None
+    return replace(base, backends=[MODEL], checkpoints={MODEL: str(ckpt)}, device="cpu")
+
+
+def scaling(base: RunRequest) -> None:
+    rows = [
+        ("base", base),
+        ("origins x2", replace(base, val_origins=2 * (base.val_origins or 0))),
+        ("symbols x2", replace(base, symbols=[*base.symbols, "ETHUSDT"])),
+        ("trials x2", replace(base, trials=2 * base.trials)),
+    ]
+    first = None
+    for label, req in rows:
+        s = timed_sweep(label, req)
+        first = first or s.wall_s
+        print(
+            f"{label:<11} symbols {len(req.symbols)}  val origins {req.val_origins:>4}  trials {s.trials:>4}  "
+            f"{s.wall_s:6.1f} s  ({s.wall_s / first:.2f}x base)"
+        )
+
+
+def parallel(req: RunRequest) -> None:
+    pairs = [
+        ("optuna", replace(req, jobs=1), replace(req, jobs=2)),
+        ("ray", replace(req, engine="ray", workers=1), replace(req, engine="ray", workers=2)),
+    ]
+    for engine, one, two in pairs:
+        a, b = timed_sweep("1", one), timed_sweep("2", two)
+        what = "processes (--jobs)" if engine == "optuna" else "workers (--workers)"
+        print(
+            f"{engine:<6} {req.backends[0]} {req.trials} trials: 1 -> {a.wall_s:6.1f} s, "
+            f"2 {what} -> {b.wall_s:6.1f} s, speed-up {a.wall_s / b.wall_s:.2f}x"
+        )
+
+
+def _memory_mb() -> tuple[float, float]:
+    """Resident and peak resident memory of this process (VmHWM: unlike ru_maxrss it does not carry the
+    parent's peak over a fork + exec)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def _memory_child(req: RunRequest, marks: tuple[int, ...]) -> list[tuple[int, float, float]]:
+    """Runs in a fresh process: resident and peak memory when the study reaches each mark."""
+    seen: list[tuple[int, float, float]] = []
+
+    def progress(_label: str, done: int, _total: int) -> None:
+        if done in marks and done not in [m for m, _, _ in seen]:
+            seen.append((done, *_memory_mb()))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run(req, RunPaths(Path(tmp), "bench"), progress=progress)
+    return seen
+
+
+def memory(req: RunRequest, marks: tuple[int, ...] = (250, 500, 1000)) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        seen = pool.apply(_memory_child, (req, marks))
+    for done, rss, peak in seen:
+        print(f"after {done:>5} trials: resident {rss:7.1f} MiB, peak {peak:7.1f} MiB")
+
+
+def section(title: str, body: Callable[[], None]) -> None:
+    print(f"\n== {title} ==", flush=True)
+    start = time.perf_counter()
+    body()
+    print(f"({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def baseline_sweeps(trials: int) -> None:
+    for backends in (["naive"], ["naive", "drift", "seasonal_naive"]):
+        req = RunRequest(
+            ["BTCUSDT", "ETHUSDT"],
+            lake=LAKE,
+            freq="1h",
+            backends=backends,
+            trials=trials,
+            val_origins=500,
+            test_origins=200,
+        )
+        s = timed_sweep("+".join(backends), req)
+        print(f"{s.label:<30} {s.trials:>5} trials  {s.wall_s:6.1f} s  {s.trials / s.wall_s:6.1f} trials/s")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--trials", type=int, default=200)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=200, help="trials per study in sections 1 and 2 (naive)")
     args = parser.parse_args()
-    print(f"machine: {os.cpu_count()} CPUs")
-    print("\n== 1. baseline sweep: 2 hourly symbols (BTCUSDT, ETHUSDT), 500 validation + 200 test origins ==")
-    for backends in (["naive"], ["naive", "drift", "seasonal_naive"]):
-        r = baseline_sweep(backends, args.trials)
-        print(f"{r['backends']:<30} {r['trials']:>5} trials  {r['wall_s']:6.1f} s  {r['trials_per_s']:6.1f} trials/s")
+    print(f"machine: {os.cpu_count()} CPUs; lake {LAKE}")
+    naive = RunRequest(
+        ["BTCUSDT"], lake=LAKE, freq="1h", backends=["naive"], trials=args.trials, val_origins=500, test_origins=200
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        model = model_request(replace(naive, trials=100, val_origins=200, test_origins=50), Path(tmp) / MODEL)
+        section(
+            "1. baseline sweep: BTCUSDT + ETHUSDT 1h, 500 validation + 200 test origins",
+            lambda: baseline_sweeps(args.trials),
+        )
+
+        def vs_loop() -> None:
+            against_naive_loop(naive)
+            if model:
+                against_naive_loop(model)
+
+        section("2. against the naive loop (same backend, data, origins, space, trials)", vs_loop)
+        section(
+            "3a. scaling (naive, optuna engine): wall time as origins, symbols, trials double",
+            lambda: scaling(replace(naive, trials=100, val_origins=250, test_origins=50)),
+        )
+        if model:
+            section(
+                f"3b. parallel: {MODEL} tiny, 100 val origins, 40 trials, on {os.cpu_count()} cores",
+                lambda: parallel(replace(model, trials=40, val_origins=100)),
+            )
+        section("3c. parallel: naive, 500 val origins, 100 trials", lambda: parallel(replace(naive, trials=100)))
+        section(
+            "4. memory of one 1,000-trial sweep (naive, BTCUSDT 1h, 500 val origins)",
+            lambda: memory(replace(naive, trials=1000)),
+        )
 
 
 if __name__ == "__main__":

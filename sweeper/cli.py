@@ -209,6 +209,11 @@ def run(
     latency_budget: float = typer.Option(
         None, "--latency-budget", help="Seconds per origin: pick the most accurate config within it."
     ),
+    engine: str = typer.Option(None, help="optuna (default) or ray (Ray Tune, OptunaSearch + ASHA)."),
+    jobs: int = typer.Option(None, help="Optuna processes sharing every study on this machine (default 1)."),
+    workers: int = typer.Option(None, help="Ray: trials at once (default: every CPU of the cluster)."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Ray: auto or HOST:PORT (default: start one here)."),
+    gpus_per_trial: float = typer.Option(None, "--gpus-per-trial", help="Ray: GPUs per trial (default 0)."),
     out: Path = typer.Option(Path("."), help="Where results/ and hyperparams/ go."),
     run_id: str = typer.Option(None, "--run-id", help="Name of the run (default: timestamp)."),
     resume: str = typer.Option(None, "--resume", help="Continue the stopped run RUN_ID."),
@@ -236,6 +241,11 @@ def run(
         "storage": storage,
         "objectives": [_METRIC_ALIASES.get(o, o) for o in objectives] if objectives else None,
         "latency_budget": latency_budget,
+        "engine": engine,
+        "jobs": jobs,
+        "workers": workers,
+        "ray_address": ray_address,
+        "gpus_per_trial": gpus_per_trial,
     }
     if objectives and not metric:
         given["metric"] = given["objectives"][0]

@@ -35,7 +35,7 @@ from sweeper.evaluate import chosen_candidate, load_recorded, protocol_of, read_
 from sweeper.forecast import Forecaster
 from sweeper.objective import Candidate, SymbolTask
 from sweeper.plan import make_plan
-from sweeper.search import storage_for, study_name
+from sweeper.search import namespace_for, storage_for, study_name
 from sweeper.select import ENSEMBLE, REFERENCE
 from sweeper.store import RunPaths
 
@@ -364,11 +364,12 @@ def comparisons_table(config: dict[str, Any]) -> str:
     return table(header, rows)
 
 
-def load_studies(storage: str, symbol: str, backends: Iterable[str]) -> dict[str, optuna.Study]:
+def load_studies(storage: str, namespace: str, symbol: str, backends: Iterable[str]) -> dict[str, optuna.Study]:
     found = {}
     for b in backends:
         try:
-            found[b] = optuna.load_study(study_name=study_name(symbol, b), storage=storage_for(storage))
+            name = study_name(symbol, b, namespace)
+            found[b] = optuna.load_study(study_name=name, storage=storage_for(storage))
         except KeyError:  # the backend failed before its study was created
             continue
     return found
@@ -393,8 +394,8 @@ def forecast_section(config: dict[str, Any], cache: Path, lake: str | None, devi
     )
 
 
-def search_section(config: dict[str, Any], storage: str) -> str:
-    studies = load_studies(storage, config["symbol"], config["backends"])
+def search_section(config: dict[str, Any], storage: str, namespace: str) -> str:
+    studies = load_studies(storage, namespace, config["symbol"], config["backends"])
     if not studies:
         return "<p>no studies found in the run's storage.</p>"
     out = [png(history_figure(studies, config["selection_metric"]), "optimisation history")]
@@ -409,8 +410,14 @@ def search_section(config: dict[str, Any], storage: str) -> str:
 
 
 def symbol_section(
-    config: dict[str, Any], origins: pl.DataFrame, paths: RunPaths, storage: str, lake: str | None, device: str
+    config: dict[str, Any],
+    origins: pl.DataFrame,
+    paths: RunPaths,
+    storage: tuple[str, str],
+    lake: str | None,
+    device: str,
 ) -> str:
+    """One symbol's part of the page; `storage` is the Optuna storage URL and the run's study namespace."""
     sym = config["symbol"]
     frame = origins.filter(symbol=sym)
     names = [n for n in (*config["backends"], REFERENCE, ENSEMBLE) if n in set(frame["candidate"])]
@@ -429,7 +436,7 @@ def symbol_section(
         '<p class="muted">a - b over the same origins, with a 95% moving-block bootstrap interval; '
         "within noise when the interval contains 0.</p>",
         "<h3>Search</h3>",
-        search_section(config, storage),
+        search_section(config, *storage),
     ]
     return "\n".join(parts)
 
@@ -466,7 +473,8 @@ def render(paths: RunPaths, lake: str | None = None, device: str = "auto") -> st
         raise SweepError(f"run {paths.run_id} has no configs in {paths.hyperparams} (is it still running?)")
     origins = pl.read_parquet(paths.results / "origins.parquet")
     storage = manifest["request"].get("storage") or paths.storage_url()
-    sections = [symbol_section(c, origins, paths, storage, lake, device) for c in configs]
+    namespace = namespace_for(paths.run_id, manifest["request"].get("storage"))
+    sections = [symbol_section(c, origins, paths, (storage, namespace), lake, device) for c in configs]
     body = header(manifest, configs) + "\n".join(sections)
     head = f'<meta charset="utf-8"><title>sweep report {html.escape(paths.run_id)}</title><style>{CSS}</style>'
     return f"<!doctype html><html><head>{head}</head><body>{body}</body></html>\n"

@@ -7,10 +7,14 @@ kept, a trial that was running when the process died is marked failed and its kn
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
+import socket
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import optuna
 from optuna.trial import TrialState
@@ -22,6 +26,7 @@ from sweeper.objective import VAL_MEANS, SymbolTask, objective
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 INTERRUPTED = "interrupted"  # user attr of a trial whose process died; it does not use up the budget
+OWNER = "owner"  # user attr "host:pid" of the --jobs worker running a trial, so recovery spares live ones
 
 
 @dataclass(frozen=True)
@@ -30,15 +35,43 @@ class Budget:
     timeout: float | None = None  # seconds per study
 
 
-def study_name(symbol: str, backend: str) -> str:
-    return f"{symbol}--{backend}"
+@dataclass(frozen=True)
+class StudySettings:
+    """What every engine needs to run a study; `namespace` keeps runs apart in a shared --storage."""
+
+    storage: str
+    objectives: tuple[str, ...]
+    budget: Budget
+    seed: int
+    namespace: str = ""
+
+
+def study_name(symbol: str, backend: str, namespace: str = "") -> str:
+    return f"{namespace}:{symbol}--{backend}" if namespace else f"{symbol}--{backend}"
+
+
+def namespace_for(run_id: str, storage: str | None) -> str:
+    """Studies in a storage that runs share (--storage) carry the run id; the run folder's SQLite needs none."""
+    return run_id if storage else ""
+
+
+def study_label(symbol: str, backend: str) -> str:
+    """How progress bars name a study."""
+    return f"{symbol} {backend}"
+
+
+def driver_url(url: str) -> str:
+    """SQLAlchemy 2.1 reads postgresql:// as the psycopg 3 driver; this project ships psycopg2."""
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
 
 
 @functools.cache
 def storage_for(url: str) -> optuna.storages.BaseStorage:
     """One RDB storage per URL and process. SQLite runs in WAL mode: a commit per trial without a full
     fsync, still safe against a killed process (only a power cut can lose the last trials)."""
-    storage = optuna.storages.RDBStorage(url)
+    storage = optuna.storages.RDBStorage(driver_url(url))
     if url.startswith("sqlite"):
 
         @event.listens_for(storage.engine, "connect")
@@ -50,12 +83,25 @@ def storage_for(url: str) -> optuna.storages.BaseStorage:
     return storage
 
 
-def open_study(storage: str, symbol: str, backend: str, objectives: tuple[str, ...], seed: int) -> optuna.Study:
-    """Seeded TPE for one objective; NSGA-II for several (a Pareto front, e.g. CRPS vs latency)."""
-    name = study_name(symbol, backend)
-    study_seed = (seed + zlib.crc32(name.encode())) % 2**31
+def open_study(
+    storage: str,
+    symbol: str,
+    backend: str,
+    objectives: tuple[str, ...],
+    seed: int,
+    namespace: str = "",
+    worker: int | None = None,
+) -> optuna.Study:
+    """Seeded TPE for one objective; NSGA-II for several (a Pareto front, e.g. CRPS vs latency).
+
+    Each of several parallel `worker`s gets its own seed, and TPE the constant liar (running trials count
+    as bad ones), so the workers do not all propose the same knobs."""
+    name = study_name(symbol, backend, namespace)
+    study_seed = (seed + zlib.crc32(name.encode()) + (0 if worker is None else 7919 * (worker + 1))) % 2**31
     if len(objectives) == 1:
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=study_seed)
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
+            seed=study_seed, constant_liar=worker is not None
+        )
     else:
         sampler = optuna.samplers.NSGAIISampler(seed=study_seed)
     return optuna.create_study(
@@ -67,9 +113,36 @@ def open_study(storage: str, symbol: str, backend: str, objectives: tuple[str, .
     )
 
 
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(owner: str) -> bool:
+    """Whether the worker that claimed a trial still runs. Another host's worker is taken as alive: only
+    that host can tell, and it recovers its own trials when it starts again."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True
+    if Path("/proc/self/stat").exists():  # Linux: a killed worker may linger as an unreaped zombie
+        try:
+            return Path(f"/proc/{int(pid)}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, run by another user
+        pass
+    return True
+
+
 def recover(study: optuna.Study) -> int:
-    """Fail trials left RUNNING by a killed process and queue their knobs again; returns how many."""
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    """Fail trials left RUNNING by a killed process and queue their knobs again; returns how many.
+
+    A trial claimed by a `--jobs` worker that is still alive (on this host or another) is left alone."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    stale = [t for t in running if not (OWNER in t.user_attrs and _alive(t.user_attrs[OWNER]))]
     for t in stale:
         study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
@@ -83,6 +156,17 @@ def finished(study: optuna.Study) -> int:
     return sum(not t.user_attrs.get(INTERRUPTED) for t in study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def prepare_study(task: SymbolTask, backend: str, s: StudySettings) -> optuna.Study:
+    """Open the study, recover trials of dead processes, and queue the defaults as trial 0 of a new study."""
+    study = open_study(s.storage, task.series.symbol, backend, s.objectives, s.seed, s.namespace)
+    recover(study)
+    if not study.trials:
+        defaults = task.spaces[backend].defaults()
+        if defaults is not None:
+            study.enqueue_trial(defaults)
+    return study
+
+
 def run_study(
     task: SymbolTask,
     backend: str,
@@ -91,14 +175,10 @@ def run_study(
     budget: Budget,
     seed: int,
     on_trial: Callable[[optuna.Study], None] | None = None,
+    namespace: str = "",
 ) -> optuna.Study:
     """Run the trials still missing from the study's budget."""
-    study = open_study(storage, task.series.symbol, backend, objectives, seed)
-    recover(study)
-    if not study.trials:
-        defaults = task.spaces[backend].defaults()
-        if defaults is not None:
-            study.enqueue_trial(defaults)
+    study = prepare_study(task, backend, StudySettings(storage, objectives, budget, seed, namespace))
     remaining = budget.trials - finished(study)
     if remaining > 0:
         callbacks = [lambda s, _t: on_trial(s)] if on_trial else None
@@ -110,6 +190,37 @@ def run_study(
             catch=(ValueError, FloatingPointError),
         )
     return study
+
+
+class Engine(Protocol):
+    """Runs studies: a context manager (for what it starts and stops) whose `run` fills one study's budget."""
+
+    def __enter__(self) -> Engine: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def run(
+        self, task: SymbolTask, backend: str, on_trial: Callable[[optuna.Study], None] | None = None
+    ) -> optuna.Study: ...
+
+
+class OptunaEngine:
+    """The default engine: this process runs each study's trials in turn."""
+
+    def __init__(self, settings: StudySettings) -> None:
+        self.settings = settings
+
+    def __enter__(self) -> OptunaEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def run(
+        self, task: SymbolTask, backend: str, on_trial: Callable[[optuna.Study], None] | None = None
+    ) -> optuna.Study:
+        s = self.settings
+        return run_study(task, backend, s.storage, s.objectives, s.budget, s.seed, on_trial, s.namespace)
 
 
 def best_params(study: optuna.Study, metric: str, latency_budget: float | None = None) -> dict | None:

@@ -23,7 +23,17 @@ from sweeper.forecast import Forecaster
 from sweeper.metrics import check_metric
 from sweeper.objective import SymbolTask
 from sweeper.plan import Protocol, make_plan
-from sweeper.search import Budget, best_params, finished, pareto, run_study
+from sweeper.search import (
+    Budget,
+    Engine,
+    OptunaEngine,
+    StudySettings,
+    best_params,
+    finished,
+    namespace_for,
+    pareto,
+    study_label,
+)
 from sweeper.select import SymbolResult, select
 from sweeper.space import load_space
 from sweeper.store import RunPaths, config_record, origins_frame, trials_frame, write_parquet
@@ -53,6 +63,11 @@ class RunRequest:
     storage: str | None = None
     objectives: list[str] | None = None  # several: a Pareto search (NSGA-II); selection still uses `metric`
     latency_budget: float | None = None  # seconds per origin; selection keeps only configs within it
+    engine: str = "optuna"  # or "ray": Ray Tune with OptunaSearch and ASHA (sweeper/ray_engine.py)
+    jobs: int = 1  # optuna engine: processes on this machine sharing every study (sweeper/parallel.py)
+    workers: int | None = None  # ray engine: trials at once (default: every CPU of the Ray cluster)
+    ray_address: str | None = None  # ray engine: "auto" or HOST:PORT of a running cluster; None starts one here
+    gpus_per_trial: float = 0.0  # ray engine
 
     def search_objectives(self) -> tuple[str, ...]:
         return tuple(self.objectives or (self.metric,))
@@ -82,6 +97,7 @@ def prepare(req: RunRequest, cache: ForecastCache | None = None) -> Prepared:
         raise SweepError(f"--metric {req.metric} must be the first of --objectives ({' '.join(req.objectives)})")
     if req.latency_budget is not None and req.latency_budget <= 0:
         raise SweepError(f"--latency-budget must be > 0 seconds, got {req.latency_budget}")
+    _check_engine(req)
     for b in req.backends:
         check_backend(b)
     for b in req.checkpoints:
@@ -104,48 +120,91 @@ def prepare(req: RunRequest, cache: ForecastCache | None = None) -> Prepared:
     return Prepared(req, lake, tasks)
 
 
+def _check_engine(req: RunRequest) -> None:
+    if req.engine not in ("optuna", "ray"):
+        raise SweepError(f"unknown --engine {req.engine!r}: use optuna or ray")
+    if req.jobs < 1:
+        raise SweepError(f"--jobs must be >= 1, got {req.jobs}")
+    if req.engine == "ray":
+        if req.jobs > 1:
+            raise SweepError("--jobs runs Optuna processes; with --engine ray use --workers")
+        if len(req.search_objectives()) > 1:
+            raise SweepError("a Pareto search (several --objectives) runs on --engine optuna")
+        if req.workers is not None and req.workers < 1:
+            raise SweepError(f"--workers must be >= 1, got {req.workers}")
+        if req.gpus_per_trial < 0:
+            raise SweepError(f"--gpus-per-trial must be >= 0, got {req.gpus_per_trial}")
+    elif req.workers is not None or req.ray_address or req.gpus_per_trial:
+        raise SweepError("--workers, --ray-address and --gpus-per-trial need --engine ray")
+    if req.jobs > 1 and req.storage and not req.storage.startswith(("sqlite", "postgresql")):
+        raise SweepError(f"--jobs needs a sqlite:// or postgresql:// --storage, got {req.storage.split(':')[0]}")
+
+
 Progress = Callable[[str, int, int], None]  # (study label, finished trials, budget)
+
+
+def engine_for(prep: Prepared, paths: RunPaths, progress: Progress | None) -> Engine:
+    """The engine that runs the studies; a shared --storage names them after the run so runs stay apart."""
+    req = prep.request
+    settings = StudySettings(
+        req.storage or paths.storage_url(),
+        req.search_objectives(),
+        Budget(req.trials, req.timeout),
+        req.seed,
+        namespace_for(paths.run_id, req.storage),
+    )
+    if req.engine == "ray":
+        from sweeper.ray_engine import RayEngine, RayOptions
+
+        opts = RayOptions(req.workers, req.ray_address, req.gpus_per_trial, paths.results / "ray")
+        return RayEngine(settings, opts)
+    if req.jobs > 1:
+        from sweeper.parallel import ParallelEngine
+
+        return ParallelEngine(settings, prep.tasks, req.backends, req.jobs, progress)
+    return OptunaEngine(settings)
 
 
 def execute(prep: Prepared, paths: RunPaths, progress: Progress | None = None) -> list[SymbolResult]:
     """Search every (symbol, backend), select per symbol, write configs and tables."""
     req = prep.request
-    storage = req.storage or paths.storage_url()
-    budget = Budget(req.trials, req.timeout)
     results, trial_frames, origin_frames = [], [], []
-    for task in prep.tasks:
-        best: dict[str, tuple[dict[str, Any] | None, int]] = {}
-        errors: dict[str, str] = {}
-        fronts: dict[str, list[dict]] = {}
-        for backend in req.backends:
-            label = f"{task.series.symbol} {backend}"
+    with engine_for(prep, paths, progress) as engine:
+        for task in prep.tasks:
+            best: dict[str, tuple[dict[str, Any] | None, int]] = {}
+            errors: dict[str, str] = {}
+            fronts: dict[str, list[dict]] = {}
+            for backend in req.backends:
+                label = study_label(task.series.symbol, backend)
 
-            def tick(study: Any, label: str = label) -> None:
-                if progress:
-                    progress(label, finished(study), req.trials)
+                def tick(study: Any, label: str = label) -> None:
+                    if progress:
+                        progress(label, finished(study), req.trials)
 
-            try:
-                study = run_study(task, backend, storage, req.search_objectives(), budget, req.seed, on_trial=tick)
-            except SweepError as exc:  # a backend that cannot load (no weights): skip it, say so
-                errors[backend] = str(exc)
-                continue
-            tick(study)
-            complete = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
-            params = best_params(study, req.metric, req.latency_budget)
-            if params is None and req.latency_budget is not None and complete:
-                errors[backend] = f"no configuration within the latency budget of {req.latency_budget:g} s per origin"
-            best[backend] = (params, complete)
-            if len(req.search_objectives()) > 1:
-                fronts[backend] = pareto(study)
-            trial_frames.append(trials_frame(task.series.symbol, backend, study))
-        result = select(task, best, req.metric, req.seed, errors)
-        results.append(result)
-        origin_frames.append(origins_frame(task, result))
-        record = config_record(paths.run_id, task, result, req.metric, req.seed, lake_label(prep.lake))
-        record["search"] = {"objectives": list(req.search_objectives()), "latency_budget_s": req.latency_budget}
-        for backend, front in fronts.items():
-            record["backends"][backend]["pareto_front"] = front
-        write_json(paths.config(task.series.symbol), record)
+                try:
+                    study = engine.run(task, backend, on_trial=tick)
+                except SweepError as exc:  # a backend that cannot load (no weights): skip it, say so
+                    errors[backend] = str(exc)
+                    continue
+                tick(study)
+                complete = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
+                params = best_params(study, req.metric, req.latency_budget)
+                if params is None and req.latency_budget is not None and complete:
+                    errors[backend] = (
+                        f"no configuration within the latency budget of {req.latency_budget:g} s per origin"
+                    )
+                best[backend] = (params, complete)
+                if len(req.search_objectives()) > 1:
+                    fronts[backend] = pareto(study)
+                trial_frames.append(trials_frame(task.series.symbol, backend, study))
+            result = select(task, best, req.metric, req.seed, errors)
+            results.append(result)
+            origin_frames.append(origins_frame(task, result))
+            record = config_record(paths.run_id, task, result, req.metric, req.seed, lake_label(prep.lake))
+            record["search"] = {"objectives": list(req.search_objectives()), "latency_budget_s": req.latency_budget}
+            for backend, front in fronts.items():
+                record["backends"][backend]["pareto_front"] = front
+            write_json(paths.config(task.series.symbol), record)
     if trial_frames:
         write_parquet(paths.results / "trials.parquet", pl.concat(trial_frames, how="diagonal_relaxed"))
     write_parquet(paths.results / "origins.parquet", pl.concat(origin_frames, how="diagonal_relaxed"))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from sweeper.backends import backend_class
 from sweeper.backends.kronos import (
@@ -27,7 +28,7 @@ from sweeper.backends.kronos import (
 )
 from sweeper.errors import SweepError
 from sweeper.plan import contexts
-from sweeper.space import load_space
+from sweeper.space import SPACES_DIR, load_space
 from tests.helpers import SHARED_LAKE, assert_no_leak, shared_series
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kronos")]
@@ -179,11 +180,19 @@ def test_knobs_checked_and_dead_top_p_left_out_of_the_cache_key(tiny: KronosBack
 
 @pytest.mark.skipif(importlib.util.find_spec("sweeper.cli") is None, reason="sweep CLI (sweeper.cli) not there yet")
 def test_sweep_run_end_to_end(tiny_dir: Path, tmp_path: Path) -> None:
+    # the shipped space, cut to few draws and short contexts so three trials stay quick on two cores
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    shutil.copy(SPACES_DIR / "naive.yaml", spaces)
+    space = yaml.safe_load((SPACES_DIR / "kronos.yaml").read_text())
+    space["params"]["num_samples"] = {"type": "categorical", "choices": [4, 8], "default": 8}
+    space["params"]["context_length"] = {"type": "categorical", "choices": [32, 64], "default": 64}
+    (spaces / "kronos.yaml").write_text(yaml.safe_dump(space))
     sweep = Path(sys.executable).with_name("sweep")
     cmd = [
         str(sweep), "run", "--symbols", "BTCUSDT", "ETHUSDT", "--lake", str(SHARED_LAKE), "--freq", "1h",
         "--backends", "kronos", "naive", "--checkpoint", f"kronos={tiny_dir}", "--trials", "3",
-        "--val-origins", "40", "--test-origins", "20", "--out", str(tmp_path),
+        "--val-origins", "30", "--test-origins", "10", "--out", str(tmp_path), "--spaces", str(spaces),
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)

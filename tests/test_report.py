@@ -39,7 +39,8 @@ def test_daily_report_shows_every_part(tmp_path: Path, sweep) -> None:
     assert cfg["ensemble"]["weights"] and all(f">{w:.5g}<" in page for w in cfg["ensemble"]["weights"].values())
     first_test = cfg["protocol"]["test_origins"]["first_ts"].replace("T", " ")[:16]
     assert cfg["data"]["fingerprint"] in page and first_test in page
-    assert "chosen vs naive" in page and "within noise" in page
+    names = {"chosen_vs_naive": "chosen vs naive", "ensemble_vs_chosen": "ensemble vs chosen"}
+    assert all(names[c] in page for c in cfg["comparisons"] if c in names) and "within noise" in page
     assert "randomly initialised" not in page  # baselines only: no checkpoint to warn about
 
 

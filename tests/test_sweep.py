@@ -167,12 +167,12 @@ def test_stale_running_trial_is_requeued(tmp_path: Path) -> None:
     )
     prep = prepare(req)
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    study = open_study(storage, "ETHUSD", "naive", "crps", 0)
+    study = open_study(storage, "ETHUSD", "naive", ("crps",), 0)
     trial = study.ask()
     prep.tasks[0].spaces["naive"].params["context_length"].suggest(trial)  # dies here: left RUNNING
     from sweeper.search import Budget, run_study
 
-    study = run_study(prep.tasks[0], "naive", storage, "crps", Budget(3), 0)
+    study = run_study(prep.tasks[0], "naive", storage, ("crps",), Budget(3), 0)
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1
     assert study.trials[0].user_attrs[INTERRUPTED] is True
@@ -292,8 +292,24 @@ def test_pareto_search_and_latency_budget(tmp_path: Path, sweep) -> None:
 
 def test_timeout_stops_each_study(tmp_path: Path, sweep) -> None:
     start = time.time()
-    r = sweep("run", "--symbols", "ETHUSD", "--lake", SHARED_LAKE, "--backends", "naive", "--trials", 100000,
-              "--timeout", 2, "--out", tmp_path, "--run-id", "t", *SMALL)
+    r = sweep(
+        "run",
+        "--symbols",
+        "ETHUSD",
+        "--lake",
+        SHARED_LAKE,
+        "--backends",
+        "naive",
+        "--trials",
+        100000,
+        "--timeout",
+        2,
+        "--out",
+        tmp_path,
+        "--run-id",
+        "t",
+        *SMALL,
+    )
     assert r.exit_code == 0, r.output
     assert time.time() - start < 30
     cfg = json.loads((tmp_path / "hyperparams" / "t" / "ETHUSD.json").read_text())

@@ -129,7 +129,10 @@ def write_checkpoint(out: Path, save: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         save(tmp)
-        tmp.chmod(0o777 & ~_umask())
+        mask = _umask()
+        for file in tmp.iterdir():  # safetensors writes 0600; give the files what open() would
+            file.chmod(0o666 & ~mask)
+        tmp.chmod(0o777 & ~mask)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

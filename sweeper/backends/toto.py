@@ -101,10 +101,10 @@ def _toto() -> Any:
 class TotoBackend(Backend):
     name = "toto"
     default_checkpoint = "Datadog/Toto-Open-Base-1.0"
-    batch_size = 32  # origins per call; past one patch each carries samples_per_batch paths
+    batch_size = 16  # origins per call; past one patch each carries samples_per_batch paths (and a KV cache)
     speed_knobs = frozenset({"samples_per_batch"})
 
-    def __init__(self, checkpoint: str | None = None, device: str = "auto") -> None:
+    def __init__(self, checkpoint: str | None = None, device: str = "cpu") -> None:
         super().__init__(checkpoint, device)
         folder = checkpoint_dir(self.name, str(self.checkpoint))  # before the slow imports: fail fast
         lib = _toto()

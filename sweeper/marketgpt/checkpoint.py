@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save
 
 from sweeper.atomic import read_json, write_bytes, write_json, write_with
 from sweeper.errors import SweepError
-from sweeper.marketgpt.model import MarketGPT, ModelConfig
+from sweeper.marketgpt.model import MarketGPT, ModelConfig, pick_device
 from sweeper.marketgpt.tokenizer import CandleTokenizer
 
 FORMAT = "marketgpt/1"
@@ -65,7 +65,8 @@ def save_pretrained(out: Path, model: MarketGPT, tokenizer: CandleTokenizer, met
 
 
 def from_pretrained(path: str | Path, device: str = "cpu") -> Pretrained:
-    """Load a checkpoint directory in eval mode; a missing piece is named with how to make one."""
+    """Load a checkpoint directory in eval mode on `device` (cpu, cuda[:i] or auto); a missing piece is
+    named with how to make one."""
     path = Path(path).expanduser()
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
@@ -87,7 +88,7 @@ def from_pretrained(path: str | Path, device: str = "cpu") -> Pretrained:
         model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
     except RuntimeError as exc:
         raise SweepError(f"{path / 'model.safetensors'}: weights do not match config.json ({exc})") from exc
-    return Pretrained(model.to(device).eval(), tokenizer, meta, path)
+    return Pretrained(model.to(pick_device(device)).eval(), tokenizer, meta, path)
 
 
 def save_trainer_state(out: Path, optimizer: torch.optim.Optimizer, scheduler: Any, step: int) -> None:

@@ -3,8 +3,9 @@
     sweep train marketgpt --symbols BTCUSDT ETHUSDT --freq 1h --preset tiny [--max-steps N | --max-minutes M]
                           [--lake PATH] [--name NAME] [--resume]
 
-Symbols may follow --symbols space-separated (the extra words are collected), repeat --symbols, or be
-comma-separated. Torch is imported only when the command runs, so mounting the app costs nothing.
+`--symbols A B` works through the main CLI's `expand_list_options` (argv rewriting, as for `sweep run`);
+--symbols may also be repeated or comma-separated. Torch is imported only when the command runs, so
+mounting the app costs nothing. A SweepError prints one line on stderr and exits 2.
 """
 
 from __future__ import annotations
@@ -18,17 +19,8 @@ from sweeper.errors import SweepError, check_name
 train_app = typer.Typer(help="Train the project's own models.", no_args_is_help=True)
 
 
-def _symbols(given: list[str], extra: list[str]) -> list[str]:
-    words = [w for item in [*given, *extra] for w in item.split(",") if w]
-    stray = [w for w in words if w.startswith("-")]
-    if stray:
-        raise SweepError(f"unknown option {stray[0]}")
-    return words
-
-
-@train_app.command("marketgpt", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@train_app.command("marketgpt")
 def marketgpt(
-    ctx: typer.Context,
     symbols: list[str] = typer.Option(..., "--symbols", help="Symbols to train on together."),
     freq: str | None = typer.Option(None, "--freq", help="Bar frequency (default: finest common one)."),
     preset: str = typer.Option("tiny", "--preset", help="tiny (CPU, minutes), small, base (GPU)."),
@@ -41,6 +33,7 @@ def marketgpt(
     vocab_size: int | None = typer.Option(None, "--vocab-size", help="Bins per OHLC component (preset: 1024)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(1, "--threads", help="CPU threads (0: torch's default; 1 suits a shared box)."),
 ) -> None:
     """Train MarketGPT on bars before the sweep's first validation origin; writes models/marketgpt/NAME."""
     try:
@@ -49,7 +42,7 @@ def marketgpt(
 
         out = None if name is None else DEFAULT_ROOT / check_name("model name", name)
         summary = train(
-            _symbols(symbols, list(ctx.args)),
+            [w for item in symbols for w in item.split(",") if w],
             freq,
             lake,
             preset,
@@ -61,6 +54,7 @@ def marketgpt(
             vocab_size=vocab_size,
             device=device,
             seed=seed,
+            threads=threads or None,
         )
     except SweepError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -69,5 +63,6 @@ def marketgpt(
     last = "-" if summary.last_loss is None else f"{summary.last_loss:.4f}"
     typer.echo(
         f"wrote {summary.out_dir}: {summary.steps_run} steps this run ({summary.steps} in all) on {summary.device}, "
-        f"loss {first} -> {last}, {summary.minutes:.1f} min; trained on bars up to {summary.trained_until}"
+        f"loss {first} -> {last}, {summary.minutes:.1f} min (bins {summary.tokenizer_seconds:.0f} s); "
+        f"trained on bars up to {summary.trained_until}"
     )

@@ -54,7 +54,7 @@ class TrainSettings:
     max_steps: int
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    grad_accum: int = 1
+    grad_accum: int = 1  # micro-batches of batch_size per optimiser step (effective batch = their product)
     alpha: float = 0.7  # loss = alpha * cross-entropy + (1 - alpha) * MSE of the multi-step head
     label_smoothing: float = 0.0
 
@@ -133,21 +133,50 @@ class Block(nn.Module):
         self.ff2 = nn.Linear(cfg.d_ff, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, past: KV | None = None) -> tuple[torch.Tensor, KV]:
+    def forward(self, x: torch.Tensor, cache: PrefixCache | None = None) -> tuple[torch.Tensor, KV]:
+        """Causal attention over x; with a cache, x is one new token per path attending to all before it."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
         q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        p = self.dropout if self.training else 0.0
-        if past is None or t == 1:  # no cache: plain causal; one new token may see the whole cache
-            att = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=past is None)
+        if cache is None:
+            p = self.dropout if self.training else 0.0
+            att = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
-            mask = torch.ones(t, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - t)
-            att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            att = cache.attend(q, k, v)
         x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, t, d)))
         x = x + self.drop(self.ff2(self.drop(F.gelu(self.ff1(self.ln2(x))))))
         return x, (k, v)
+
+
+class PrefixCache:
+    """One block's keys/values while sampling: a context's (shared by its `samples` paths, never copied)
+    plus each path's own, written in place as tokens are generated."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, samples: int, capacity: int) -> None:
+        b, h, _, dh = k.shape
+        self.k, self.v, self.samples = k, v, samples
+        self.own_k = k.new_empty(b, samples, h, capacity, dh)
+        self.own_v = v.new_empty(b, samples, h, capacity, dh)
+        self.length = 0
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q, k, v: (b * samples, heads, 1, dh) for one new token per path -> attention output, same shape."""
+        b, h, n_ctx, dh = self.k.shape
+        if q.shape[2] != 1:
+            raise ValueError("a prefix cache takes one new token per path at a time")
+        j = self.length
+        self.own_k[:, :, :, j] = k.view(b, self.samples, h, dh)
+        self.own_v[:, :, :, j] = v.view(b, self.samples, h, dh)
+        self.length = j + 1
+        own_k, own_v = self.own_k[:, :, :, : j + 1], self.own_v[:, :, :, : j + 1]
+        qq = q.view(b, self.samples, h, dh)
+        scores = torch.cat(
+            [torch.einsum("bnhd,bhld->bnhl", qq, self.k), torch.einsum("bnhd,bnhjd->bnhj", qq, own_k)], dim=-1
+        ).mul(dh**-0.5)
+        p = scores.softmax(-1)
+        out = torch.einsum("bnhl,bhld->bnhd", p[..., :n_ctx], self.v)
+        out = out + torch.einsum("bnhj,bnhjd->bnhd", p[..., n_ctx:], own_v)
+        return out.reshape(b * self.samples, h, 1, dh)
 
 
 class MarketGPT(nn.Module):
@@ -183,20 +212,20 @@ class MarketGPT(nn.Module):
         hours: torch.Tensor,
         dows: torch.Tensor,
         start: int = 0,
-        past: list[KV] | None = None,
+        cache: list[PrefixCache] | None = None,
     ) -> tuple[torch.Tensor, list[KV]]:
-        """(B, T, 4) tokens at positions start.. -> hidden states (B, T, d) and each block's keys/values."""
+        """(B, T, 4) tokens at positions start.. -> hidden states (B, T, d) and each block's new keys/values."""
         t = tokens.shape[1]
         if start + t > self.cfg.context_length:
             raise ValueError(f"positions up to {start + t} exceed the model's context {self.cfg.context_length}")
         x = self.in_proj(torch.cat([emb(tokens[..., j]) for j, emb in enumerate(self.embed)], dim=-1))
         pos = sinusoid(torch.arange(start, start + t, device=tokens.device), self.cfg.d_model)
         x = self.drop(x + pos + self.hour(hours) + self.dow(dows))
-        cache = []
+        kvs = []
         for i, blk in enumerate(self.blocks):
-            x, kv = blk(x, None if past is None else past[i])
-            cache.append(kv)
-        return self.norm(x), cache
+            x, kv = blk(x, None if cache is None else cache[i])
+            kvs.append(kv)
+        return self.norm(x), kvs
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """(..., d) -> (..., 4, V): each component scored against its own (tied) embedding table."""
@@ -230,6 +259,22 @@ class MarketGPT(nn.Module):
         err = (self.steps(h).float() - rets.clamp(-RETURN_CLIP, RETURN_CLIP)) ** 2
         mse = (err * ok[..., None]).sum() / (4 * ok.sum()).clamp(min=1)
         return Losses(alpha * ce + (1 - alpha) * mse, ce.detach(), mse.detach())
+
+
+def pick_device(device: str) -> torch.device:
+    """ "auto" is CUDA when present, else CPU; asking for CUDA without one is a user error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SweepError(f"device {device!r} asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def rng_devices(device: torch.device) -> list[int]:
+    """CUDA devices whose RNG state `torch.random.fork_rng` must save and restore around seeded work."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
 def count_parameters(cfg: ModelConfig) -> int:

@@ -2,8 +2,9 @@
 
 `sample` mode runs each context once, draws `num_samples` next candles from the last position's logits
 (temperature, then top-k, then top-p per component), and continues every path with a key/value cache,
-so a path costs one token per step. Origins are processed in chunks sized to a memory budget for the
-per-path caches. `direct` mode is a point forecast (the head's mean returns), repeated for every sample.
+so a path costs one token per step. Origins are processed in chunks sized to bound the tokens of one
+forward pass and the memory of the per-path caches. `direct` mode is a point forecast (the head's mean
+returns), repeated for every sample.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import torch
 
 from sweeper.data import freq_seconds
 from sweeper.errors import SweepError
-from sweeper.marketgpt.model import MarketGPT
+from sweeper.marketgpt.model import MarketGPT, PrefixCache
 from sweeper.marketgpt.tokenizer import CandleTokenizer, candle_returns, time_features
 from sweeper.plan import Contexts
 
 MODES = ("sample", "direct")
-CACHE_BYTES = 256 * 2**20  # key/value caches of the paths in flight
-CONTEXT_CHUNK = 256  # origins per context pass
+PATH_BYTES = 256 * 2**20  # memory for the paths in flight (their caches, scores and logits)
+TOKENS_PER_PASS = 65_536  # context tokens per forward pass (origins per chunk = this / context length)
 
 
 @dataclass(frozen=True)
@@ -90,10 +91,16 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
     return logits
 
 
-def _draw(logits: torch.Tensor, s: SamplingSettings, gen: torch.Generator) -> torch.Tensor:
-    """(M, 4, V) logits -> (M, 4) tokens, one independent draw per row and component."""
-    probs = filter_logits(logits.float(), s.temperature, s.top_k, s.top_p).softmax(-1)
-    return torch.multinomial(probs.flatten(0, 1), 1, generator=gen).view(logits.shape[:2])
+def _draw(logits: torch.Tensor, s: SamplingSettings, gen: torch.Generator, samples: int = 1) -> torch.Tensor:
+    """(M, 4, V) logits -> (M * samples, 4) tokens: `samples` independent draws per row, per component.
+
+    Inverse-CDF sampling: one uniform per draw (torch.multinomial spends one random number per token),
+    and the draws of one row share its CDF instead of copying the logits `samples` times.
+    """
+    cdf = filter_logits(logits.float(), s.temperature, s.top_k, s.top_p).softmax(-1).cumsum(-1)
+    u = torch.rand((*cdf.shape[:-1], samples), generator=gen, device=cdf.device) * cdf[..., -1:]
+    tokens = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1)  # (M, 4, samples)
+    return tokens.transpose(1, 2).reshape(-1, 4)
 
 
 def _tensors(enc: Encoded, lo: int, hi: int, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -115,20 +122,22 @@ def sample_paths(
     gen = torch.Generator(device=dev).manual_seed(seed)
     b, length = enc.tokens.shape[:2]
     cfg = model.cfg
-    per_path = 2 * cfg.n_layers * (length + horizon) * cfg.d_model * 4
-    chunk = CONTEXT_CHUNK if horizon == 1 else max(1, min(CONTEXT_CHUNK, CACHE_BYTES // (per_path * num_samples)))
+    # floats held per path: its own keys/values, attention scores, and (past the first step) its logits
+    per_path = 2 * cfg.n_layers * horizon * cfg.d_model + 3 * cfg.n_heads * (length + horizon)
+    per_path += 12 * cfg.vocab_size if horizon > 1 else 0
+    chunk = max(1, min(TOKENS_PER_PASS // length, PATH_BYTES // (4 * per_path * num_samples)))
     close_tokens = np.empty((b, num_samples, horizon), dtype=np.int64)
     for lo in range(0, b, chunk):
         hi = min(lo + chunk, b)
-        h, past = model(*_tensors(enc, lo, hi, dev))
-        tok = _draw(model.logits(h[:, -1]).repeat_interleave(num_samples, 0), settings, gen)
+        h, kvs = model(*_tensors(enc, lo, hi, dev))
+        tok = _draw(model.logits(h[:, -1]), settings, gen, num_samples)
         steps = [tok[:, 3]]
         if horizon > 1:
-            past = [(k.repeat_interleave(num_samples, 0), v.repeat_interleave(num_samples, 0)) for k, v in past]
+            cache = [PrefixCache(k, v, num_samples, horizon - 1) for k, v in kvs]
             fh = torch.from_numpy(enc.future_hours[lo:hi]).to(dev).repeat_interleave(num_samples, 0)
             fd = torch.from_numpy(enc.future_dows[lo:hi]).to(dev).repeat_interleave(num_samples, 0)
         for j in range(horizon - 1):  # feed future bar j, draw bar j + 1
-            h, past = model(tok[:, None], fh[:, j : j + 1], fd[:, j : j + 1], start=length + j, past=past)
+            h, _ = model(tok[:, None], fh[:, j : j + 1], fd[:, j : j + 1], start=length + j, cache=cache)
             tok = _draw(model.logits(h[:, -1]), settings, gen)
             steps.append(tok[:, 3])
         close_tokens[lo:hi] = torch.stack(steps, dim=1).view(hi - lo, num_samples, horizon).cpu().numpy()
@@ -141,23 +150,25 @@ def direct_paths(model: MarketGPT, tokenizer: CandleTokenizer, enc: Encoded, hor
     """(B, horizon) closes from the multi-step head; beyond its n_steps, its forecast is tokenised,
     appended to the context, and the head is asked again."""
     dev = next(model.parameters()).device
-    tokens, hours, dows = (torch.from_numpy(a).to(dev) for a in (enc.tokens, enc.hours, enc.dows))
     scale = torch.from_numpy(tokenizer.scale).to(dev, torch.float32)
-    cap = model.cfg.context_length
-    out: list[torch.Tensor] = []
-    done = 0
-    while done < horizon:
-        h, _ = model(tokens[:, -cap:], hours[:, -cap:], dows[:, -cap:])
-        take = min(model.cfg.n_steps, horizon - done)
-        rets = (model.steps(h[:, -1]) * scale)[:, :take]  # (B, take, 4) log returns
-        out.append(rets[..., 3])
-        new = torch.from_numpy(tokenizer.encode(rets.double().cpu().numpy())).to(dev)
-        tokens = torch.cat([tokens, new], dim=1)
-        hours = torch.cat([hours, torch.from_numpy(enc.future_hours[:, done : done + take]).to(dev)], dim=1)
-        dows = torch.cat([dows, torch.from_numpy(enc.future_dows[:, done : done + take]).to(dev)], dim=1)
-        done += take
-    log_paths = np.cumsum(torch.cat(out, dim=1).double().cpu().numpy(), axis=1)
-    return enc.last_close[:, None] * np.exp(log_paths)
+    cap, b = model.cfg.context_length, enc.tokens.shape[0]
+    log_rets = np.empty((b, horizon))
+    chunk = max(1, TOKENS_PER_PASS // (enc.tokens.shape[1] + horizon))
+    for lo in range(0, b, chunk):
+        hi = min(lo + chunk, b)
+        tokens, hours, dows = _tensors(enc, lo, hi, dev)
+        done = 0
+        while done < horizon:
+            h, _ = model(tokens[:, -cap:], hours[:, -cap:], dows[:, -cap:])
+            take = min(model.cfg.n_steps, horizon - done)
+            rets = (model.steps(h[:, -1]) * scale)[:, :take].double().cpu().numpy()  # (b, take, 4) log returns
+            log_rets[lo:hi, done : done + take] = rets[..., 3]
+            later = (enc.future_hours[lo:hi, done : done + take], enc.future_dows[lo:hi, done : done + take])
+            tokens = torch.cat([tokens, torch.from_numpy(tokenizer.encode(rets)).to(dev)], dim=1)
+            hours = torch.cat([hours, torch.from_numpy(later[0]).to(dev)], dim=1)
+            dows = torch.cat([dows, torch.from_numpy(later[1]).to(dev)], dim=1)
+            done += take
+    return enc.last_close[:, None] * np.exp(np.cumsum(log_rets, axis=1))
 
 
 def close_paths(

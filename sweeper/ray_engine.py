@@ -1,0 +1,263 @@
+"""The Ray Tune engine: `sweep run --engine ray [--ray-address auto|HOST:PORT] [--workers N] [--gpus-per-trial G]`.
+
+Same studies, objective and files as the Optuna engine. Tune's searcher is OptunaSearch over the run's own
+Optuna storage and study (seeded TPE, the defaults as trial 0, trials of dead processes recovered and
+queued again), so trials.parquet, the configs and the selection step are shared with the Optuna engine.
+Tune adds trials on several processes or machines, and ASHA early stopping.
+
+Chunks: a trial scores every validation origin once (the forecast comes from the cache, computed once
+per set of model knobs), then reports the running mean of the metric after each of `CHUNKS` chunks of
+origins, by slicing those per-origin scores. ASHA stops a trial whose running mean is behind at a rung;
+it is recorded as PRUNED with its last running mean. A trial that reports every chunk is COMPLETE with
+exactly the Optuna engine's objective value and validation means.
+
+Workers: actors are reused (reuse_actors=True) and each worker process keeps its task, forecaster and
+loaded model at module level, so a model loads once per worker, not once per trial; each trial gets its
+share of the CPUs as torch threads. Tune's own files go to results/<run_id>/ray/.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: nothing on stdout (it may carry --json)
+
+import numpy as np
+import optuna
+import ray
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from sweeper.cache import ForecastCache
+from sweeper.data import Series
+from sweeper.errors import SweepError
+from sweeper.forecast import Forecaster
+from sweeper.metrics import direction
+from sweeper.objective import VAL_MEANS, Candidate, SymbolTask, mean_scores
+from sweeper.parallel import set_threads
+from sweeper.plan import Plan
+from sweeper.search import StudySettings, finished, prepare_study, storage_for
+from sweeper.space import Space
+
+CHUNKS = 4  # reports per trial; each is a round trip to the Tune driver (~10-40 ms), so keep it small
+SCORE = "running_mean"  # reported after each chunk: mean of the metric over the origins so far
+CHUNK = "chunk"
+MEAN = "mean_"  # prefix of the validation means in a trial's last report
+FAILED = "failed"  # reported instead of scores when they cannot be computed (ValueError, as in Optuna)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    workers: int | None  # trials at once; None: one per CPU of the cluster
+    address: str | None  # None: start a local Ray
+    gpus_per_trial: float
+    storage_path: Path  # Tune's experiment folders (results/<run_id>/ray)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What a worker needs for one study, sent once through the object store: the data, plan and spaces,
+    and how to build a forecaster (not the driver's own, which may hold loaded models and cached draws)."""
+
+    key: str
+    series: Series
+    plan: Plan
+    spaces: dict[str, Space]
+    backend: str
+    metric: str
+    cache_root: str | None
+    memory_bytes: int
+    seed: int
+    device: str
+    checkpoints: tuple[tuple[str, str], ...]
+    threads: int
+
+
+@functools.cache
+def _forecaster(
+    cache_root: str | None, memory_bytes: int, seed: int, device: str, checkpoints: tuple[tuple[str, str], ...]
+) -> Forecaster:
+    """One forecaster per worker process: its models and in-memory cache outlive single trials."""
+    cache = ForecastCache(Path(cache_root) if cache_root else None, memory_bytes)
+    return Forecaster(cache, seed=seed, device=device, checkpoints=dict(checkpoints))
+
+
+_TASKS: dict[str, SymbolTask] = {}  # per worker process: the task of the study it works on
+
+
+def _task(spec: TrialSpec) -> SymbolTask:
+    if spec.key not in _TASKS:
+        _TASKS.clear()
+        fc = _forecaster(spec.cache_root, spec.memory_bytes, spec.seed, spec.device, spec.checkpoints)
+        fc.model(spec.backend)  # load it now, then fit the threads to this trial's CPUs
+        set_threads(spec.threads)
+        _TASKS[spec.key] = SymbolTask(spec.series, spec.plan, spec.spaces, fc)
+    return _TASKS[spec.key]
+
+
+def chunk_ends(n: int, chunks: int = CHUNKS) -> list[int]:
+    """Where each chunk of `n` origins ends: as equal as possible, never empty."""
+    k = max(1, min(chunks, n))
+    return [round(n * (i + 1) / k) for i in range(k)]
+
+
+def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
+    """One Tune trial: score the knobs on every validation origin, report the running mean chunk by chunk."""
+    task = _task(spec)
+    try:
+        scores = task.scores(Candidate(spec.backend, dict(config)), "val")
+    except (ValueError, FloatingPointError) as exc:
+        tune.report({SCORE: math.nan, FAILED: str(exc)})
+        return
+    values = scores[spec.metric]
+    ends = chunk_ends(values.size)
+    for i, end in enumerate(ends, 1):
+        last = {f"{MEAN}{k}": v for k, v in mean_scores(scores).items()} if i == len(ends) else {}
+        tune.report({SCORE: float(np.nanmean(values[:end])), CHUNK: i, **last})
+
+
+class Searcher(OptunaSearch):
+    """OptunaSearch that records trials as the Optuna engine does: validation means on a complete trial,
+    PRUNED for one that ASHA stopped before its last chunk, FAIL for one that could not be scored."""
+
+    def __init__(self, chunks: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.chunks = chunks
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot = self._ot_trials.get(trial_id)
+        if ot is None or not result or error or trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        if FAILED not in result and result.get(CHUNK) == self.chunks:
+            ot.set_user_attr(VAL_MEANS, {k[len(MEAN) :]: v for k, v in result.items() if k.startswith(MEAN)})
+            return super().on_trial_complete(trial_id, result, error)
+        if FAILED in result:
+            self._ot_study.tell(ot, state=TrialState.FAIL)
+        else:  # Tune hands the report that made ASHA stop the trial here, not to on_trial_result
+            ot.report(result[SCORE], result[CHUNK])
+            self._ot_study.tell(ot, state=TrialState.PRUNED)  # valued at its last running mean
+        self._completed_trials.add(trial_id)
+
+
+class Ticks(tune.Callback):
+    """Draws progress after each trial. Tune pickles its callbacks with the experiment state; drawing is
+    not state (and holds locks), so it is left out of the pickle."""
+
+    def __init__(self, tick: Callable[[], None]) -> None:
+        self.tick: Callable[[], None] | None = tick
+
+    def __getstate__(self) -> dict:
+        return {"tick": None}
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.tick:
+            self.tick()
+
+
+class RayEngine:
+    """Starts (or joins) Ray on entry and shuts a Ray it started down on exit; `run` tunes one study."""
+
+    def __init__(self, settings: StudySettings, opts: RayOptions) -> None:
+        self.settings = settings
+        self.opts = opts
+        self.started = False
+        self.workers = 1
+        self.cpus_per_trial = 1
+
+    def __enter__(self) -> RayEngine:
+        logging.getLogger("ray.tune").setLevel(logging.ERROR)  # it warns about the logger files we turned off
+        if not ray.is_initialized():
+            if self.opts.address:
+                ray.init(address=self.opts.address, log_to_driver=False, logging_level=logging.WARNING)
+            else:
+                cpus = max(os.cpu_count() or 1, self.opts.workers or 0)
+                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            self.started = True
+        total = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.workers = self.opts.workers or total
+        self.cpus_per_trial = max(1, total // self.workers)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.started:
+            ray.shutdown()
+
+    def _spec(self, task: SymbolTask, backend: str, key: str) -> TrialSpec:
+        fc = task.forecaster
+        return TrialSpec(
+            key=key,
+            series=task.series,
+            plan=task.plan,
+            spaces={backend: task.spaces[backend]},
+            backend=backend,
+            metric=self.settings.objectives[0],
+            cache_root=str(fc.cache.root.resolve()) if fc.cache.root else None,
+            memory_bytes=fc.cache.memory_bytes,
+            seed=fc.seed,
+            device="cuda" if self.opts.gpus_per_trial > 0 else fc.device,
+            checkpoints=tuple(sorted(fc.checkpoints.items())),
+            threads=self.cpus_per_trial,
+        )
+
+    def run(
+        self, task: SymbolTask, backend: str, on_trial: Callable[[optuna.Study], None] | None = None
+    ) -> optuna.Study:
+        """Tune the trials still missing from the study's budget."""
+        s = self.settings
+        study = prepare_study(task, backend, s)
+        remaining = s.budget.trials - finished(study)
+        if remaining <= 0:
+            return study
+        mode = "min" if direction(s.objectives[0]) == "minimize" else "max"
+        chunks = len(chunk_ends(task.plan.origins("val").size))
+        searcher = Searcher(
+            chunks,
+            space=task.spaces[backend].distributions(),
+            metric=SCORE,
+            mode=mode,
+            sampler=study.sampler,  # the study's seeded TPE
+            study_name=study.study_name,
+            storage=storage_for(s.storage),
+        )
+        spec = self._spec(task, backend, key=f"{study.study_name}@{id(self)}")
+        resources = {"cpu": self.cpus_per_trial, "gpu": self.opts.gpus_per_trial}
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(trainable, spec=spec), resources),
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=ASHAScheduler(metric=SCORE, mode=mode, max_t=chunks, grace_period=1, reduction_factor=2),
+                num_samples=remaining,
+                max_concurrent_trials=self.workers,
+                reuse_actors=True,
+                time_budget_s=s.budget.timeout,
+                trial_dirname_creator=lambda trial: trial.trial_id,  # short folder names under results/.../ray
+            ),
+            run_config=tune.RunConfig(
+                storage_path=str(self.opts.storage_path.resolve()),
+                name=study.study_name.replace(":", "_"),
+                verbose=0,
+                callbacks=[Ticks(lambda: on_trial(study))] if on_trial else [],
+                failure_config=tune.FailureConfig(fail_fast=True),
+            ),
+        )
+        grid = tuner.fit()
+        if grid.errors:
+            raise _cause(grid.errors[0])
+        return study
+
+
+def _cause(err: BaseException) -> BaseException:
+    """A worker's SweepError (a model that cannot load) as a SweepError, so the sweep skips that backend."""
+    cause = getattr(err, "cause", None) or err.__cause__ or err
+    return SweepError(str(cause)) if isinstance(cause, SweepError) else cause
