@@ -2,6 +2,9 @@
 
 P is the percent cut from EACH tail (0 < P < 50), so trimmed_mean_5 drops the lowest and highest 5%.
 Q is a probability (0 < Q < 1). Samples lie on axis 1: (origins, samples, horizon).
+
+The aggregators work on draws sorted along axis 1 (every one of them is order-free), so a trial sorts its
+draws once and shares them with the sort-based metrics (`metrics.score(..., presorted=True)`).
 """
 
 from __future__ import annotations
@@ -23,29 +26,31 @@ def _cut(n: int, percent: float) -> int:
     return int(np.floor(n * percent / 100.0 + 1e-9))
 
 
-def trimmed_mean(x: np.ndarray, percent: float) -> np.ndarray:
-    k = _cut(x.shape[1], percent)
-    s = np.sort(x, axis=1)
-    return s[:, k : x.shape[1] - k].mean(axis=1)
+def trimmed_mean(s: np.ndarray, percent: float) -> np.ndarray:
+    k = _cut(s.shape[1], percent)
+    return s[:, k : s.shape[1] - k].mean(axis=1)
 
 
-def winsorized_mean(x: np.ndarray, percent: float) -> np.ndarray:
-    k = _cut(x.shape[1], percent)
-    s = np.sort(x, axis=1)
-    lo, hi = s[:, k : k + 1], s[:, x.shape[1] - 1 - k : x.shape[1] - k]
-    return np.clip(s, lo, hi).mean(axis=1)
+def winsorized_mean(s: np.ndarray, percent: float) -> np.ndarray:
+    n = s.shape[1]
+    k = _cut(n, percent)
+    return np.clip(s, s[:, k : k + 1], s[:, n - 1 - k : n - k]).mean(axis=1)
 
 
-def quantile(x: np.ndarray, q: float) -> np.ndarray:
-    return np.quantile(x, q, axis=1)
+def quantile(s: np.ndarray, q: float) -> np.ndarray:
+    """numpy's default (linear) quantile, read off sorted draws without another sort."""
+    pos = q * (s.shape[1] - 1)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, s.shape[1] - 1)
+    return s[:, lo] + (pos - lo) * (s[:, hi] - s[:, lo])
 
 
 def parse(name: str) -> Aggregator:
-    """Turn an aggregation name into a function of (B, N, H) samples -> (B, H) points."""
+    """Turn an aggregation name into a function of sorted (B, N, H) samples -> (B, H) points."""
     if name == "mean":
         return partial(np.mean, axis=1)
     if name == "median":
-        return partial(np.median, axis=1)
+        return partial(quantile, q=0.5)
     m = _PATTERN.match(name)
     if not m:
         raise SweepError(
@@ -62,7 +67,7 @@ def parse(name: str) -> Aggregator:
     return partial(trimmed_mean if kind == "trimmed_mean" else winsorized_mean, percent=value)
 
 
-def aggregate(samples: np.ndarray, name: str) -> np.ndarray:
+def aggregate(samples: np.ndarray, name: str, presorted: bool = False) -> np.ndarray:
     if samples.ndim != 3:
         raise ValueError(f"samples must be (origins, samples, horizon), got shape {samples.shape}")
-    return parse(name)(samples)
+    return parse(name)(samples if presorted else np.sort(samples, axis=1))

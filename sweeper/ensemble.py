@@ -29,11 +29,13 @@ class Ensemble:
     history: list[float]  # validation CRPS after each greedy round
 
 
-def _crps_grid(samples: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+def _crps_grid(
+    samples: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, presorted: bool = False
+) -> np.ndarray:
     """(B, H) CRPS of the (weighted) empirical distribution of `samples` (B, n, H)."""
     fct = np.moveaxis(samples, 1, -1)
     w = None if weights is None else np.broadcast_to(weights, fct.shape)
-    return np.asarray(sr.crps_ensemble(y, fct, m_axis=-1, ens_w=w))
+    return np.asarray(sr.crps_ensemble(y, fct, m_axis=-1, ens_w=w, sorted_ensemble=presorted and w is None))
 
 
 def crps_terms(members: list[Forecast], y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +44,7 @@ def crps_terms(members: list[Forecast], y: np.ndarray) -> tuple[np.ndarray, np.n
     a = np.stack([np.abs(mb.samples - y[:, None, :]).mean(axis=1) for mb in members])
     d = np.empty((m, m, *y.shape))
     for i, mb in enumerate(members):
-        d[i, i] = 2.0 * (a[i] - _crps_grid(mb.samples, y))
+        d[i, i] = 2.0 * (a[i] - _crps_grid(mb.samples, y, presorted=True))
     for i in range(m):
         for j in range(i + 1, m):
             si, sj = members[i].samples, members[j].samples

@@ -6,8 +6,11 @@ cached trial never reaches the model.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +20,22 @@ from sweeper.backends.base import CONTEXT_KNOB, Backend
 from sweeper.cache import Cached, ForecastCache, cache_key
 from sweeper.data import Series
 from sweeper.plan import Plan, contexts
+
+
+@functools.cache
+def checkpoint_id(checkpoint: str | None) -> str | None:
+    """What the cache key (and so the draws' seed) knows of a checkpoint: a hub id as it is, a local folder
+    by the content of its files. Retraining into the same folder is a new key; the same weights at another
+    path (a CI checkout) give the same draws."""
+    if checkpoint is None or not Path(checkpoint).expanduser().is_dir():
+        return checkpoint
+    root = Path(checkpoint).expanduser()
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(root)).encode())
+        with open(f, "rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
+    return f"sha256:{h.hexdigest()[:16]}"
 
 
 class Forecaster:
@@ -55,7 +74,7 @@ class Forecaster:
         knobs = type(model).model_knobs(params)
         fields = {
             "backend": backend,
-            "checkpoint": model.checkpoint,
+            "checkpoint": checkpoint_id(model.checkpoint),
             "knobs": knobs,
             "data": series.fingerprint,
             "plan": plan.fingerprint(),

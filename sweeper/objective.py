@@ -32,7 +32,10 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Forecast:
-    """A candidate's forecast of a split: draws (B, n, H), point (B, H), model seconds per origin."""
+    """A candidate's forecast of a split: draws (B, n, H), point (B, H), model seconds per origin.
+
+    The draws are sorted per origin and step: marginal distributions, which is all the metrics, the
+    aggregations and the ensemble use (the path order of a draw across steps is not kept)."""
 
     name: str
     samples: np.ndarray
@@ -63,14 +66,14 @@ class SymbolTask:
         n_max = cand.draws or self.spaces[cand.backend].max_samples
         n = int(cand.params["num_samples"])
         cached = self.forecaster.samples(self.series, self.plan, split, cand.backend, cand.params, n_max)
-        samples = cached.samples[:, :n].astype(np.float64)
-        point = aggregate(samples, str(cand.params["aggregation"]))
+        samples = np.sort(cached.samples[:, :n].astype(np.float64), axis=1)
+        point = aggregate(samples, str(cand.params["aggregation"]), presorted=True)
         return Forecast(name or cand.backend, samples, point, cached.seconds_per_origin * n / n_max)
 
     def scores(self, cand: Candidate, split: str) -> dict[str, np.ndarray]:
         """Per-origin metrics of a candidate on `split` ("val" or "test")."""
         f = self.forecast(cand, split)
-        return metrics.score(f.samples, f.point, self.truth(split), f.latency_s)
+        return metrics.score(f.samples, f.point, self.truth(split), f.latency_s, presorted=True)
 
 
 VAL_MEANS = "val_means"

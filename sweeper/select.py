@@ -18,6 +18,7 @@ from sweeper.compare import Comparison, paired_bootstrap
 from sweeper.ensemble import greedy, mixture
 from sweeper.metrics import HIGHER_IS_BETTER
 from sweeper.objective import Candidate, Forecast, SymbolTask, mean_scores
+from sweeper.trading import sign_strategy
 
 ENSEMBLE = "ensemble"
 REFERENCE = "baseline"  # the naive floor when naive itself was not searched
@@ -31,6 +32,7 @@ class BackendResult:
     val: dict[str, float] | None = None
     test: dict[str, float] | None = None
     error: str | None = None
+    trading: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> sign-strategy read-out
 
 
 @dataclass
@@ -58,6 +60,13 @@ def _ensemble_scores(task: SymbolTask, members: list[Forecast], weights: dict[st
     return metrics.score(samples, point, task.truth(split), latency, weights=w)
 
 
+def _trade(task: SymbolTask, f: Forecast, split: str, into: BackendResult) -> None:
+    """The sign-strategy read-out of the point forecast (10 bp costs, one-bar lag); needs stride-1 origins."""
+    if task.plan.protocol.stride == 1:
+        t = task.truth(split)
+        into.trading[split] = sign_strategy(f.point, t.last_close, t.y).to_dict()
+
+
 def select(
     task: SymbolTask,
     best: dict[str, tuple[dict[str, Any] | None, int]],
@@ -80,8 +89,9 @@ def select(
     per_origin: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     val = {name: task.forecast(c, "val", name) for name, c in cands.items()}
     for name, f in val.items():
-        per_origin[(name, "val")] = metrics.score(f.samples, f.point, task.truth("val"), f.latency_s)
+        per_origin[(name, "val")] = metrics.score(f.samples, f.point, task.truth("val"), f.latency_s, presorted=True)
         bucket[name].val = mean_scores(per_origin[(name, "val")])
+        _trade(task, f, "val", bucket[name])
     ranked = sorted(((bucket[b].val[metric], b) for b in results if b in cands), reverse=metric in HIGHER_IS_BETTER)
     chosen = ranked[0][1] if ranked else None
     ens = greedy(list(val.values()), task.truth("val").y) if len(val) > 1 else None
@@ -91,8 +101,9 @@ def select(
     # -- selection and weights are final here; test origins are touched from this line on --
     test = {name: task.forecast(c, "test", name) for name, c in cands.items()}
     for name, f in test.items():
-        per_origin[(name, "test")] = metrics.score(f.samples, f.point, task.truth("test"), f.latency_s)
+        per_origin[(name, "test")] = metrics.score(f.samples, f.point, task.truth("test"), f.latency_s, presorted=True)
         bucket[name].test = mean_scores(per_origin[(name, "test")])
+        _trade(task, f, "test", bucket[name])
     ensemble = None
     if ens is not None:
         per_origin[(ENSEMBLE, "test")] = _ensemble_scores(task, list(test.values()), ens.weights, "test")

@@ -101,6 +101,7 @@ def config_record(run_id: str, task: SymbolTask, result: SymbolResult, metric: s
                 "trials": r.trials,
                 "validation": _clean(r.val),
                 "test": _clean(r.test),
+                "trading": {split: _clean(x) for split, x in r.trading.items()},
                 **({"error": r.error} if r.error else {}),
             }
             for b, r in result.backends.items()
@@ -112,6 +113,7 @@ def config_record(run_id: str, task: SymbolTask, result: SymbolResult, metric: s
             **_model_source(task, result.baseline.backend),
             "validation": _clean(result.baseline.val),
             "test": _clean(result.baseline.test),
+            "trading": {split: _clean(x) for split, x in result.baseline.trading.items()},
         },
         "ensemble": None
         if result.ensemble is None

@@ -18,7 +18,7 @@ def test_mixture_crps_decomposition_is_exact() -> None:
 
     y = rng.normal(size=(40, 2))
     members = [
-        Forecast(f"m{i}", rng.normal(i * 0.3, 1 + i, size=(40, n, 2)), np.zeros((40, 2)), 0.0)
+        Forecast(f"m{i}", np.sort(rng.normal(i * 0.3, 1 + i, size=(40, n, 2)), axis=1), np.zeros((40, 2)), 0.0)
         for i, n in enumerate((7, 20, 33))
     ]
     a, d = crps_terms(members, y)

@@ -54,3 +54,14 @@ def test_score_returns_one_value_per_origin() -> None:
     out = metrics.score(samples, samples.mean(axis=1), t, np.full(6, 0.01))
     assert set(out) == set(metrics.METRICS)
     assert all(v.shape == (6,) for v in out.values())
+
+
+def test_presorted_path_gives_the_same_scores() -> None:
+    rng = np.random.default_rng(5)
+    samples = 50 + rng.standard_t(4, size=(30, 77, 4))
+    t = metrics.truth(50 + rng.normal(size=(30, 4)), 50 + rng.normal(size=(30, 16)))
+    point = samples.mean(axis=1)
+    plain = metrics.score(samples, point, t, 0.0)
+    fast = metrics.score(np.sort(samples, axis=1), point, t, 0.0, presorted=True)
+    for k in plain:
+        np.testing.assert_allclose(fast[k], plain[k], rtol=1e-12)

@@ -314,3 +314,20 @@ def test_timeout_stops_each_study(tmp_path: Path, sweep) -> None:
     assert time.time() - start < 30
     cfg = json.loads((tmp_path / "hyperparams" / "t" / "ETHUSD.json").read_text())
     assert 1 <= cfg["backends"]["naive"]["trials"] < 100000
+
+
+def test_checkpoint_id_follows_content_not_path(tmp_path: Path) -> None:
+    from sweeper.forecast import checkpoint_id
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        (d / "sub").mkdir(parents=True)
+        (d / "config.json").write_text('{"d": 64}')
+        (d / "sub" / "model.safetensors").write_bytes(b"\x00" * 100)
+    assert checkpoint_id(str(a)) == checkpoint_id(str(b)) != str(a)
+    c = tmp_path / "c"
+    (c / "sub").mkdir(parents=True)
+    (c / "config.json").write_text('{"d": 64}')
+    (c / "sub" / "model.safetensors").write_bytes(b"\x01" * 100)  # retrained: same names, new weights
+    assert checkpoint_id(str(c)) != checkpoint_id(str(a))
+    assert checkpoint_id("Salesforce/moirai-1.1-R-small") == "Salesforce/moirai-1.1-R-small"
