@@ -166,7 +166,7 @@ def _print_summary(rows: list[dict[str, Any]], metric: str, run_id: str, out: Pa
         if row["ensemble"] and row["ensemble"]["vs_chosen"].get("test"):
             cmp = row["ensemble"]["vs_chosen"]["test"]
             rel = cmp["diff"] / cmp["mean_b"] if cmp["mean_b"] else None
-            ens_col = f"{_fmt(cmp['mean_a'])} ({_vs(cmp, rel)})"
+            ens_col = f"{_fmt(cmp['mean_a'])}, {_vs(cmp, rel)}"
         table.add_row(
             row["symbol"],
             row["chosen"] or "none",
