@@ -30,6 +30,7 @@ from sweeper.errors import SweepError
 from sweeper.plan import contexts
 from sweeper.space import SPACES_DIR, load_space
 from tests.helpers import SHARED_LAKE, assert_no_leak, shared_series
+from tests.pretrained_support import fake_hub_cache, use_hub_cache
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kronos")]
 
@@ -56,18 +57,6 @@ def _origins(series, n: int) -> np.ndarray:
     return np.arange(len(series) - H - n, len(series) - H)
 
 
-def _hub_cache(root: Path, repo: str, src: Path) -> None:
-    """Lay `src` (config.json + model.safetensors) out as the hub cache holds a downloaded repo."""
-    commit = "0" * 40
-    repo_dir = root / f"models--{repo.replace('/', '--')}"
-    (repo_dir / "refs").mkdir(parents=True)
-    (repo_dir / "refs" / "main").write_text(commit)
-    snapshot = repo_dir / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy(src / name, snapshot / name)
-
-
 def test_registered_and_space_defaults_match_the_package() -> None:
     assert backend_class("kronos") is KronosBackend
     defaults = load_space("kronos").defaults()
@@ -77,14 +66,11 @@ def test_registered_and_space_defaults_match_the_package() -> None:
 
 def test_tiny_checkpoint_loads_through_the_hub_id_path(tiny_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """The default hub ids resolve from the hub cache (offline), through from_pretrained, strictly, in eval mode."""
-    from huggingface_hub import constants
-
-    _hub_cache(tmp_path, DEFAULT_MODEL, tiny_dir / "model")
-    _hub_cache(tmp_path, DEFAULT_TOKENIZER, tiny_dir / "tokenizer")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fake_hub_cache(tmp_path, DEFAULT_MODEL, tiny_dir / "model")
+    fake_hub_cache(tmp_path, DEFAULT_TOKENIZER, tiny_dir / "tokenizer")
+    use_hub_cache(monkeypatch, tmp_path)
     model = KronosBackend(None, "auto")
-    assert model.checkpoint == DEFAULT_MODEL and model.device == "cpu"
+    assert model.checkpoint == DEFAULT_MODEL and str(model.device) == "cpu"
     assert not model.model.training and not model.tokenizer.training
     local = KronosBackend(str(tiny_dir), "cpu")
     for a, b in ((model.model, local.model), (model.tokenizer, local.tokenizer)):
@@ -94,17 +80,15 @@ def test_tiny_checkpoint_loads_through_the_hub_id_path(tiny_dir: Path, tmp_path:
 
 def test_offline_hub_id_fails_at_once_with_one_clear_line(tmp_path: Path, monkeypatch) -> None:
     import model  # noqa: F401  (torch's import time is not what this test measures)
-    from huggingface_hub import constants
 
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    use_hub_cache(monkeypatch, tmp_path)
     start = time.perf_counter()
     with pytest.raises(SweepError) as err:
         KronosBackend(None, "cpu")
     assert time.perf_counter() - start < 5
     msg = str(err.value)
     assert "\n" not in msg
-    for part in (DEFAULT_MODEL, DEFAULT_TOKENIZER, "--checkpoint kronos=PATH", "sweep models init kronos"):
+    for part in (DEFAULT_MODEL, "--checkpoint kronos=PATH", "sweep models init kronos"):
         assert part in msg
 
 

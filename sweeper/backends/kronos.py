@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from sweeper.backends.base import Backend
+from sweeper.backends.pretrained import checkpoint_dir, seeded, torch_device
 from sweeper.data import freq_seconds
 from sweeper.errors import SweepError
 from sweeper.plan import Contexts
@@ -94,63 +94,16 @@ def _kronos_package() -> Any:
     return pkg
 
 
-def _offline() -> bool:
-    """HF_HUB_OFFLINE read now: huggingface_hub reads it only once, at its import."""
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _missing_weights(model_id: str, tokenizer_id: str, reason: str) -> SweepError:
-    return SweepError(
-        f"kronos weights not found for {model_id} (tokenizer {tokenizer_id}): {reason}; point at a local copy "
-        "with --checkpoint kronos=PATH or `checkpoint: PATH` in search_spaces/kronos.yaml (PATH/model and "
-        "PATH/tokenizer, each config.json + model.safetensors), or make a random one with "
-        "`sweep models init kronos --preset tiny --out DIR`"
-    )
-
-
-def _fetch_hub(model_id: str, tokenizer_id: str) -> None:
-    """Put both repos' files in the hub cache, or fail at once with one line (no retry loop offline)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
-
-    offline = _offline()
-    for repo in (model_id, tokenizer_id):
-        for filename in WEIGHTS:
-            try:
-                hf_hub_download(repo, filename, local_files_only=offline)
-            except HFValidationError as exc:
-                raise SweepError(
-                    f"kronos checkpoint {repo!r} is neither a directory nor a valid hub id (owner/name)"
-                ) from exc
-            except LocalEntryNotFoundError as exc:
-                why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
-                raise _missing_weights(
-                    model_id, tokenizer_id, f"{repo}/{filename} is not in the local cache and {why}"
-                ) from exc
-            except HfHubHTTPError as exc:
-                raise _missing_weights(model_id, tokenizer_id, f"{repo}/{filename}: {_first_line(exc)}") from exc
 
 
 def _load(cls: Any, ref: str, device: str) -> Any:
     """`from_pretrained` with strict key checking, in eval mode (it returns training mode), on `device`."""
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loading weights from local directory"
-            module = cls.from_pretrained(ref, local_files_only=_offline(), map_location="cpu", strict=True)
+            module = cls.from_pretrained(ref, local_files_only=True, map_location="cpu", strict=True)
     except (RuntimeError, TypeError) as exc:
         raise SweepError(f"kronos checkpoint {ref}: weights do not match its config.json ({_first_line(exc)})") from exc
     return module.to(device).eval()
@@ -177,18 +130,6 @@ def _features(values: np.ndarray) -> np.ndarray:
     return np.concatenate([values, amount[:, :, None]], axis=2)
 
 
-@contextlib.contextmanager
-def _seeded(seed: int, device: str) -> Iterator[None]:
-    """Seed torch for the package's sampler (it uses the global generator) and restore the state after."""
-    import torch
-
-    dev = torch.device(device)
-    devices = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
 class KronosBackend(Backend):
     """Kronos tokenizer + model, loaded once; every sample path of the close (see the module docstring)."""
 
@@ -200,7 +141,7 @@ class KronosBackend(Backend):
     def __init__(self, checkpoint: str | None = None, device: str = "cpu") -> None:
         super().__init__(checkpoint, device)
         pkg = _kronos_package()
-        self.device = _resolve_device(device)
+        self.device = torch_device(device)
         model_ref, tokenizer_ref = self._refs(str(self.checkpoint))
         self.tokenizer = _load(pkg.KronosTokenizer, tokenizer_ref, self.device)
         self.model = _load(pkg.Kronos, model_ref, self.device)
@@ -220,8 +161,7 @@ class KronosBackend(Backend):
                 )
             return str(path / "model"), str(path / "tokenizer")
         tokenizer = TOKENIZERS.get(checkpoint, DEFAULT_TOKENIZER)
-        _fetch_hub(checkpoint, tokenizer)
-        return checkpoint, tokenizer
+        return str(checkpoint_dir("kronos", checkpoint)), str(checkpoint_dir("kronos", tokenizer))
 
     @classmethod
     def model_knobs(cls, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -255,7 +195,7 @@ class KronosBackend(Backend):
         rows = b * num_samples  # origin-major: row r is draw r % num_samples of origin r // num_samples
         per_pass = max(1, self.tokens_per_pass // (c + horizon))
         close = np.empty((rows, horizon), dtype=np.float64)
-        with _seeded(seed, self.device), torch.inference_mode():
+        with seeded(seed, self.device), torch.inference_mode():
             for lo in range(0, rows, per_pass):
                 origin = np.arange(lo, min(lo + per_pass, rows)) // num_samples
                 close[lo : lo + origin.size] = (
@@ -320,5 +260,5 @@ def build_preset(preset: str, seed: int = 0) -> tuple[Any, Any]:
         raise SweepError(f"unknown kronos preset {preset!r}: choose from {', '.join(PRESETS)}")
     pkg = _kronos_package()
     tokenizer_cfg, model_cfg = PRESETS[preset]
-    with _seeded(seed, "cpu"):
+    with seeded(seed, torch_device("cpu")):
         return pkg.KronosTokenizer(**tokenizer_cfg), pkg.Kronos(**model_cfg)

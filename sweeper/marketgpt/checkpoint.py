@@ -19,8 +19,9 @@ import torch
 from safetensors.torch import load_file, save
 
 from sweeper.atomic import read_json, write_bytes, write_json, write_with
+from sweeper.backends.pretrained import torch_device
 from sweeper.errors import SweepError
-from sweeper.marketgpt.model import MarketGPT, ModelConfig, pick_device
+from sweeper.marketgpt.model import MarketGPT, ModelConfig
 from sweeper.marketgpt.tokenizer import CandleTokenizer
 
 FORMAT = "marketgpt/1"
@@ -88,7 +89,7 @@ def from_pretrained(path: str | Path, device: str = "cpu") -> Pretrained:
         model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
     except RuntimeError as exc:
         raise SweepError(f"{path / 'model.safetensors'}: weights do not match config.json ({exc})") from exc
-    return Pretrained(model.to(pick_device(device)).eval(), tokenizer, meta, path)
+    return Pretrained(model.to(torch_device(device)).eval(), tokenizer, meta, path)
 
 
 def save_trainer_state(out: Path, optimizer: torch.optim.Optimizer, scheduler: Any, step: int) -> None:

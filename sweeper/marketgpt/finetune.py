@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from sweeper.backends.pretrained import seeded
 from sweeper.errors import SweepError
-from sweeper.marketgpt.model import Batch, MarketGPT, rng_devices
+from sweeper.marketgpt.model import Batch, MarketGPT
 from sweeper.marketgpt.tokenizer import CandleTokenizer, candle_returns, time_features
 from sweeper.plan import Contexts
 
@@ -98,8 +99,7 @@ def finetune(model: MarketGPT, batch: Batch, settings: FinetuneSettings, alpha: 
     dev = next(model.parameters()).device
     batch = batch.to(dev)
     opt = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    with torch.random.fork_rng(devices=rng_devices(dev)):
-        torch.manual_seed(seed)
+    with seeded(seed, dev):
         gen = torch.Generator().manual_seed(seed)
         model.train()
         for _ in range(settings.epochs):

@@ -261,22 +261,6 @@ class MarketGPT(nn.Module):
         return Losses(alpha * ce + (1 - alpha) * mse, ce.detach(), mse.detach())
 
 
-def pick_device(device: str) -> torch.device:
-    """ "auto" is CUDA when present, else CPU; asking for CUDA without one is a user error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SweepError(f"device {device!r} asked for, but no CUDA device is available")
-    return torch.device(device)
-
-
-def rng_devices(device: torch.device) -> list[int]:
-    """CUDA devices whose RNG state `torch.random.fork_rng` must save and restore around seeded work."""
-    if device.type != "cuda":
-        return []
-    return [device.index if device.index is not None else torch.cuda.current_device()]
-
-
 def count_parameters(cfg: ModelConfig) -> int:
     """Parameters of a config, counted on the meta device (no memory, no init)."""
     with torch.device("meta"):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from sweeper.backends.pretrained import seeded, torch_device
 from sweeper.data import load, resolve_lake
 from sweeper.errors import SweepError, check_name
 from sweeper.marketgpt.checkpoint import (
@@ -31,7 +32,7 @@ from sweeper.marketgpt.checkpoint import (
     save_trainer_state,
 )
 from sweeper.marketgpt.corpus import Corpus, build_corpus
-from sweeper.marketgpt.model import Batch, MarketGPT, TrainSettings, get_preset, pick_device, rng_devices
+from sweeper.marketgpt.model import Batch, MarketGPT, TrainSettings, get_preset
 from sweeper.marketgpt.tokenizer import CandleTokenizer
 from sweeper.plan import Protocol
 
@@ -190,7 +191,7 @@ def train(
         series = load(resolve_lake(lake), list(symbols), freq)
         freq = series[0].freq
         out = Path(out_dir) if out_dir is not None else DEFAULT_ROOT / check_name("model name", f"{preset}-{freq}")
-        dev = pick_device(device)
+        dev = torch_device(device)
 
         settings = replace(spec.train, **{k: v for k, v in overrides.items() if v is not None})
         if (out / "config.json").exists() and not resume:
@@ -247,7 +248,7 @@ def train(
         deadline = None if max_minutes is None else started + 60 * max_minutes
         bar, task = _progress(progress, total, step)
         try:
-            with bar, torch.random.fork_rng(devices=rng_devices(dev)):
+            with bar, seeded(seed, dev):
                 while step < total and (deadline is None or time.perf_counter() < deadline):
                     torch.manual_seed(seed * 1_000_003 + step)
                     opt.zero_grad(set_to_none=True)
