@@ -8,8 +8,11 @@ workers on the same folder reuse them; a small in-memory layer (bounded in bytes
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,21 @@ class ForecastCache:
     def _paths(self, key: str) -> tuple[Path, Path]:
         assert self.root is not None
         return self.root / f"{key}.npy", self.root / f"{key}.json"
+
+    @contextlib.contextmanager
+    def claim(self, key: str) -> Iterator[None]:
+        """Hold the key's lock file while computing its draws, so processes sharing the folder (--jobs,
+        Ray workers, machines on one filesystem) compute each entry once. A no-op without a folder."""
+        if self.root is None:
+            yield
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f"{key}.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def get(self, key: str) -> Cached | None:
         if key in self._mem:

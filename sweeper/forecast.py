@@ -86,6 +86,21 @@ class Forecaster:
         hit = self.cache.get(key)
         if hit is not None:
             return hit
+        with self.cache.claim(key):  # another worker may be computing the same draws: wait, then reuse them
+            hit = self.cache.get(key)
+            return hit if hit is not None else self._compute(key, fields, model, series, plan, split, num_samples)
+
+    def _compute(
+        self,
+        key: str,
+        fields: dict[str, Any],
+        model: Backend,
+        series: Series,
+        plan: Plan,
+        split: str,
+        num_samples: int,
+    ) -> Cached:
+        knobs, backend = fields["knobs"], fields["backend"]
         idx = plan.origins(split)
         ctx_len = int(knobs[CONTEXT_KNOB])
         seed = (int(key[:8], 16) ^ self.seed) & 0x7FFFFFFF

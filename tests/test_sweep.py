@@ -331,3 +331,22 @@ def test_checkpoint_id_follows_content_not_path(tmp_path: Path) -> None:
     (c / "sub" / "model.safetensors").write_bytes(b"\x01" * 100)  # retrained: same names, new weights
     assert checkpoint_id(str(c)) != checkpoint_id(str(a))
     assert checkpoint_id("Salesforce/moirai-1.1-R-small") == "Salesforce/moirai-1.1-R-small"
+
+
+def test_two_processes_compute_each_cache_entry_once(tmp_path: Path) -> None:
+    """Two workers missing the same key at once: the second waits for the first and reads its draws."""
+    code = (
+        "import time; from sweeper.cache import ForecastCache; from sweeper.objective import Candidate;"
+        "from sweeper.sweep import RunRequest, prepare; from sweeper.backends.baselines import Naive;"
+        # a slow model: both processes are sure to miss the cache while the first is still computing
+        "slow = Naive.forecast; Naive.forecast = lambda *a: (time.sleep(3), slow(*a))[1];"
+        f"req = RunRequest(symbols=['BTCUSDT'], lake={str(SHARED_LAKE)!r}, freq='1h', backends=['naive'],"
+        " val_origins=500, test_origins=100);"
+        f"task = prepare(req, ForecastCache(__import__('pathlib').Path({str(tmp_path / 'cache')!r}))).tasks[0];"
+        "task.scores(Candidate('naive', {'num_samples': 64, 'aggregation': 'mean', 'context_length': 512}), 'val');"
+        "print(task.forecaster.model_calls)"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    calls = sorted(int(p.communicate()[0].strip()) for p in procs)
+    assert calls[0] == 0 and calls[1] >= 1  # exactly one of them ran the model
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
