@@ -17,7 +17,7 @@ import platform
 import secrets
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
@@ -28,6 +28,9 @@ from sweeper.atomic import read_json, write_with
 from sweeper.errors import SweepError, check_name
 from sweeper.objective import VAL_MEANS, SymbolTask
 from sweeper.select import SymbolResult
+
+if TYPE_CHECKING:
+    from sweeper.sweep import RunRequest
 
 SCHEMA_VERSION = 1
 _PACKAGES = ("numpy", "polars", "optuna", "scoringrules", "torch", "uni2ts", "toto-ts", "kronos-model-arch")
@@ -80,8 +83,18 @@ def _model_source(task: SymbolTask, backend: str) -> dict[str, Any]:
     return {"checkpoint": task.forecaster.model(backend).checkpoint, "draws": task.spaces[backend].max_samples}
 
 
-def config_record(run_id: str, task: SymbolTask, result: SymbolResult, metric: str, seed: int, lake: str) -> dict:
+def config_record(
+    run_id: str,
+    task: SymbolTask,
+    result: SymbolResult,
+    req: RunRequest,
+    lake: str,
+    search: dict[str, Any],
+    fronts: dict[str, list[dict]],
+) -> dict:
+    """The per-symbol config; `fronts` holds Pareto fronts by backend (multi-objective runs only)."""
     s = task.series
+    metric, seed = req.metric, req.seed
     chosen = result.backends.get(result.chosen) if result.chosen else None
     return {
         "schema_version": SCHEMA_VERSION,
@@ -102,6 +115,7 @@ def config_record(run_id: str, task: SymbolTask, result: SymbolResult, metric: s
                 "validation": _clean(r.val),
                 "test": _clean(r.test),
                 "trading": {split: _clean(x) for split, x in r.trading.items()},
+                **({"pareto_front": fronts[b]} if b in fronts else {}),
                 **({"error": r.error} if r.error else {}),
             }
             for b, r in result.backends.items()
@@ -136,6 +150,7 @@ def config_record(run_id: str, task: SymbolTask, result: SymbolResult, metric: s
             "first_ts": str(s.ts[0]),
             "last_ts": str(s.ts[-1]),
         },
+        "search": search,
         "versions": versions(),
         "seed": seed,
     }

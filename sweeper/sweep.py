@@ -200,10 +200,8 @@ def execute(prep: Prepared, paths: RunPaths, progress: Progress | None = None) -
             result = select(task, best, req.metric, req.seed, errors)
             results.append(result)
             origin_frames.append(origins_frame(task, result))
-            record = config_record(paths.run_id, task, result, req.metric, req.seed, lake_label(prep.lake))
-            record["search"] = {"objectives": list(req.search_objectives()), "latency_budget_s": req.latency_budget}
-            for backend, front in fronts.items():
-                record["backends"][backend]["pareto_front"] = front
+            search = {"objectives": list(req.search_objectives()), "latency_budget_s": req.latency_budget}
+            record = config_record(paths.run_id, task, result, req, lake_label(prep.lake), search, fronts)
             write_json(paths.config(task.series.symbol), record)
     if trial_frames:
         write_parquet(paths.results / "trials.parquet", pl.concat(trial_frames, how="diagonal_relaxed"))
