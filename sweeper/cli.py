@@ -51,8 +51,15 @@ def handled(fn: F) -> F:
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")) -> None:
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    offline: bool = typer.Option(
+        False, "--offline", help="Never reach the model hub: missing weights fail at once (HF_HUB_OFFLINE=1)."
+    ),
+) -> None:
     _state["debug"] = debug
+    if offline:  # read by the backends when they load, so setting it here is early enough
+        os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def expand_list_options(argv: list[str]) -> list[str]:
@@ -364,14 +371,12 @@ def data_import(
 @handled
 def models_init(
     backend: str = typer.Argument(..., help="Backend whose checkpoint format to write."),
-    preset: str = typer.Option("tiny", help="tiny or small (the published small shapes)."),
+    preset: str = typer.Option("tiny", help="tiny, or small (the published small model's shapes)."),
     out: Path = typer.Option(..., help="Directory to write the checkpoint into."),
 ) -> None:
     """Write a randomly initialised checkpoint in the backend's real on-disk format (no weights needed)."""
     from sweeper.backends import backend_class
 
-    if preset not in ("tiny", "small", "base"):
-        raise SweepError(f"unknown preset {preset!r}: use tiny or small")
     path = backend_class(backend).init_checkpoint(preset, out)
     _console().print(f"wrote a randomly initialised {backend} checkpoint ({preset}) to {path}")
 

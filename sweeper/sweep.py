@@ -116,7 +116,14 @@ def prepare(req: RunRequest, cache: ForecastCache | None = None) -> Prepared:
         device=req.device,
         checkpoints={b: c for b, c in checkpoints.items() if c},
     )
-    tasks = [SymbolTask(s, make_plan(s, protocol), spaces, forecaster) for s in series]
+    longest = max(spaces.values(), key=lambda sp: sp.max_context)
+    try:
+        tasks = [SymbolTask(s, make_plan(s, protocol), spaces, forecaster) for s in series]
+    except SweepError as exc:
+        raise SweepError(
+            f"{exc}; the longest context_length ({max_context}) comes from {longest.path}: "
+            "drop larger choices there (or in a copy passed with --spaces DIR), or ask for fewer origins"
+        ) from None
     return Prepared(req, lake, tasks)
 
 

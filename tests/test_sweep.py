@@ -350,3 +350,42 @@ def test_two_processes_compute_each_cache_entry_once(tmp_path: Path) -> None:
     calls = sorted(int(p.communicate()[0].strip()) for p in procs)
     assert calls[0] == 0 and calls[1] >= 1  # exactly one of them ran the model
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+
+
+def test_backend_without_weights_is_skipped_and_reported(tmp_path: Path, sweep, monkeypatch) -> None:
+    """--offline with a hub id that is not cached: the sweep goes on without that backend and says so."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    start = time.time()
+    r = sweep(
+        "--offline",
+        "run",
+        "--symbols",
+        "BTCUSD",
+        "--lake",
+        SHARED_LAKE,
+        "--freq",
+        "1d",
+        "--backends",
+        "moirai2",
+        "naive",
+        "--trials",
+        2,
+        "--out",
+        tmp_path,
+        "--run-id",
+        "w",
+        "--val-origins",
+        100,
+        "--test-origins",
+        30,
+    )
+    assert r.exit_code == 0, r.output
+    assert time.time() - start < 30  # no network retries
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert "skipped moirai2" in r.stdout and "Salesforce/moirai-2.0-R-small" in r.stdout
+    cfg = json.loads((tmp_path / "hyperparams" / "w" / "BTCUSD.json").read_text())
+    assert "Salesforce/moirai-2.0-R-small" in cfg["backends"]["moirai2"]["error"]
+    assert cfg["backends"]["moirai2"]["params"] is None and cfg["chosen"]["backend"] == "naive"
