@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from sweeper.errors import SweepError
 from sweeper.plan import contexts
 from sweeper.space import load_space
 from tests.helpers import SHARED_LAKE, assert_no_leak, shared_series
-from tests.pretrained_support import assert_imports_stay_light, fake_hub_cache, use_hub_cache
+from tests.pretrained_support import assert_imports_stay_light
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("moirai")]
 
@@ -63,35 +62,6 @@ def test_small_preset_has_the_published_shapes(tmp_path: Path) -> None:
     """moirai-1.1-R-small: d_model 384, 6 layers, 13.8M parameters; written, then loaded back strictly."""
     loaded = MoiraiBackend(str(MoiraiBackend.init_checkpoint("small", tmp_path / "small")), "cpu")
     assert sum(p.numel() for p in loaded._module.parameters()) == 13_827_528
-
-
-def test_sweep_models_init_writes_a_checkpoint_the_backend_loads(sweep, tmp_path: Path) -> None:
-    result = sweep("models", "init", "moirai", "--preset", "tiny", "--out", tmp_path / "ck")
-    assert result.exit_code == 0, result.output
-    assert MoiraiBackend(str(tmp_path / "ck"), "cpu").checkpoint == str(tmp_path / "ck")
-
-
-def test_hub_id_loads_through_the_same_path_as_a_directory(tiny_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    fake_hub_cache(tmp_path, MoiraiBackend.default_checkpoint, tiny_dir)
-    use_hub_cache(monkeypatch, tmp_path)
-    hub = MoiraiBackend(None, "auto")
-    local = MoiraiBackend(str(tiny_dir), "cpu")
-    assert hub.checkpoint == "Salesforce/moirai-1.1-R-small" and hub.device == "cpu"
-    a, b = hub._module.state_dict(), local._module.state_dict()
-    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
-    assert not hub._module.training
-
-
-def test_offline_hub_id_fails_at_once_with_one_clear_line(tmp_path: Path, monkeypatch) -> None:
-    use_hub_cache(monkeypatch, tmp_path)  # an empty cache
-    start = time.perf_counter()
-    with pytest.raises(SweepError) as err:
-        MoiraiBackend(None, "cpu")
-    assert time.perf_counter() - start < 5
-    msg = str(err.value)
-    assert "\n" not in msg and "HF_HUB_OFFLINE" in msg
-    for part in ("Salesforce/moirai-1.1-R-small", "--checkpoint moirai=PATH", "models init moirai"):
-        assert part in msg
 
 
 def test_shapes_reproducible_and_prefix_consistent(tiny: MoiraiBackend, series) -> None:
