@@ -1,4 +1,4 @@
-"""Speed of the pretrained-model backends (Toto, Moirai, Moirai 2) on this machine, tiny random checkpoints.
+"""Speed of the model backends on this machine, with tiny random checkpoints.
 
 Each backend is measured in a fresh interpreter, so its import time and peak memory are its own: the
 import of its model library, loading the checkpoint through the backend's constructor, and forecasts per
@@ -28,6 +28,8 @@ LIBRARIES = {
     "toto": ("toto.model.toto", "toto.inference.forecaster"),
     "moirai": ("uni2ts.model.moirai",),
     "moirai2": ("uni2ts.model.moirai2",),
+    "kronos": ("model",),
+    "marketgpt": ("sweeper.marketgpt.model",),
 }
 
 
@@ -125,8 +127,12 @@ def main() -> None:
     if args.child:
         print(json.dumps(_measure(json.loads(args.child))))
         return
-    for backend in args.backends:
-        r = bench_backend(backend, preset=args.preset, threads=args.threads)
+    print_table(args.backends, args.preset, args.threads)
+
+
+def print_table(backends: list[str], preset: str = "tiny", threads: int = 1) -> None:
+    for backend in backends:
+        r = bench_backend(backend, preset=preset, threads=threads)
         speeds = "  ".join(f"H={x['horizon']}: {x['forecasts_per_s']:>7.1f}/s" for x in r["runs"])
         print(
             f"{backend:<8} {r['preset']:<5} import {r['import_s']:5.1f} s  load {r['load_s']:5.2f} s  "

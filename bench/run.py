@@ -9,6 +9,7 @@
 3. Scaling: wall time as origins, symbols and trials double; one against two Optuna processes (--jobs)
    and one against two Ray workers on this machine's cores.
 4. Memory: resident memory of one 1,000-trial sweep after 250, 500 and 1,000 trials.
+5. Backends: per model backend, forecasts per second and peak memory for the tiny preset (bench/backends.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import optuna
 import orjson
 
+from bench.backends import LIBRARIES, print_table
 from sweeper import metrics
 from sweeper.aggregate import aggregate
 from sweeper.backends import REGISTRY, backend_class
@@ -244,6 +246,10 @@ def main() -> None:
         section(
             "4. memory of one 1,000-trial sweep (naive, BTCUSDT 1h, 500 val origins)",
             lambda: memory(replace(naive, trials=1000)),
+        )
+        section(
+            "5. model backends, tiny presets on CPU, one torch thread, 64 origins, each in a fresh process",
+            lambda: print_table(list(LIBRARIES)),
         )
 
 
