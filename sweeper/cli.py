@@ -286,7 +286,12 @@ def run(
                 tasks[label] = bar.add_task(label, total=total)
             bar.update(tasks[label], completed=done)
 
-        results = run_sweep(req, paths, progress, resume=bool(resume))
+        try:
+            results = run_sweep(req, paths, progress, resume=bool(resume))
+        except KeyboardInterrupt:
+            bar.stop()
+            err.print(f"interrupted: continue with `sweep run --resume {paths.run_id}`", highlight=False)
+            raise typer.Exit(130) from None
     rows = _summary_rows(results, req.metric)
     if json:
         doc = {"run_id": paths.run_id, "metric": req.metric, "symbols": rows, "results": str(paths.results)}

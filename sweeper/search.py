@@ -146,8 +146,8 @@ def recover(study: optuna.Study) -> int:
     for t in stale:
         study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        if t.params:
-            study.enqueue_trial(t.params, skip_if_exists=True)
+        if t.params:  # not skip_if_exists: the failed trial itself holds these params
+            study.enqueue_trial(t.params)
     return len(stale)
 
 
@@ -182,8 +182,18 @@ def run_study(
     remaining = budget.trials - finished(study)
     if remaining > 0:
         callbacks = [lambda s, _t: on_trial(s)] if on_trial else None
+
+        def interruptible(trial: optuna.Trial) -> float | tuple:
+            try:
+                return objective(trial, task, backend, objectives)
+            except KeyboardInterrupt:  # Ctrl-C: treated like a killed process, so a resume redoes this trial
+                trial.set_user_attr(INTERRUPTED, True)
+                if trial.params:
+                    study.enqueue_trial(trial.params)
+                raise
+
         study.optimize(
-            lambda trial: objective(trial, task, backend, objectives),
+            interruptible,
             n_trials=remaining,
             timeout=budget.timeout,
             callbacks=callbacks,

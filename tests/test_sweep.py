@@ -169,13 +169,14 @@ def test_stale_running_trial_is_requeued(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 's.db'}"
     study = open_study(storage, "ETHUSD", "naive", ("crps",), 0)
     trial = study.ask()
-    prep.tasks[0].spaces["naive"].params["context_length"].suggest(trial)  # dies here: left RUNNING
+    ctx = prep.tasks[0].spaces["naive"].params["context_length"].suggest(trial)  # dies here: left RUNNING
     from sweeper.search import Budget, run_study
 
     study = run_study(prep.tasks[0], "naive", storage, ("crps",), Budget(3), 0)
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1
     assert study.trials[0].user_attrs[INTERRUPTED] is True
+    assert study.trials[1].params["context_length"] == ctx  # its knobs were queued again
 
 
 def test_cached_trials_never_call_the_model(tmp_path: Path) -> None:
@@ -389,3 +390,38 @@ def test_backend_without_weights_is_skipped_and_reported(tmp_path: Path, sweep, 
     cfg = json.loads((tmp_path / "hyperparams" / "w" / "BTCUSD.json").read_text())
     assert "Salesforce/moirai-2.0-R-small" in cfg["backends"]["moirai2"]["error"]
     assert cfg["backends"]["moirai2"]["params"] is None and cfg["chosen"]["backend"] == "naive"
+
+
+def test_ctrl_c_exits_130_and_resume_redoes_the_interrupted_trial(tmp_path: Path) -> None:
+    sweep_bin = [sys.executable, "-c", "from sweeper.cli import main; main()"]
+    cmd = [
+        *sweep_bin,
+        "run",
+        "--symbols",
+        "ETHUSD",
+        "--lake",
+        str(SHARED_LAKE),
+        "--backends",
+        "naive",
+        "--trials",
+        "150",
+        "--run-id",
+        "c",
+        "--out",
+        str(tmp_path),
+        *SMALL,
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    db = tmp_path / "results" / "c" / "study.db"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not db.exists() or count_trials(db) < 10):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "sweep run --resume c" in stderr
+    out = subprocess.run([*sweep_bin, "run", "--resume", "c", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    study = optuna.load_study(study_name="ETHUSD--naive", storage=f"sqlite:///{db}")
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 150
+    assert all(t.user_attrs.get(INTERRUPTED) for t in study.trials if t.state.name == "FAIL")
