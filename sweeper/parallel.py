@@ -30,6 +30,8 @@ from optuna.trial import TrialState
 from sweeper.errors import SweepError
 from sweeper.objective import SymbolTask, objective
 from sweeper.search import (
+    CAUGHT,
+    ERROR,
     FINISHED,
     INTERRUPTED,
     OWNER,
@@ -94,7 +96,8 @@ def drain(study: optuna.Study, task: SymbolTask, backend: str, s: StudySettings)
     while time.monotonic() < deadline and (trial := claim(study, s.storage, s.budget.trials)) is not None:
         try:
             value = objective(trial, task, backend, s.objectives)
-        except (ValueError, FloatingPointError):  # as study.optimize(catch=...): a failed trial, go on
+        except CAUGHT as exc:  # as study.optimize(catch=...): a failed trial, go on
+            trial.set_user_attr(ERROR, f"{type(exc).__name__}: {exc}")
             study.tell(trial, state=TrialState.FAIL)
             continue
         except Exception:

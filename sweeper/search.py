@@ -25,6 +25,8 @@ from sweeper.objective import VAL_MEANS, SymbolTask, objective
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+CAUGHT = (ValueError, FloatingPointError)  # a trial failing this way fails alone; anything else stops the sweep
+ERROR = "error"  # user attr: why a trial failed
 INTERRUPTED = "interrupted"  # user attr of a trial whose process died; it does not use up the budget
 OWNER = "owner"  # user attr "host:pid" of the --jobs worker running a trial, so recovery spares live ones
 
@@ -191,13 +193,16 @@ def run_study(
                 if trial.params:
                     study.enqueue_trial(trial.params)
                 raise
+            except CAUGHT as exc:  # a failed trial; Optuna only logs why, so keep the reason with the trial
+                trial.set_user_attr(ERROR, f"{type(exc).__name__}: {exc}")
+                raise
 
         study.optimize(
             interruptible,
             n_trials=remaining,
             timeout=budget.timeout,
             callbacks=callbacks,
-            catch=(ValueError, FloatingPointError),
+            catch=CAUGHT,
         )
     return study
 
@@ -242,6 +247,14 @@ def best_params(study: optuna.Study, metric: str, latency_budget: float | None =
         return None
     sign = 1.0 if direction(metric) == "minimize" else -1.0
     return dict(min(done, key=lambda t: (sign * t.user_attrs[VAL_MEANS][metric], t.number)).params)
+
+
+def no_completed_trial(study: optuna.Study) -> str:
+    """Why a study has nothing to select: how its trials ended, and the last failure's reason."""
+    trials = study.get_trials(deepcopy=False)
+    failed = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED)]
+    why = f": {failed[-1].user_attrs[ERROR]}" if failed and ERROR in failed[-1].user_attrs else ""
+    return f"no trial completed ({len(failed)} of {len(trials)} failed{why})"
 
 
 def pareto(study: optuna.Study) -> list[dict]:

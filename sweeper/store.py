@@ -27,6 +27,7 @@ from sweeper import __version__
 from sweeper.atomic import read_json, write_with
 from sweeper.errors import SweepError, check_name
 from sweeper.objective import VAL_MEANS, SymbolTask
+from sweeper.search import ERROR
 from sweeper.select import SymbolResult
 
 if TYPE_CHECKING:
@@ -166,6 +167,7 @@ def trials_frame(symbol: str, backend: str, study: optuna.Study) -> pl.DataFrame
             "value": t.values[0] if t.values else None,  # the first objective; all are in the val_ columns
             "params": str(t.params),
             "duration_s": t.duration.total_seconds() if t.duration else None,
+            "error": t.user_attrs.get(ERROR),
             **{f"val_{k}": v for k, v in t.user_attrs.get(VAL_MEANS, {}).items()},
         }
         for t in study.get_trials(deepcopy=False)

@@ -31,6 +31,7 @@ from sweeper.search import (
     best_params,
     finished,
     namespace_for,
+    no_completed_trial,
     pareto,
     study_label,
 )
@@ -196,7 +197,9 @@ def execute(prep: Prepared, paths: RunPaths, progress: Progress | None = None) -
                 tick(study)
                 complete = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
                 params = best_params(study, req.metric, req.latency_budget)
-                if params is None and req.latency_budget is not None and complete:
+                if not complete:
+                    errors[backend] = no_completed_trial(study)
+                elif params is None and req.latency_budget is not None:
                     errors[backend] = (
                         f"no configuration within the latency budget of {req.latency_budget:g} s per origin"
                     )

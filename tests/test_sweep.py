@@ -425,3 +425,41 @@ def test_ctrl_c_exits_130_and_resume_redoes_the_interrupted_trial(tmp_path: Path
     study = optuna.load_study(study_name="ETHUSD--naive", storage=f"sqlite:///{db}")
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 150
     assert all(t.user_attrs.get(INTERRUPTED) for t in study.trials if t.state.name == "FAIL")
+
+
+def test_a_backend_whose_every_trial_fails_is_reported_with_the_reason(tmp_path: Path, sweep) -> None:
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    (spaces / "naive.yaml").write_text((Path(__file__).parents[1] / "search_spaces" / "naive.yaml").read_text())
+    (spaces / "seasonal_naive.yaml").write_text(
+        "backend: seasonal_naive\nparams:\n  num_samples: {type: int, low: 16, high: 64}\n"
+        "  aggregation: {type: categorical, choices: [mean]}\n  context_length: {type: categorical, choices: [16]}\n"
+        "  season: {type: categorical, choices: [24]}\n"  # a context of 16 bars cannot hold two seasons of 24
+    )
+    r = sweep(
+        "run",
+        "--symbols",
+        "ETHUSD",
+        "--lake",
+        SHARED_LAKE,
+        "--backends",
+        "naive",
+        "seasonal_naive",
+        "--spaces",
+        spaces,
+        "--trials",
+        3,
+        "--out",
+        tmp_path,
+        "--run-id",
+        "f",
+        *SMALL,
+    )
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "hyperparams" / "f" / "ETHUSD.json").read_text())
+    assert (
+        "no trial completed (3 of 3 failed: ValueError: seasonal_naive needs a context longer than 2 seasons"
+        in (cfg["backends"]["seasonal_naive"]["error"])
+    )
+    trials = pl.read_parquet(tmp_path / "results" / "f" / "trials.parquet").filter(backend="seasonal_naive")
+    assert trials["state"].to_list() == ["FAIL"] * 3 and trials["error"].null_count() == 0
