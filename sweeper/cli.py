@@ -209,7 +209,11 @@ def run(
     checkpoint: list[str] = typer.Option(None, "--checkpoint", help="BACKEND=PATH or hub id; repeatable."),
     device: str = typer.Option(None, help="auto, cpu or cuda (default auto)."),
     spaces: str = typer.Option(None, help="Folder of search-space YAML files (default: search_spaces/)."),
-    storage: str = typer.Option(None, help="Optuna storage URL (default: SQLite in the run folder)."),
+    storage: str = typer.Option(
+        None,
+        help="Optuna storage: a URL (sqlite://, postgresql://), or journal (a journal file in the run "
+        "folder, less overhead per trial). Default: SQLite in the run folder.",
+    ),
     objectives: list[str] = typer.Option(
         None, "--objectives", help="Several metrics for a Pareto search (NSGA-II), e.g. crps latency."
     ),

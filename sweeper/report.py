@@ -472,7 +472,7 @@ def render(paths: RunPaths, lake: str | None = None, device: str = "auto") -> st
     if not configs:
         raise SweepError(f"run {paths.run_id} has no configs in {paths.hyperparams} (is it still running?)")
     origins = pl.read_parquet(paths.results / "origins.parquet")
-    storage = manifest["request"].get("storage") or paths.storage_url()
+    storage = paths.storage_url(manifest["request"].get("storage"))
     namespace = namespace_for(paths.run_id, manifest["request"].get("storage"))
     sections = [symbol_section(c, origins, paths, (storage, namespace), lake, device) for c in configs]
     body = header(manifest, configs) + "\n".join(sections)

@@ -53,8 +53,9 @@ def study_name(symbol: str, backend: str, namespace: str = "") -> str:
 
 
 def namespace_for(run_id: str, storage: str | None) -> str:
-    """Studies in a storage that runs share (--storage) carry the run id; the run folder's SQLite needs none."""
-    return run_id if storage else ""
+    """Studies in a storage that runs share (--storage URL) carry the run id; the run folder's own SQLite
+    file or journal needs none."""
+    return run_id if storage and storage != JOURNAL else ""
 
 
 def study_label(symbol: str, backend: str) -> str:
@@ -69,10 +70,18 @@ def driver_url(url: str) -> str:
     return url
 
 
+JOURNAL = "journal"  # --storage journal: Optuna's append-only journal file in the run folder
+
+
 @functools.cache
 def storage_for(url: str) -> optuna.storages.BaseStorage:
-    """One RDB storage per URL and process. SQLite runs in WAL mode: a commit per trial without a full
-    fsync, still safe against a killed process (only a power cut can lose the last trials)."""
+    """One storage per URL and process. SQLite runs in WAL mode: a commit per trial without a full fsync,
+    still safe against a killed process (only a power cut can lose the last trials). `journal:PATH` is
+    Optuna's journal file: about 4x less overhead per trial than SQLite (see README, Benchmark)."""
+    if url.startswith(f"{JOURNAL}:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix(f"{JOURNAL}:")))
     storage = optuna.storages.RDBStorage(driver_url(url))
     if url.startswith("sqlite"):
 

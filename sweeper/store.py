@@ -52,8 +52,12 @@ class RunPaths:
     cache = property(lambda self: self.results / "cache")
     study_db = property(lambda self: self.results / "study.db")
 
-    def storage_url(self) -> str:
-        return f"sqlite:///{self.study_db.resolve()}"
+    def storage_url(self, storage: str | None = None) -> str:
+        """The Optuna storage of the run: --storage as given, the run folder's journal file for
+        `journal`, else the run folder's SQLite file."""
+        if storage == "journal":
+            return f"journal:{(self.results / 'study.journal').resolve()}"
+        return storage or f"sqlite:///{self.study_db.resolve()}"
 
     def config(self, symbol: str) -> Path:
         return self.hyperparams / f"{check_name('symbol', symbol)}.json"

@@ -155,7 +155,7 @@ def engine_for(prep: Prepared, paths: RunPaths, progress: Progress | None) -> En
     """The engine that runs the studies; a shared --storage names them after the run so runs stay apart."""
     req = prep.request
     settings = StudySettings(
-        req.storage or paths.storage_url(),
+        paths.storage_url(req.storage),
         req.search_objectives(),
         Budget(req.trials, req.timeout),
         req.seed,

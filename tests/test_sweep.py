@@ -463,3 +463,24 @@ def test_a_backend_whose_every_trial_fails_is_reported_with_the_reason(tmp_path:
     )
     trials = pl.read_parquet(tmp_path / "results" / "f" / "trials.parquet").filter(backend="seasonal_naive")
     assert trials["state"].to_list() == ["FAIL"] * 3 and trials["error"].null_count() == 0
+
+
+def test_journal_storage_runs_resumes_and_recovers(tmp_path: Path, sweep) -> None:
+    base = ["run", "--symbols", "ETHUSD", "--lake", SHARED_LAKE, "--backends", "naive", "--out", tmp_path, *SMALL]
+    assert sweep(*base, "--trials", 6, "--storage", "journal", "--run-id", "j").exit_code == 0
+    journal = tmp_path / "results" / "j" / "study.journal"
+    assert journal.is_file() and not (tmp_path / "results" / "j" / "study.db").exists()
+    from sweeper.search import storage_for
+
+    study = optuna.load_study(study_name="ETHUSD--naive", storage=storage_for(f"journal:{journal.resolve()}"))
+    before = {t.number: t.params for t in study.trials}
+    study.ask().suggest_categorical("context_length", [16, 32, 64, 128, 256, 512])  # a process died here
+    r = sweep("run", "--resume", "j", "--out", tmp_path, "--trials", 12)
+    assert r.exit_code == 0, r.output
+    study = optuna.load_study(study_name="ETHUSD--naive", storage=storage_for(f"journal:{journal.resolve()}"))
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 12 and states.count("FAIL") == 1
+    assert all(study.trials[n].params == p for n, p in before.items())
+    cfg = json.loads((tmp_path / "hyperparams" / "j" / "ETHUSD.json").read_text())
+    assert cfg["backends"]["naive"]["trials"] == 12
+    assert sweep("report", "j", "--out", tmp_path).exit_code == 0
