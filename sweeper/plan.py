@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from sweeper.data import Series
+from sweeper.data import Series, freq_seconds
 from sweeper.errors import SweepError
 
 MAX_VAL_ORIGINS = 500
@@ -111,6 +111,25 @@ class Contexts:
     @property
     def close(self) -> np.ndarray:
         return self.values[:, :, 3]
+
+    def future_ts(self, horizon: int) -> np.ndarray:
+        """(B, H) timestamps of the bars after each context, for models' calendar features: the bar length
+        stepped from the last bar, skipping weekdays the context never has a bar on (an equity's or FX
+        pair's weekends). Built from the context alone, never from the real future bars."""
+        step = np.timedelta64(freq_seconds(self.freq), "s")
+        weekday = _weekday(self.ts)  # (B, C)
+        trades = np.zeros((self.ts.shape[0], 7), dtype=bool)
+        np.put_along_axis(trades, weekday, True, axis=1)
+        reach = horizon * 7 + 7  # enough steps to find H open days however few days a week are open
+        candidates = self.ts[:, -1:] + step * np.arange(1, reach + 1)
+        open_ = np.take_along_axis(trades, _weekday(candidates), axis=1)
+        first = np.argsort(~open_, axis=1, kind="stable")[:, :horizon]
+        return np.take_along_axis(candidates, first, axis=1)
+
+
+def _weekday(ts: np.ndarray) -> np.ndarray:
+    """Monday = 0 (1970-01-01 was a Thursday)."""
+    return (ts.astype("datetime64[D]").view(np.int64) + 3) % 7
 
 
 def contexts(series: Series, origins: np.ndarray, length: int) -> Contexts:

@@ -22,7 +22,6 @@ from sweeper.backends.kronos import (
     KronosBackend,
     _features,
     _time_features,
-    future_timestamps,
 )
 from sweeper.errors import SweepError
 from sweeper.plan import contexts
@@ -110,7 +109,7 @@ def test_paths_equal_the_packages_own_sampler(tiny: KronosBackend, series) -> No
     ctx = contexts(series, _origins(series, 2), c)
     x = _features(ctx.values.astype(np.float64))
     z = np.clip((x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-5), -5, 5).astype(np.float32)
-    xs, ys = _time_features(ctx.ts), _time_features(future_timestamps(ctx.ts, ctx.freq, H))
+    xs, ys = _time_features(ctx.ts), _time_features(ctx.future_ts(H))
     rows = np.repeat(np.arange(2), 4)
     torch.manual_seed(3)
     with torch.inference_mode():
@@ -126,7 +125,7 @@ def test_time_features_and_future_timestamps_come_from_the_context(series) -> No
     from model.kronos import calc_time_stamps
 
     ctx = contexts(series, _origins(series, 2), 16)
-    fut = future_timestamps(ctx.ts, ctx.freq, H)
+    fut = ctx.future_ts(H)
     np.testing.assert_array_equal(fut[:, 0] - ctx.ts[:, -1], np.timedelta64(3600, "s"))
     np.testing.assert_array_equal(np.diff(fut, axis=1), np.timedelta64(3600, "s"))
     expected = calc_time_stamps(pd.Series(ctx.ts[0])).to_numpy(np.float32)

@@ -71,3 +71,17 @@ def test_baselines_draws_are_prefix_stable_and_seeded() -> None:
     assert not np.array_equal(a, c)
     # naive is centred on the last close: the median one-step draw sits near it
     assert np.median(a[:, :, 0], axis=1) == pytest.approx(ctx.close[:, -1], rel=0.02)
+
+
+def test_future_timestamps_follow_the_contexts_calendar() -> None:
+    spy = shared_series("SPY", "1d")
+    fridays = np.flatnonzero((spy.ts.astype("datetime64[D]").view(np.int64) + 3) % 7 == 4)
+    origins = fridays[(fridays > 100) & (fridays < len(spy) - 10)][:5] + 1  # the bar after a Friday
+    fut = contexts(spy, origins, 60).future_ts(3)
+    days = (fut.astype("datetime64[D]") - spy.ts[origins - 1].astype("datetime64[D]")[:, None]).astype(int)
+    assert (days == [3, 4, 5]).all()  # Friday -> Monday, Tuesday, Wednesday: no weekend bars in an equity
+    btc = shared_series("BTCUSDT", "1h", last=2000)
+    ctx = contexts(btc, np.array([1500]), 200)
+    np.testing.assert_array_equal(
+        ctx.future_ts(30) - ctx.ts[:, -1:], np.arange(1, 31)[None, :] * np.timedelta64(3600, "s")
+    )  # crypto trades every day: plain hourly steps

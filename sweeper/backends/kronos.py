@@ -33,7 +33,6 @@ import numpy as np
 
 from sweeper.backends.base import Backend
 from sweeper.backends.pretrained import checkpoint_dir, seeded, torch_device
-from sweeper.data import freq_seconds
 from sweeper.errors import SweepError
 from sweeper.plan import Contexts
 
@@ -118,12 +117,6 @@ def _time_features(ts: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(c) for c in cols], axis=-1).reshape(*ts.shape, 5).astype(np.float32)
 
 
-def future_timestamps(ts: np.ndarray, freq: str, horizon: int) -> np.ndarray:
-    """(B, H) timestamps of the target bars, stepped from each context's last bar by the frequency."""
-    step = np.timedelta64(freq_seconds(freq), "s")
-    return ts[:, -1:] + np.arange(1, horizon + 1) * step
-
-
 def _features(values: np.ndarray) -> np.ndarray:
     """(B, C, 6) open, high, low, close, volume, amount; amount = volume x mean of the four prices."""
     amount = values[:, :, 4] * values[:, :, :4].mean(axis=2)
@@ -190,7 +183,7 @@ class KronosBackend(Backend):
         mean, std = x.mean(axis=1, keepdims=True), x.std(axis=1, keepdims=True) + 1e-5
         z = np.clip((x - mean) / std, -clip, clip).astype(np.float32)
         x_stamp = _time_features(ctx.ts)
-        y_stamp = _time_features(future_timestamps(ctx.ts, ctx.freq, horizon))
+        y_stamp = _time_features(ctx.future_ts(horizon))
 
         rows = b * num_samples  # origin-major: row r is draw r % num_samples of origin r // num_samples
         per_pass = max(1, self.tokens_per_pass // (c + horizon))

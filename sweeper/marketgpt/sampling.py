@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from sweeper.data import freq_seconds
 from sweeper.errors import SweepError
 from sweeper.marketgpt.model import MarketGPT, PrefixCache
 from sweeper.marketgpt.tokenizer import CandleTokenizer, candle_returns, time_features
@@ -66,14 +65,13 @@ class Encoded:
 def encode_contexts(tokenizer: CandleTokenizer, ctx: Contexts, horizon: int, keep: int) -> Encoded:
     """Tokenise the last `keep` bars of each context (a context of C bars gives C-1 tokens).
 
-    Future bars are assumed one bar apart: their timestamps only feed the hour/day-of-week features.
+    Future bars' timestamps (`Contexts.future_ts`) only feed the hour/day-of-week features.
     """
     if ctx.values.shape[1] < 2:
         raise SweepError("marketgpt needs a context of at least 2 bars (one return)")
     tokens = tokenizer.encode(candle_returns(ctx.values))[:, -keep:]
     hours, dows = time_features(ctx.ts[:, 1:][:, -keep:])
-    step = np.timedelta64(freq_seconds(ctx.freq), "s")
-    fh, fd = time_features(ctx.ts[:, -1:] + step * np.arange(1, horizon + 1))
+    fh, fd = time_features(ctx.future_ts(horizon))
     return Encoded(tokens, hours, dows, ctx.close[:, -1].astype(np.float64), fh, fd)
 
 
