@@ -17,11 +17,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sweeper.errors import SweepError
-from sweeper.marketgpt.cli import train_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Inspect the lake and bring CSV files into it.")
 models_app = typer.Typer(no_args_is_help=True, help="Local model checkpoints.")
+train_app = typer.Typer(no_args_is_help=True, help="Train the project's own models.")
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
@@ -534,3 +534,54 @@ def report(
 
     path = write_report(out, run_id, lake, device)
     _console().print(f"report: {path}", highlight=False)
+
+
+# --- sweep train ---------------------------------------------------------------------------------------
+
+
+@train_app.command("marketgpt")
+@handled
+def train_marketgpt(
+    symbols: list[str] = typer.Option(..., "--symbols", help="Symbols to train on together."),
+    freq: str | None = typer.Option(None, "--freq", help="Bar frequency (default: finest common one)."),
+    preset: str = typer.Option("tiny", "--preset", help="tiny (CPU, minutes), small, base (GPU)."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Total optimiser steps (preset default)."),
+    max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop this call after M minutes."),
+    lake: Path | None = typer.Option(None, "--lake", help="Candle lake (default $SWEEP_LAKE, else the demo)."),
+    name: str | None = typer.Option(None, "--name", help="Checkpoint name under models/marketgpt/."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint of --name."),
+    horizon: int = typer.Option(1, "--horizon", help="The sweep's horizon: training stops before its origins."),
+    vocab_size: int | None = typer.Option(None, "--vocab-size", help="Bins per OHLC component (preset: 1024)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(1, "--threads", help="CPU threads (0: torch's default; 1 suits a shared box)."),
+) -> None:
+    """Train MarketGPT on bars before the sweep's first validation origin; writes models/marketgpt/NAME."""
+    from sweeper.errors import check_name
+    from sweeper.marketgpt.train import DEFAULT_ROOT, train
+    from sweeper.plan import Protocol
+
+    out = None if name is None else DEFAULT_ROOT / check_name("model name", name)
+    summary = train(
+        [w for item in symbols for w in item.split(",") if w],
+        freq,
+        lake,
+        preset,
+        out,
+        max_steps,
+        max_minutes,
+        resume=resume,
+        protocol=Protocol(horizon=horizon),
+        vocab_size=vocab_size,
+        device=device,
+        seed=seed,
+        threads=threads or None,
+    )
+    first = "-" if summary.first_loss is None else f"{summary.first_loss:.4f}"
+    last = "-" if summary.last_loss is None else f"{summary.last_loss:.4f}"
+    _console().print(
+        f"wrote {summary.out_dir}: {summary.steps_run} steps this run ({summary.steps} in all) on {summary.device}, "
+        f"loss {first} -> {last}, {summary.minutes:.1f} min (bins {summary.tokenizer_seconds:.0f} s); "
+        f"trained on bars up to {summary.trained_until}",
+        highlight=False,
+    )

@@ -7,14 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import typer
-from typer.testing import CliRunner
 
-from sweeper.cli import expand_list_options
 from sweeper.data import Series
 from sweeper.errors import SweepError
 from sweeper.marketgpt.checkpoint import from_pretrained
-from sweeper.marketgpt.cli import train_app
 from sweeper.marketgpt.corpus import build_corpus, training_cut
 from sweeper.marketgpt.train import TrainSummary, train
 from sweeper.plan import Protocol, make_plan
@@ -87,15 +83,11 @@ def test_resume_continues_exactly(mg_lake: Path, tmp_path: Path) -> None:
         torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=name)
 
 
-def test_cli(mg_lake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    app = typer.Typer()
-    app.add_typer(train_app, name="train")
-    app.callback()(lambda: None)
-    runner = CliRunner()
+def test_cli(mg_lake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sweep) -> None:
     monkeypatch.chdir(tmp_path)
 
     def call(*args: str):
-        return runner.invoke(app, expand_list_options(["train", "marketgpt", *args, "--lake", str(mg_lake)]))
+        return sweep("train", "marketgpt", *args, "--lake", str(mg_lake))
 
     bad = call("--symbols", "BTCUSDT", "--preset", "huge")
     assert bad.exit_code == 2 and bad.stderr.strip().count("\n") == 0 and "unknown MarketGPT preset" in bad.stderr
