@@ -239,6 +239,8 @@ def _canonical_columns(columns: list[str], where: str) -> dict[str, str]:
     mapping = {}
     for name, spellings in _SPELLINGS.items():
         found = next((lower[s] for s in spellings if s in lower), None)
+        if found is None and name == "ts" and columns and columns[0].strip() == "":
+            found = columns[0]  # an unnamed first column: a date index written by pandas
         if found is None:
             raise SweepError(
                 f"{where}: no {name} column (accepted spellings: {', '.join(spellings)}; have: {', '.join(columns)})"

@@ -130,3 +130,16 @@ def test_cli_data_check_reports_a_broken_series(small_lake: Path, sweep) -> None
     r = sweep("data", "check", "--symbols", "BTCUSD", "ETHUSD", "--lake", small_lake)
     assert r.exit_code == 1
     assert "1,770" in r.stdout and "high is below low" in r.stdout
+
+
+def test_import_csv_with_an_unnamed_date_index(tmp_path: Path) -> None:
+    real = shared_series("GOOG", "1d")
+    csv = tmp_path / "goog.csv"
+    header = ",Open,High,Low,Close,Volume\n"  # as pandas' DataFrame.to_csv writes a DatetimeIndex
+    rows = "".join(
+        f"{str(t)[:10]},{o},{h},{lo},{c},{v}\n" for t, (o, h, lo, c, v) in zip(real.ts, real.ohlcv, strict=True)
+    )
+    csv.write_text(header + rows)
+    rows_in, _ = import_csv(csv, tmp_path / "lake", "GOOGX", "1d", "equity")
+    back = load(tmp_path / "lake", ["GOOGX"], "1d")[0]
+    assert rows_in == len(real) and back.fingerprint == real.fingerprint
