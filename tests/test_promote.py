@@ -108,3 +108,16 @@ def test_atomic_write_leaves_old_file_when_interrupted(tmp_path: Path, monkeypat
         tmp.write_text('{"half":')
         raise KeyboardInterrupt
     assert not (tmp_path / "new.json").exists()
+
+
+def test_runs_and_show_list_what_the_runs_wrote(out: Path, sweep) -> None:
+    r = sweep("runs", "--out", out)
+    assert r.exit_code == 0
+    assert "bad" in r.stdout and "good" in r.stdout and "BTCUSD:naive" in r.stdout
+    assert "BTCUSD:seasonal_naive" in r.stdout and r.stdout.count("complete") == 2
+    r = sweep("show", "good", "--out", out)
+    cfg = json.loads((out / "hyperparams" / "good" / "BTCUSD.json").read_text())
+    assert r.exit_code == 0 and "naive *" in r.stdout  # the chosen one is starred
+    assert f"{cfg['backends']['naive']['validation']['crps']:.4g}" in r.stdout
+    r = sweep("show", "nope", "--out", out)
+    assert r.exit_code == 2 and "run nope has no configs" in r.stderr
