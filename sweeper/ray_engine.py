@@ -181,6 +181,8 @@ class RayEngine:
             if self.opts.address:
                 ray.init(address=self.opts.address, log_to_driver=False, logging_level=logging.WARNING)
             else:
+                # a local cluster turns token auth on by itself and says so on every start; keep it on, quietly
+                logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
                 cpus = max(os.cpu_count() or 1, self.opts.workers or 0)
                 ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
             self.started = True
