@@ -51,12 +51,24 @@ def load_recorded(config: dict[str, Any], lake: str | None = None) -> Series:
     return series
 
 
-def task_on(series: Series, protocol: Protocol, config: dict[str, Any], device: str = "auto") -> SymbolTask:
-    """A task that scores `config`'s chosen candidate on `series` under `protocol`, with its own seed."""
-    chosen = config["chosen"]
-    checkpoints = {chosen["backend"]: chosen["checkpoint"]} if chosen.get("checkpoint") else {}
-    forecaster = Forecaster(ForecastCache(None), seed=config["seed"], device=device, checkpoints=checkpoints)
+def task_on(
+    series: Series, protocol: Protocol, config: dict[str, Any], device: str = "auto", cache: Path | None = None
+) -> SymbolTask:
+    """A task that scores `config`'s candidates on `series` under `protocol`, with the config's seed and
+    checkpoints (and a run's forecast cache when given)."""
+    checkpoints = {b: r["checkpoint"] for b, r in config["backends"].items() if r.get("checkpoint")}
+    forecaster = Forecaster(ForecastCache(cache), seed=config["seed"], device=device, checkpoints=checkpoints)
     return SymbolTask(series, make_plan(series, protocol), {}, forecaster)
+
+
+def recorded_task(
+    config: dict[str, Any], lake: str | None = None, device: str = "auto", cache: Path | None = None
+) -> SymbolTask:
+    """The task a config was scored on: its recorded data and protocol, refusing either if changed."""
+    task = task_on(load_recorded(config, lake), protocol_of(config), config, device, cache)
+    if task.plan.fingerprint() != config["data"]["plan_fingerprint"]:
+        raise SweepError(f"{config['symbol']}: the recorded protocol no longer gives the recorded origins")
+    return task
 
 
 def chosen_candidate(config: dict[str, Any]) -> Candidate:
@@ -85,10 +97,7 @@ def check_config(path: Path, tolerance: float, lake: str | None = None, device: 
     config = read_config(path)
     check = Check(config.get("symbol", path.stem))
     try:
-        series = load_recorded(config, lake)
-        task = task_on(series, protocol_of(config), config, device)
-        if task.plan.fingerprint() != config["data"]["plan_fingerprint"]:
-            raise SweepError(f"{check.symbol}: the recorded protocol no longer gives the recorded origins")
+        task = recorded_task(config, lake, device)
         cand = chosen_candidate(config)
         check.now = mean_scores(task.scores(cand, "test"))
     except SweepError as exc:

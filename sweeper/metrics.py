@@ -58,7 +58,7 @@ def weighted_quantile(samples: np.ndarray, weights: np.ndarray, q: float) -> np.
     """Inverse CDF of the weighted empirical distribution at q: (B, N, H), (N,) -> (B, H)."""
     order = np.argsort(samples, axis=1)
     cum = np.cumsum(weights[order], axis=1)
-    idx = (cum < q * cum[:, -1:, :]).sum(axis=1, keepdims=True)
+    idx = np.minimum((cum < q * cum[:, -1:, :]).sum(axis=1, keepdims=True), samples.shape[1] - 1)
     return np.take_along_axis(np.take_along_axis(samples, order, axis=1), idx, axis=1)[:, 0, :]
 
 

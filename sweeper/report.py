@@ -27,14 +27,12 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from sweeper.atomic import write_bytes
-from sweeper.cache import ForecastCache
 from sweeper.data import Series
 from sweeper.ensemble import mixture
 from sweeper.errors import SweepError
-from sweeper.evaluate import chosen_candidate, load_recorded, protocol_of, read_config
-from sweeper.forecast import Forecaster
+from sweeper.evaluate import chosen_candidate, read_config, recorded_task
+from sweeper.metrics import weighted_quantile
 from sweeper.objective import Candidate, SymbolTask
-from sweeper.plan import make_plan
 from sweeper.search import namespace_for, storage_for, study_name
 from sweeper.select import ENSEMBLE, REFERENCE
 from sweeper.store import RunPaths
@@ -75,26 +73,9 @@ def _weights(config: dict[str, Any]) -> dict[str, float]:
     return (config.get("ensemble") or {}).get("weights") or {}
 
 
-def rebuild_task(config: dict[str, Any], cache: Path, lake: str | None, device: str) -> SymbolTask:
-    """The config's series, plan and a forecaster that reads the run's cached draws."""
-    series = load_recorded(config, lake)
-    plan = make_plan(series, protocol_of(config))
-    if plan.fingerprint() != config["data"]["plan_fingerprint"]:
-        raise SweepError(f"{config['symbol']}: the recorded protocol no longer gives the recorded origins")
-    names = [chosen_candidate(config).backend, *_weights(config)]
-    checkpoints = {_candidate(config, n).backend: _record(config, n).get("checkpoint") for n in names}
-    forecaster = Forecaster(ForecastCache(cache), config["seed"], device, {b: c for b, c in checkpoints.items() if c})
-    return SymbolTask(series, plan, {}, forecaster)
-
-
 def quantiles(samples: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(Q, B, H) quantiles of weighted draws (B, N, H): a mixture's draws carry unequal weights."""
-    order = np.argsort(samples, axis=1)
-    ordered = np.take_along_axis(samples, order, axis=1)
-    cum = np.cumsum(weights[order], axis=1)
-    cum /= cum[:, -1:]
-    idx = [np.minimum((cum < q).sum(axis=1, keepdims=True), samples.shape[1] - 1) for q in QUANTILES]
-    return np.stack([np.take_along_axis(ordered, i, axis=1)[:, 0] for i in idx])
+    return np.stack([weighted_quantile(samples, weights, q) for q in QUANTILES])
 
 
 def fan_bands(config: dict[str, Any], task: SymbolTask) -> Bands:
@@ -377,7 +358,7 @@ def load_studies(storage: str, namespace: str, symbol: str, backends: Iterable[s
 
 def forecast_section(config: dict[str, Any], cache: Path, lake: str | None, device: str) -> str:
     try:
-        task = rebuild_task(config, cache, lake, device)
+        task = recorded_task(config, lake, device, cache)
         bands = fan_bands(config, task)
     except SweepError as exc:
         return f'<p class="note">forecast fans unavailable: {html.escape(str(exc))}</p>'
