@@ -112,33 +112,25 @@ def count_trials(db: Path) -> int:
             return 0
 
 
-def test_killed_sweep_resumes_without_redoing_trials(tmp_path: Path) -> None:
-    sweep_bin = [sys.executable, "-c", "from sweeper.cli import main; main()"]
-    cmd = [
-        *sweep_bin,
-        "run",
-        "--symbols",
-        "ETHUSD",
-        "--lake",
-        str(SHARED_LAKE),
-        "--backends",
-        "naive",
-        "drift",
-        "--trials",
-        "120",
-        "--run-id",
-        "k",
-        "--out",
-        str(tmp_path),
-        *SMALL,
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    db = tmp_path / "results" / "k" / "study.db"
+SWEEP_BIN = [sys.executable, "-c", "from sweeper.cli import main; main()"]
+
+
+def signal_mid_sweep(tmp_path: Path, run_id: str, backends: list[str], trials: int, after: int, sig: int):
+    """Start a real `sweep run` in its own process group and send it `sig` once `after` trials are done."""
+    cmd = [*SWEEP_BIN, "run", "--symbols", "ETHUSD", "--lake", str(SHARED_LAKE), "--backends", *backends,
+           "--trials", str(trials), "--run-id", run_id, "--out", str(tmp_path), *SMALL]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    db = tmp_path / "results" / run_id / "study.db"
     deadline = time.time() + 60
-    while time.time() < deadline and (not db.exists() or count_trials(db) < 15):
+    while time.time() < deadline and (not db.exists() or count_trials(db) < after):
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.killpg(proc.pid, sig)
+    _, stderr = proc.communicate(timeout=60)
+    return proc, stderr, db
+
+
+def test_killed_sweep_resumes_without_redoing_trials(tmp_path: Path) -> None:
+    _, _, db = signal_mid_sweep(tmp_path, "k", ["naive", "drift"], 120, 15, signal.SIGKILL)
     done_before = count_trials(db)
     assert 15 <= done_before < 240, "the kill must land mid-sweep"
     storage = f"sqlite:///{db}"
@@ -148,7 +140,7 @@ def test_killed_sweep_resumes_without_redoing_trials(tmp_path: Path) -> None:
         if t.state.name == "COMPLETE"
     }
     assert not (tmp_path / "hyperparams" / "k").exists()
-    out = subprocess.run([*sweep_bin, "run", "--resume", "k", "--out", str(tmp_path)], capture_output=True, text=True)
+    out = subprocess.run([*SWEEP_BIN, "run", "--resume", "k", "--out", str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     for backend in ("naive", "drift"):
         study = optuna.load_study(study_name=f"ETHUSD--{backend}", storage=storage)
@@ -393,34 +385,10 @@ def test_backend_without_weights_is_skipped_and_reported(tmp_path: Path, sweep, 
 
 
 def test_ctrl_c_exits_130_and_resume_redoes_the_interrupted_trial(tmp_path: Path) -> None:
-    sweep_bin = [sys.executable, "-c", "from sweeper.cli import main; main()"]
-    cmd = [
-        *sweep_bin,
-        "run",
-        "--symbols",
-        "ETHUSD",
-        "--lake",
-        str(SHARED_LAKE),
-        "--backends",
-        "naive",
-        "--trials",
-        "150",
-        "--run-id",
-        "c",
-        "--out",
-        str(tmp_path),
-        *SMALL,
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    db = tmp_path / "results" / "c" / "study.db"
-    deadline = time.time() + 60
-    while time.time() < deadline and (not db.exists() or count_trials(db) < 10):
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    proc, stderr, db = signal_mid_sweep(tmp_path, "c", ["naive"], 150, 10, signal.SIGINT)
     assert proc.returncode == 130, stderr
     assert "sweep run --resume c" in stderr
-    out = subprocess.run([*sweep_bin, "run", "--resume", "c", "--out", str(tmp_path)], capture_output=True, text=True)
+    out = subprocess.run([*SWEEP_BIN, "run", "--resume", "c", "--out", str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     study = optuna.load_study(study_name="ETHUSD--naive", storage=f"sqlite:///{db}")
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 150
