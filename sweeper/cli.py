@@ -1,32 +1,69 @@
-"""The `sweep` command line. User errors print one line and exit 2; `--debug` shows the traceback."""
+"""The `sweep` command line. User errors print one line and exit 2; `--debug` shows the traceback.
+
+Conventions of Typer/Rich tools: `-h`/`--help`, `--version`, `--json` on every command that prints a
+table (one formatter, `sweeper/output.py`), progress with elapsed time and ETA on slow steps.
+"""
 
 from __future__ import annotations
 
 import functools
-import math
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from sweeper import __version__
 from sweeper.errors import SweepError
+from sweeper.output import Column, Listing, fmt, progress, stderr_console, stdout_console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-data_app = typer.Typer(no_args_is_help=True, help="Inspect the lake and bring CSV files into it.")
-models_app = typer.Typer(no_args_is_help=True, help="Local model checkpoints.")
-train_app = typer.Typer(no_args_is_help=True, help="Train the project's own models.")
+EXIT_CODES = (
+    "Exit codes: 0 done; 1 a check failed (eval --check, data check); 2 bad input or usage (one line on "
+    "stderr, nothing written); 130 interrupted by Ctrl-C (sweep run --resume RUN_ID continues)."
+)
+_CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+class _FlagHelp:
+    """`-h, --help` listed as a flag, like every other boolean option (Typer shows it as `<bool>`)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        opt = super().get_help_option(ctx)  # type: ignore[misc]
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+
+class Command(_FlagHelp, typer.core.TyperCommand):
+    pass
+
+
+class Group(_FlagHelp, typer.core.TyperGroup):
+    pass
+
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help=__doc__,
+    context_settings=_CONTEXT,
+    epilog=EXIT_CODES,
+    cls=Group,
+)
+data_app = typer.Typer(
+    no_args_is_help=True, help="Inspect the lake and bring CSV files into it.", epilog=EXIT_CODES, cls=Group
+)
+models_app = typer.Typer(no_args_is_help=True, help="Local model checkpoints.", epilog=EXIT_CODES, cls=Group)
+train_app = typer.Typer(no_args_is_help=True, help="Train the project's own models.", epilog=EXIT_CODES, cls=Group)
+cache_app = typer.Typer(no_args_is_help=True, help="A run's forecast cache.", epilog=EXIT_CODES, cls=Group)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
+app.add_typer(cache_app, name="cache")
 
-err = Console(stderr=True)
+err = stderr_console()
 F = TypeVar("F", bound=Callable[..., Any])
 # options that take several values after one flag: `--symbols BTCUSD ETHUSD`
 LIST_OPTIONS = ("--symbols", "--backends", "--checkpoint", "--objectives")
@@ -50,11 +87,27 @@ def handled(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def flag(name: str, help: str, short: str | None = None) -> Any:
+    """A boolean option shown as a flag (`--json`), not as `--json/--no-json <bool>`."""
+    return typer.Option(False, name, *([short] if short else []), help=help, metavar="")
+
+
+def json_flag() -> Any:
+    return flag("--json", "Print the table as JSON on stdout (progress, if any, goes to stderr).")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"sweep {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
-    offline: bool = typer.Option(
-        False, "--offline", help="Never reach the model hub: missing weights fail at once (HF_HUB_OFFLINE=1)."
+    debug: bool = flag("--debug", "Show tracebacks for errors."),
+    offline: bool = flag("--offline", "Never reach the model hub: missing weights fail at once (HF_HUB_OFFLINE=1)."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit.", metavar=""
     ),
 ) -> None:
     _state["debug"] = debug
@@ -96,12 +149,6 @@ def _parse_checkpoints(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def _fmt(x: float | None, digits: int = 4) -> str:
-    if x is None or not math.isfinite(x):
-        return "-"
-    return f"{x:.{digits}g}"
-
-
 def _summary_rows(results: list[Any], metric: str) -> list[dict[str, Any]]:
     rows = []
     for r in results:
@@ -136,12 +183,6 @@ def _summary_rows(results: list[Any], metric: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _console() -> Console:
-    """Stdout console; wide when piped, so tables in logs are not wrapped at 80 columns."""
-    con = Console()
-    return con if con.is_terminal else Console(width=160)
-
-
 def _vs(cmp: dict[str, Any] | None, relative: float | None) -> str:
     """'+3.1%' with '(within noise)' when the bootstrap interval holds zero."""
     if not cmp or relative is None:
@@ -149,49 +190,47 @@ def _vs(cmp: dict[str, Any] | None, relative: float | None) -> str:
     return f"{relative:+.1%}" + (" (within noise)" if cmp["within_noise"] else "")
 
 
-def _print_summary(rows: list[dict[str, Any]], metric: str, run_id: str, out: Path) -> None:
-    con = _console()
-    table = Table(title=f"sweep run {run_id}", title_justify="left")
-    cols = (
-        "symbol",
-        "best",
-        f"val {metric}",
-        f"test {metric}",
-        "val MAE",
-        "test MAE",
-        "test skill vs naive",
-        f"ensemble test {metric} vs best",
-    )
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("symbol", "best") else "right")
-    for row in rows:
-        val, test = row["validation"] or {}, row["test"] or {}
-        skill = _vs(row["vs_naive"].get("test"), row["test_skill_vs_naive"])
-        if row["chosen"] == "naive":
-            skill = "best is naive"
-        ens_col = "-"
-        if row["ensemble"] and row["ensemble"]["vs_chosen"].get("test"):
-            cmp = row["ensemble"]["vs_chosen"]["test"]
-            rel = cmp["diff"] / cmp["mean_b"] if cmp["mean_b"] else None
-            ens_col = f"{_fmt(cmp['mean_a'])}, {_vs(cmp, rel)}"
-        table.add_row(
-            row["symbol"],
-            row["chosen"] or "none",
-            _fmt(val.get(metric)),
-            _fmt(test.get(metric)),
-            _fmt(val.get("mae")),
-            _fmt(test.get("mae")),
-            skill,
-            ens_col,
-        )
-    con.print(table)
-    for row in rows:
-        for b, why in row["skipped"].items():
-            con.print(f"[yellow]{row['symbol']}: skipped {b}:[/yellow] {why}", highlight=False)
-    con.print(f"configs: {out / 'hyperparams' / run_id}   results: {out / 'results' / run_id}", highlight=False)
+def _skill_cell(row: dict[str, Any]) -> str:
+    if row["chosen"] == "naive":
+        return "best is naive"
+    return _vs(row["vs_naive"].get("test"), row["test_skill_vs_naive"])
 
 
-@app.command()
+def _ensemble_cell(row: dict[str, Any]) -> str:
+    cmp = (row["ensemble"] or {}).get("vs_chosen", {}).get("test")
+    if not cmp:
+        return "-"
+    rel = cmp["diff"] / cmp["mean_b"] if cmp["mean_b"] else None
+    return f"{fmt(cmp['mean_a'])}, {_vs(cmp, rel)}"
+
+
+def _summary(rows: list[dict[str, Any]], metric: str, paths: Any) -> Listing:
+    """The run's summary: one row per symbol, with the freq the lake gave and random-weight warnings."""
+    split = lambda split, m: lambda r: (r[split] or {}).get(m)  # noqa: E731
+    columns = [
+        Column("symbol", "symbol"),
+        Column("freq", "freq"),
+        Column("best", lambda r: r["chosen"] or "none"),
+        Column(f"val {metric}", split("validation", metric), numeric=True),
+        Column(f"test {metric}", split("test", metric), numeric=True),
+        Column("val MAE", split("validation", "mae"), numeric=True),
+        Column("test MAE", split("test", "mae"), numeric=True),
+        Column("test skill vs naive", _skill_cell, numeric=True),
+        Column(f"ensemble test {metric} vs best", _ensemble_cell, numeric=True),
+    ]
+    notes = [f"[yellow]{r['symbol']}: skipped {b}:[/yellow] {why}" for r in rows for b, why in r["skipped"].items()]
+    notes += [
+        f"[yellow]{r['symbol']}: random weights in {', '.join(r['random_weights'])}[/yellow] (`sweep models init`): "
+        "these numbers say nothing about the model's quality"
+        for r in rows
+        if r["random_weights"]
+    ]
+    notes.append(f"configs: {paths.hyperparams}   results: {paths.results}")
+    meta = {"run_id": paths.run_id, "metric": metric, "results": str(paths.results)}
+    return Listing(f"sweep run {paths.run_id}", columns, rows, key="symbols", meta=meta, notes=notes)
+
+
+@app.command(cls=Command, epilog=EXIT_CODES)
 @handled
 def run(
     symbols: list[str] = typer.Option(None, "--symbols", help="Symbols to sweep, e.g. --symbols BTCUSD ETHUSD."),
@@ -228,10 +267,14 @@ def run(
     out: Path = typer.Option(Path("."), help="Where results/ and hyperparams/ go."),
     run_id: str = typer.Option(None, "--run-id", help="Name of the run (default: timestamp)."),
     resume: str = typer.Option(None, "--resume", help="Continue the stopped run RUN_ID."),
-    json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
+    scheduler: str = typer.Option(
+        None, help="Ray: asha (default; stops trials that are behind at a rung) or fifo (no early stopping)."
+    ),
+    json: bool = json_flag(),
 ) -> None:
     """Search every backend for every symbol; write per-symbol configs and result tables."""
-    from sweeper.store import RunPaths, new_run_id
+    from sweeper.atomic import read_json
+    from sweeper.store import RunPaths, config_facts, new_run_id
     from sweeper.sweep import RunRequest, resume_request
     from sweeper.sweep import run as run_sweep
 
@@ -257,6 +300,7 @@ def run(
         "workers": workers,
         "ray_address": ray_address,
         "gpus_per_trial": gpus_per_trial,
+        "scheduler": scheduler,
     }
     if objectives and not metric:
         given["metric"] = given["objectives"][0]
@@ -273,88 +317,59 @@ def run(
         paths = RunPaths(out, run_id or new_run_id())
         values = {k: v for k, v in {**given, "trials": trials, "timeout": timeout}.items() if v is not None}
         req = RunRequest(**values)
-    console = err if json else _console()
-    with Progress(
-        TextColumn("{task.description:<28}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-        disable=not console.is_terminal and json,
-    ) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(label: str, done: int, total: int) -> None:
-            if label not in tasks:
-                tasks[label] = bar.add_task(label, total=total)
-            bar.update(tasks[label], completed=done)
-
-        try:
-            results = run_sweep(req, paths, progress, resume=bool(resume))
-        except KeyboardInterrupt:
-            bar.stop()
-            err.print(f"interrupted: continue with `sweep run --resume {paths.run_id}`", highlight=False)
-            raise typer.Exit(130) from None
-    rows = _summary_rows(results, req.metric)
-    if json:
-        doc = {"run_id": paths.run_id, "metric": req.metric, "symbols": rows, "results": str(paths.results)}
-        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
-    else:
-        _print_summary(rows, req.metric, paths.run_id, out)
+    try:
+        with progress(json) as step:
+            results = run_sweep(req, paths, step, resume=bool(resume))
+    except KeyboardInterrupt:
+        err.print(f"interrupted: continue with `sweep run --resume {paths.run_id}`", highlight=False)
+        raise typer.Exit(130) from None
+    rows = [
+        {**row, **config_facts(read_json(paths.config(row["symbol"])))} for row in _summary_rows(results, req.metric)
+    ]
+    _summary(rows, req.metric, paths).emit(json)
 
 
 # --- sweep data ---------------------------------------------------------------------------------------
 
 
-@data_app.command("check")
+@data_app.command("check", cls=Command, epilog=EXIT_CODES)
 @handled
 def data_check(
     symbols: list[str] = typer.Option(..., "--symbols", help="Symbols to check."),
     lake: str = typer.Option(None, help="Lake root (default: $SWEEP_LAKE, else the demo lake)."),
     freq: str = typer.Option(None, help="Bar size (default: finest available for every symbol)."),
+    json: bool = json_flag(),
 ) -> None:
     """Rows, first/last bar, gaps and broken rules per symbol; exit 1 when any rule is broken."""
-    from sweeper.data import locate, read_series, resolve_lake
+    from sweeper.data import check_record, locate, resolve_lake
 
     root = resolve_lake(lake)
-    table = Table(title=f"lake {root}", title_justify="left")
-    for col in ("symbol", "freq", "rows", "first bar", "last bar", "gaps", "longest gap", "zero-volume", "problems"):
-        table.add_column(col)
-    failed = False
-    for ref in locate(root, symbols, freq):
-        try:
-            s = read_series(ref)
-        except SweepError as exc:
-            failed = True
-            table.add_row(ref.symbol, ref.freq, "-", "-", "-", "-", "-", "-", f"[red]{exc}[/red]")
-            continue
-        g = s.gaps()
-        table.add_row(
-            s.symbol,
-            s.freq,
-            f"{len(s):,}",
-            str(s.ts[0])[:19],
-            str(s.ts[-1])[:19],
-            f"{g.count} ({g.missing_bars} bars)",
-            _duration(g.longest_seconds),
-            str(int((s.ohlcv[:, 4] == 0).sum())),
-            "none",
-        )
-    _console().print(table)
-    if failed:
+    records = [check_record(ref) for ref in locate(root, symbols, freq)]
+    columns = [
+        Column("symbol", "symbol"),
+        Column("freq", "freq"),
+        Column("rows", lambda r: "-" if r["rows"] is None else f"{r['rows']:,}", numeric=True),
+        Column("first bar", lambda r: (r["first_ts"] or "-")[:19]),
+        Column("last bar", lambda r: (r["last_ts"] or "-")[:19]),
+        Column("gaps", lambda r: "-" if r["gaps"] is None else f"{r['gaps']} ({r['missing_bars']} bars)"),
+        Column("longest gap", lambda r: _duration(r["longest_gap_s"])),
+        Column("zero-volume", "zero_volume", numeric=True),
+        Column("problems", lambda r: f"[red]{r['problem']}[/red]" if r["problem"] else "none"),
+    ]
+    Listing(f"lake {root}", columns, records, key="series", meta={"lake": str(root)}).emit(json)
+    if any(r["problem"] for r in records):
         raise typer.Exit(1)
 
 
-def _duration(seconds: int) -> str:
-    if seconds == 0:
+def _duration(seconds: int | None) -> str:
+    if not seconds:
         return "-"
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
     return (f"{days}d " if days else "") + f"{hours}h{rest // 60:02d}m"
 
 
-@data_app.command("import")
+@data_app.command("import", cls=Command, epilog=EXIT_CODES)
 @handled
 def data_import(
     file: Path = typer.Argument(..., help="CSV of bars (timestamp/date/ts, open, high, low, close, volume)."),
@@ -362,68 +377,88 @@ def data_import(
     freq: str = typer.Option(..., help="Bar size, e.g. 1h or 1d."),
     asset_class: str = typer.Option(..., "--asset-class", help="crypto, equity, fx, commodity, ..."),
     lake: str = typer.Option(None, help="Lake root to write into (default: $SWEEP_LAKE)."),
+    tz: str = typer.Option(
+        None, help="Time zone of timestamps without one, e.g. UTC or America/New_York (required for those)."
+    ),
 ) -> None:
-    """Write a CSV of bars into the lake layout, after checking every row."""
+    """Write a CSV of bars into the lake layout, after checking every row and the bar spacing against --freq."""
     from sweeper.data import import_csv
 
     target = lake or os.environ.get("SWEEP_LAKE")
     if not target:
         raise SweepError("import needs a lake to write into: pass --lake PATH or set $SWEEP_LAKE")
-    rows, files = import_csv(file, Path(target), symbol, freq, asset_class)
-    _console().print(f"imported {rows:,} bars of {symbol} {freq} into {target} ({files} monthly files)")
+    rows, files = import_csv(file, Path(target), symbol, freq, asset_class, tz)
+    stdout_console().print(f"imported {rows:,} bars of {symbol} {freq} into {target} ({files} monthly files)")
 
 
 # --- sweep models ---------------------------------------------------------------------------------------
 
 
-@models_app.command("init")
+@models_app.command("init", cls=Command, epilog=EXIT_CODES)
 @handled
 def models_init(
     backend: str = typer.Argument(..., help="Backend whose checkpoint format to write."),
     preset: str = typer.Option("tiny", help="tiny, or small (the published small model's shapes)."),
-    out: Path = typer.Option(..., help="Directory to write the checkpoint into."),
+    out: Path = typer.Option(..., help="Directory to write the checkpoint into (the checkpoint's own folder)."),
+    json: bool = json_flag(),
 ) -> None:
-    """Write a randomly initialised checkpoint in the backend's real on-disk format (no weights needed)."""
-    from sweeper.backends import backend_class
+    """Write a randomly initialised checkpoint in the backend's real on-disk format (no weights needed).
 
-    path = backend_class(backend).init_checkpoint(preset, out)
-    _console().print(f"wrote a randomly initialised {backend} checkpoint ({preset}) to {path}")
+    The folder gets a `sweep_random_init.json` marker: configs, summaries and reports of sweeps that use
+    it say the weights are random."""
+    from sweeper.backends import RANDOM_INIT_MARKER, check_backend, init_random_checkpoint
+
+    label = f"init {check_backend(backend)} ({preset})"
+    with progress(json) as step:  # building the model takes seconds for the small presets; no ETA to give
+        step(label, 0, 0)
+        path = init_random_checkpoint(backend, preset, out)
+        step(label, 1, 1)
+    record = {"backend": backend, "preset": preset, "path": str(path), "marker": str(path / RANDOM_INIT_MARKER)}
+    columns = [Column("backend", "backend"), Column("preset", "preset"), Column("checkpoint", "path")]
+    Listing("wrote a randomly initialised checkpoint", columns, [record], key="checkpoints").emit(json)
 
 
 # --- sweep promote / eval / runs / show -------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=Command, epilog=EXIT_CODES)
 @handled
 def promote(
     run_id: str = typer.Argument(..., help="Run whose winners to promote."),
     symbols: list[str] = typer.Option(None, "--symbols", help="Only these symbols (default: all of the run)."),
-    force: bool = typer.Option(False, help="Promote even when not better beyond noise."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change; write nothing."),
+    force: bool = flag("--force", "Promote even when not better beyond noise."),
+    dry_run: bool = flag("--dry-run", "Show what would change; write nothing."),
     out: Path = typer.Option(Path("."), help="Folder holding hyperparams/ and results/."),
     lake: str = typer.Option(None, help="Lake to re-score on (default: the one each config recorded)."),
+    json: bool = json_flag(),
 ) -> None:
     """Copy a run's winners to hyperparams/best/ when they beat the current best beyond noise."""
     from sweeper.promote import promote as do_promote
 
     decisions = do_promote(out, run_id, symbols, force, dry_run, lake)
-    table = Table(title=f"promote {run_id}" + (" (dry run: nothing written)" if dry_run else ""), title_justify="left")
-    for col in ("symbol", "action", "why"):
-        table.add_column(col)
-    for d in decisions:
-        action = ("would promote" if dry_run else "promoted") if d.promote else "refused"
-        table.add_row(d.symbol, action, d.reason)
-    _console().print(table)
+    records = [
+        {
+            "symbol": d.symbol,
+            "action": ("would promote" if dry_run else "promoted") if d.promote else "refused",
+            "reason": d.reason,
+            "comparison": d.comparison.to_dict() if d.comparison else None,
+        }
+        for d in decisions
+    ]
+    title = f"promote {run_id}" + (" (dry run: nothing written)" if dry_run else "")
+    columns = [Column("symbol", "symbol"), Column("action", "action"), Column("why", "reason")]
+    Listing(title, columns, records, key="decisions", meta={"run_id": run_id, "dry_run": dry_run}).emit(json)
 
 
-@app.command("eval")
+@app.command("eval", cls=Command, epilog=EXIT_CODES)
 @handled
 def eval_(
-    check: bool = typer.Option(False, help="Exit 1 when any metric is worse than recorded beyond tolerance."),
+    check: bool = flag("--check", "Exit 1 when any metric is worse than recorded beyond tolerance."),
     tolerance: float = typer.Option(0.01, help="Allowed relative worsening (0.01 = 1%)."),
     out: Path = typer.Option(Path("."), help="Folder holding hyperparams/best/ and results/."),
     lake: str = typer.Option(None, help="Lake to read (default: the one each config recorded)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    json: bool = json_flag(),
 ) -> None:
     """Re-evaluate every promoted config on its recorded protocol and data (for CI)."""
     from sweeper.evaluate import run_eval
@@ -431,19 +466,33 @@ def eval_(
     if tolerance < 0:
         raise SweepError(f"--tolerance must be >= 0, got {tolerance}")
     checks, report = run_eval(out, tolerance, lake, device)
-    table = Table(title="sweep eval: recorded vs now (test origins)", title_justify="left")
-    for col in ("symbol", "metric", "recorded", "now", "status"):
-        table.add_column(col)
-    for c in checks:
-        if c.error:
-            table.add_row(c.symbol, "-", "-", "-", f"[red]error: {c.error}[/red]")
-            continue
-        for m in ("crps", "mae", "pct_return_mae", "directional_accuracy"):
-            status = "[red]REGRESSION[/red]" if m in c.regressions else "ok"
-            table.add_row(c.symbol, m, _fmt(c.recorded.get(m), 6), _fmt(c.now.get(m), 6), status)
-    con = _console()
-    con.print(table)
-    con.print(f"report: {report} and {report.with_suffix('.md')}", highlight=False)
+    records = [
+        {"symbol": c.symbol, "metric": None, "recorded": None, "now": None, "status": "error", "error": c.error}
+        if c.error
+        else {
+            "symbol": c.symbol,
+            "metric": m,
+            "recorded": c.recorded.get(m),
+            "now": c.now.get(m),
+            "status": "REGRESSION" if m in c.regressions else "ok",
+            "error": None,
+        }
+        for c in checks
+        for m in (("-",) if c.error else ("crps", "mae", "pct_return_mae", "directional_accuracy"))
+    ]
+    status = {"REGRESSION": "[red]REGRESSION[/red]", "ok": "ok"}
+    columns = [
+        Column("symbol", "symbol"),
+        Column("metric", "metric"),
+        Column("recorded", "recorded", numeric=True, digits=6),
+        Column("now", "now", numeric=True, digits=6),
+        Column("status", lambda r: status.get(r["status"], f"[red]error: {r['error']}[/red]")),
+    ]
+    meta = {"tolerance": tolerance, "report": str(report), "markdown": str(report.with_suffix(".md"))}
+    notes = [f"report: {report} and {report.with_suffix('.md')}"]
+    Listing("sweep eval: recorded vs now (test origins)", columns, records, key="checks", meta=meta, notes=notes).emit(
+        json
+    )
     errors = [c for c in checks if c.error]
     if errors:
         err.print(f"[red]error:[/red] {len(errors)} config(s) could not be evaluated", highlight=False)
@@ -452,94 +501,104 @@ def eval_(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=Command, epilog=EXIT_CODES)
 @handled
-def runs(out: Path = typer.Option(Path("."), help="Folder holding results/.")) -> None:
-    """List runs and their winners."""
-    from sweeper.atomic import read_json
+def runs(
+    out: Path = typer.Option(Path("."), help="Folder holding results/ and hyperparams/."),
+    json: bool = json_flag(),
+) -> None:
+    """List runs by creation time: freq, trials, duration, status and winners."""
+    from sweeper.runs import list_runs
 
-    table = Table(title=f"runs in {out / 'results'}", title_justify="left")
-    for col in ("run", "created", "status", "symbols", "winners"):
-        table.add_column(col)
-    for manifest in sorted((out / "results").glob("*/manifest.json")):
-        m = read_json(manifest)
-        winners = []
-        for sym, path in m.get("configs", {}).items():
-            cfg = read_json(Path(path)) if Path(path).is_file() else {}
-            winners.append(f"{sym}:{(cfg.get('chosen') or {}).get('backend', '-')}")
-        table.add_row(m["run_id"], m["created"], m["status"], " ".join(m["request"]["symbols"]), " ".join(winners))
-    _console().print(table)
+    records = [r.to_dict() for r in list_runs(out)]
+    columns = [
+        Column("run", "run_id"),
+        Column("created", lambda r: r["created"].replace("T", " ")[:19]),
+        Column("status", "status"),
+        Column("freq", "freq"),
+        Column("symbols", lambda r: " ".join(r["symbols"])),
+        Column("trials", "trials", numeric=True),
+        Column("duration", lambda r: _duration(round(r["duration_s"])) if r["duration_s"] is not None else "-"),
+        Column("cache", lambda r: f"{r['cache_bytes'] / 2**20:.1f} MiB", numeric=True),
+        Column("winners", lambda r: " ".join(f"{s}:{b or '-'}" for s, b in r["winners"].items())),
+    ]
+    Listing(f"runs in {out / 'results'}", columns, records, key="runs").emit(json)
 
 
-@app.command()
+@app.command(cls=Command, epilog=EXIT_CODES)
 @handled
 def show(
     run_id: str = typer.Argument(..., help="Run to show."),
     out: Path = typer.Option(Path("."), help="Folder holding hyperparams/ and results/."),
+    json: bool = json_flag(),
 ) -> None:
     """Per symbol: every backend's best validation and test scores, the ensemble and the naive floor."""
-    from sweeper.errors import check_name
-    from sweeper.evaluate import read_config
+    from sweeper.runs import candidates
+    from sweeper.store import RunPaths
 
-    folder = out / "hyperparams" / check_name("run id", run_id)
-    configs = sorted(folder.glob("*.json"))
-    if not configs:
-        raise SweepError(f"run {run_id} has no configs in {folder}")
-    con = _console()
-    for path in configs:
-        cfg = read_config(path)
-        metric = cfg["selection_metric"]
-        table = Table(title=f"{cfg['symbol']} {cfg['freq']} H={cfg['horizon']}", title_justify="left")
-        for col in ("candidate", "params", f"val {metric}", f"test {metric}", "weight"):
-            table.add_column(col)
-        weights = (cfg.get("ensemble") or {}).get("weights", {})
-        chosen = (cfg.get("chosen") or {}).get("backend")
-        for name, b in cfg["backends"].items():
-            mark = " *" if name == chosen else ""
-            table.add_row(
-                name + mark,
-                str(b.get("params") or b.get("error", "")),
-                _fmt((b.get("validation") or {}).get(metric)),
-                _fmt((b.get("test") or {}).get(metric)),
-                _fmt(weights.get(name), 3),
-            )
-        if cfg["baseline"]["source"] == "defaults":
-            base = cfg["baseline"]
-            table.add_row(
-                "naive (defaults)",
-                str(base["params"]),
-                _fmt(base["validation"][metric]),
-                _fmt(base["test"][metric]),
-                _fmt(weights.get("baseline"), 3),
-            )
-        if cfg.get("ensemble"):
-            e = cfg["ensemble"]
-            table.add_row("ensemble", "", _fmt(e["validation"][metric]), _fmt(e["test"][metric]), "1")
-        con.print(table)
+    records = candidates(RunPaths(out, run_id))
+    columns = [
+        Column("symbol", lambda r: f"{r['symbol']} {r['freq']} H={r['horizon']}"),
+        Column("candidate", lambda r: r["candidate"] + (" *" if r["chosen"] else "")),
+        Column("params", lambda r: str(r["params"] or r["error"] or "")),
+        Column("metric", "metric"),
+        Column("val", "validation", numeric=True),
+        Column("test", "test", numeric=True),
+        Column("weight", "weight", numeric=True, digits=3),
+    ]
+    notes = ["* chosen on validation; weight: share in the ensemble"]
+    Listing(f"sweep show {run_id}", columns, records, key="candidates", meta={"run_id": run_id}, notes=notes).emit(json)
+
+
+# --- sweep cache ----------------------------------------------------------------------------------------
+
+
+@cache_app.command("clean", cls=Command, epilog=EXIT_CODES)
+@handled
+def cache_clean(
+    run_id: str = typer.Argument(None, help="Run whose forecast cache to remove."),
+    all_runs: bool = flag("--all", "Every run under OUT/results that is not running."),
+    out: Path = typer.Option(Path("."), help="Folder holding results/ and hyperparams/."),
+    json: bool = json_flag(),
+) -> None:
+    """Remove a run's forecast cache (results/RUN_ID/cache); configs, studies and tables stay.
+
+    A later report or eval recomputes the draws it needs, identical to the removed ones."""
+    from sweeper.runs import clean_caches
+
+    if (run_id is None) == (not all_runs):
+        raise SweepError("cache clean needs a RUN_ID or --all (not both)")
+    records = clean_caches(out, None if all_runs else run_id)
+    columns = [Column("run", "run_id"), Column("freed", lambda r: f"{r['bytes'] / 2**20:.1f} MiB", numeric=True)]
+    columns.append(Column("note", lambda r: r["skipped"] or ""))
+    Listing(f"cache clean in {out / 'results'}", columns, records, key="runs").emit(json)
 
 
 # --- sweep report ---------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=Command, epilog=EXIT_CODES)
 @handled
 def report(
     run_id: str = typer.Argument(..., help="Run to report on."),
     out: Path = typer.Option(Path("."), help="Folder holding hyperparams/ and results/."),
     lake: str = typer.Option(None, help="Lake for the forecast fans (default: the one each config recorded)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda, for model backends."),
+    json: bool = json_flag(),
 ) -> None:
-    """Write results/RUN_ID/report.html: forecast fans, search history, importances, score distributions."""
+    """Write results/RUN_ID/report.html: forecast fans, paired differences, calibration, trading, search."""
     from sweeper.report import write_report
 
-    path = write_report(out, run_id, lake, device)
-    _console().print(f"report: {path}", highlight=False)
+    with progress(json) as step:
+        path = write_report(out, run_id, lake, device, step)
+    record = {"run_id": run_id, "report": str(path), "bytes": path.stat().st_size}
+    Listing(f"sweep report {run_id}", [Column("report", "report")], [record], key="reports").emit(json)
 
 
 # --- sweep train ---------------------------------------------------------------------------------------
 
 
-@train_app.command("marketgpt")
+@train_app.command("marketgpt", cls=Command, epilog=EXIT_CODES)
 @handled
 def train_marketgpt(
     symbols: list[str] = typer.Option(..., "--symbols", help="Symbols to train on together."),
@@ -547,27 +606,29 @@ def train_marketgpt(
     preset: str = typer.Option("tiny", "--preset", help="tiny (CPU, minutes), small, base (GPU)."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Total optimiser steps (preset default)."),
     max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop this call after M minutes."),
-    lake: Path | None = typer.Option(None, "--lake", help="Candle lake (default $SWEEP_LAKE, else the demo)."),
+    lake: str = typer.Option(None, "--lake", help="Lake root (default: $SWEEP_LAKE, else the demo lake)."),
+    out: Path = typer.Option(Path("."), help="Folder holding models/ (and results/, hyperparams/ of sweeps)."),
     name: str | None = typer.Option(None, "--name", help="Checkpoint name under models/marketgpt/."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint of --name."),
+    resume: bool = flag("--resume", "Continue the checkpoint of --name."),
     horizon: int = typer.Option(1, "--horizon", help="The sweep's horizon: training stops before its origins."),
     vocab_size: int | None = typer.Option(None, "--vocab-size", help="Bins per OHLC component (preset: 1024)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads", help="CPU threads (0: torch's default; 1 suits a shared box)."),
+    json: bool = json_flag(),
 ) -> None:
-    """Train MarketGPT on bars before the sweep's first validation origin; writes models/marketgpt/NAME."""
+    """Train MarketGPT on bars before the sweep's first validation origin; writes OUT/models/marketgpt/NAME."""
     from sweeper.errors import check_name
     from sweeper.marketgpt.train import DEFAULT_ROOT, train
     from sweeper.plan import Protocol
 
-    out = None if name is None else DEFAULT_ROOT / check_name("model name", name)
+    target = None if name is None else out / DEFAULT_ROOT / check_name("model name", name)
     summary = train(
         [w for item in symbols for w in item.split(",") if w],
         freq,
         lake,
         preset,
-        out,
+        target,
         max_steps,
         max_minutes,
         resume=resume,
@@ -576,12 +637,15 @@ def train_marketgpt(
         device=device,
         seed=seed,
         threads=threads or None,
+        workspace=out,
+        progress=not json or err.is_terminal,
     )
-    first = "-" if summary.first_loss is None else f"{summary.first_loss:.4f}"
-    last = "-" if summary.last_loss is None else f"{summary.last_loss:.4f}"
-    _console().print(
-        f"wrote {summary.out_dir}: {summary.steps_run} steps this run ({summary.steps} in all) on {summary.device}, "
-        f"loss {first} -> {last}, {summary.minutes:.1f} min (bins {summary.tokenizer_seconds:.0f} s); "
-        f"trained on bars up to {summary.trained_until}",
-        highlight=False,
-    )
+    columns = [
+        Column("checkpoint", "out_dir"),
+        Column("device", "device"),
+        Column("steps (this run / all)", lambda r: f"{r['steps_run']} / {r['steps']}", numeric=True),
+        Column("loss first -> last", lambda r: f"{fmt(r['first_loss'])} -> {fmt(r['last_loss'])}", numeric=True),
+        Column("minutes (bins s)", lambda r: f"{r['minutes']:.1f} ({r['tokenizer_seconds']:.0f})", numeric=True),
+        Column("trained until", "trained_until"),
+    ]
+    Listing("sweep train marketgpt", columns, [summary.to_dict()], key="checkpoints").emit(json)

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -222,6 +223,28 @@ def load(lake: Path, symbols: list[str], freq: str | None) -> list[Series]:
     return [read_series(r) for r in locate(lake, symbols, freq)]
 
 
+def check_record(ref: SeriesRef) -> dict[str, Any]:
+    """What `sweep data check` reports of one series: size, span, gaps, zero-volume bars, the broken rule."""
+    empty = dict.fromkeys(("rows", "first_ts", "last_ts", "gaps", "missing_bars", "longest_gap_s", "zero_volume"))
+    try:
+        s = read_series(ref)
+    except SweepError as exc:
+        return {"symbol": ref.symbol, "freq": ref.freq, **empty, "problem": str(exc)}
+    g = s.gaps()
+    return {
+        "symbol": s.symbol,
+        "freq": s.freq,
+        "rows": len(s),
+        "first_ts": str(s.ts[0]),
+        "last_ts": str(s.ts[-1]),
+        "gaps": g.count,
+        "missing_bars": g.missing_bars,
+        "longest_gap_s": g.longest_seconds,
+        "zero_volume": int((s.ohlcv[:, 4] == 0).sum()),
+        "problem": None,
+    }
+
+
 # --- CSV import -----------------------------------------------------------------------------------
 
 _SPELLINGS = {
@@ -249,7 +272,9 @@ def _canonical_columns(columns: list[str], where: str) -> dict[str, str]:
     return mapping
 
 
-def _parse_ts(col: pl.Series) -> pl.Series:
+def _parse_ts(col: pl.Series, tz: str | None) -> pl.Series:
+    """Timestamps in UTC. Epoch numbers are UTC by definition and dates are calendar days (the lake's
+    daily bars open at 00:00 UTC); a clock time without a zone needs `tz`, never a silent guess."""
     if col.dtype.is_numeric():
         # epoch seconds or milliseconds, by magnitude
         unit = "ms" if float(col.abs().max() or 0) > 1e11 else "s"
@@ -261,14 +286,55 @@ def _parse_ts(col: pl.Series) -> pl.Series:
             raise SweepError(f"cannot parse timestamp {bad!r}")
         col = parsed
     if isinstance(col.dtype, pl.Date):
-        col = col.cast(pl.Datetime("us"))
+        return col.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
     if col.dtype.time_zone is None:  # type: ignore[union-attr]
-        return col.dt.replace_time_zone("UTC")
+        if tz is None:
+            raise SweepError(
+                f"timestamps have no time zone (first: {col[0]}): say which with --tz, e.g. --tz UTC or "
+                "--tz America/New_York"
+            )
+        try:
+            col = col.dt.replace_time_zone(tz, ambiguous="raise", non_existent="raise")
+        except pl.exceptions.PolarsError as exc:
+            raise SweepError(f"--tz {tz}: {str(exc).splitlines()[0]}") from None
     return col.dt.convert_time_zone("UTC")
 
 
-def import_csv(csv: Path, lake: Path, symbol: str, freq: str, asset_class: str) -> tuple[int, int]:
-    """Write a CSV of bars into the lake layout; returns (rows, files). Checks everything first."""
+def freq_label(seconds: float) -> str:
+    """The frequency label of a bar length: 3600 -> 1h, 86400 -> 1d, 90 -> 90s."""
+    for unit, size in sorted(_UNIT_SECONDS.items(), key=lambda kv: -kv[1]):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _spacing_problem(ts: pl.Series, freq: str, where: str) -> str | None:
+    """Bars whose typical step is not `freq` (hourly rows imported as 1d), or two bars closer than half a bar.
+
+    The median step is used, not every step: markets close (weekends, holidays) and a day in a local
+    time zone can be 23 or 25 hours long in UTC."""
+    bar = freq_seconds(freq)
+    steps = ts.diff().dt.total_seconds().drop_nulls()
+    if steps.is_empty():
+        return None
+    typical = float(steps.median())  # type: ignore[arg-type]
+    if typical != bar:
+        return (
+            f"{where}: bars are {freq_label(typical)} apart (median step) but --freq {freq} means "
+            f"{freq_label(bar)} bars: pass --freq {freq_label(typical)} or resample the file"
+        )
+    close = (steps < bar / 2).arg_true()
+    if close.len():
+        row = int(close[0]) + 1
+        return f"{where} row {row + 1} (ts {ts[row]}): only {freq_label(steps[row - 1])} after the previous bar"
+    return None
+
+
+def import_csv(
+    csv: Path, lake: Path, symbol: str, freq: str, asset_class: str, tz: str | None = None
+) -> tuple[int, int]:
+    """Write a CSV of bars into the lake layout; returns (rows, files). Checks everything first, the bar
+    spacing against `freq` included; `tz` is the zone of timestamps that carry none."""
     check_name("symbol", symbol)
     check_name("asset class", asset_class)
     freq_seconds(freq)
@@ -281,11 +347,11 @@ def import_csv(csv: Path, lake: Path, symbol: str, freq: str, asset_class: str) 
         raise SweepError(f"{where}: cannot read CSV ({exc})") from exc
     df = raw.rename(_canonical_columns(raw.columns, where)).select(COLUMNS)
     try:
-        df = df.with_columns(_parse_ts(df.get_column("ts")).cast(pl.Datetime("us", "UTC")).alias("ts"))
+        df = df.with_columns(_parse_ts(df.get_column("ts"), tz).cast(pl.Datetime("us", "UTC")).alias("ts"))
     except SweepError as exc:
         raise SweepError(f"{where}: {exc}") from exc
     df = df.with_columns([pl.col(c).cast(pl.Float64, strict=False) for c in COLUMNS[1:]])
-    problem = _frame_problem(df, where)
+    problem = _frame_problem(df, where) or _spacing_problem(df.get_column("ts"), freq, where)
     if problem:
         raise SweepError(problem)
     target = lake / f"asset_class={asset_class}" / f"freq={freq}" / f"symbol={symbol}"

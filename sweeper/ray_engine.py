@@ -36,7 +36,7 @@ import optuna
 import ray
 from optuna.trial import TrialState
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeper.cache import ForecastCache
@@ -63,6 +63,12 @@ class RayOptions:
     address: str | None  # None: start a local Ray
     gpus_per_trial: float
     storage_path: Path  # Tune's experiment folders (results/<run_id>/ray)
+    scheduler: str = "asha"  # or "fifo": no early stopping, every trial scores all its chunks
+
+    def trial_scheduler(self, mode: str, chunks: int) -> TrialScheduler:
+        if self.scheduler == "fifo":
+            return FIFOScheduler()
+        return ASHAScheduler(metric=SCORE, mode=mode, max_t=chunks, grace_period=1, reduction_factor=2)
 
 
 @dataclass(frozen=True)
@@ -238,7 +244,7 @@ class RayEngine:
             tune.with_resources(tune.with_parameters(trainable, spec=spec), resources),
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
-                scheduler=ASHAScheduler(metric=SCORE, mode=mode, max_t=chunks, grace_period=1, reduction_factor=2),
+                scheduler=self.opts.trial_scheduler(mode, chunks),
                 num_samples=remaining,
                 max_concurrent_trials=self.workers,
                 reuse_actors=True,

@@ -4,6 +4,11 @@ Everything comes from the run's own files: configs, study.db, origins.parquet. T
 re-created through the run's forecast cache, so they show the very draws that were scored (a missing
 cache recomputes them; cheap for the baselines). Plots are PNGs drawn on matplotlib's Agg canvas and
 embedded as base64: the page has no external assets and can be attached to a CI run or mailed.
+
+Differences between candidates are drawn as differences, never as two distributions side by side: a
+1% edge over naive is invisible between two box plots of per-origin CRPS (whose spread is many times
+that), but plain in the running sum of the paired per-origin difference and in its mean with a
+block-bootstrap interval. Calibration is the share of actual closes inside the 50% and 90% bands.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import base64
 import html
 import io
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +28,19 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from sweeper.atomic import write_bytes
+from sweeper.compare import paired_bootstrap
 from sweeper.data import Series
 from sweeper.ensemble import mixture
 from sweeper.errors import SweepError
 from sweeper.evaluate import chosen_candidate, read_config, recorded_task
 from sweeper.metrics import weighted_quantile
 from sweeper.objective import Candidate, SymbolTask
+from sweeper.output import Step
 from sweeper.search import namespace_for, storage_for, study_name
 from sweeper.select import ENSEMBLE, REFERENCE
 from sweeper.store import RunPaths
@@ -42,7 +50,14 @@ ROLLING_ORIGINS = 60  # H = 1: the one-step band over the last this many test or
 FANS = 4  # H > 1: fans from this many non-overlapping test origins at the end of the test span
 TAIL = 30  # context bars drawn before the first plotted origin
 MIN_TRIALS = 10  # below this, importances would describe the sampler's noise, not the knobs
-COLORS = {"chosen": "#1f77b4", ENSEMBLE: "#d62728", "baseline": "#7f7f7f", "other": "#6baed6"}
+BANDS = {"50%": (1, 3), "90%": (0, 4)}  # band -> (lower, upper) index into QUANTILES
+LINEAR_PERCENT = 1.0  # difference plots: linear within +-1%, logarithmic beyond
+IMPORTANCE_METHOD = (
+    "fANOVA (Hutter et al. 2014; optuna.importance.FanovaImportanceEvaluator, seed 0) on the completed trials' "
+    "validation score. optuna-dashboard shows PED-ANOVA by default, which can rank the knobs differently."
+)
+COLORS = {"chosen": "#1f77b4", ENSEMBLE: "#d62728", "baseline": "#7f7f7f"}
+OTHERS = ("#6baed6", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
 Bands = dict[str, tuple[str, np.ndarray]]  # panel title -> (colour, quantiles (Q, B, H))
 
 CSS = """
@@ -90,6 +105,11 @@ def fan_bands(config: dict[str, Any], task: SymbolTask) -> Bands:
         mix = ", ".join(f"{k} {v:.2f}" for k, v in weights.items())
         bands[f"ensemble: {mix}"] = (COLORS[ENSEMBLE], quantiles(samples, w))
     return bands
+
+
+def coverage(q: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    """Share of actual closes (B, H) inside each band of the quantiles (Q, B, H), over all origins and steps."""
+    return {band: float(np.mean((q[lo] <= actual) & (actual <= q[hi]))) for band, (lo, hi) in BANDS.items()}
 
 
 # --- figures ------------------------------------------------------------------------------------------
@@ -228,25 +248,86 @@ def _label(name: str, config: dict[str, Any]) -> str:
 
 
 def _color(name: str, config: dict[str, Any]) -> str:
+    """By role (chosen, baseline, ensemble); every other candidate its own colour, the same on every plot."""
     roles = [ENSEMBLE] if name == ENSEMBLE else _roles(name, config)
-    return COLORS[roles[0]] if roles else COLORS["other"]
+    if roles:
+        return COLORS[roles[0]]
+    others = [n for n in config["backends"] if not _roles(n, config)]
+    return OTHERS[others.index(name) % len(OTHERS)] if name in others else OTHERS[0]
 
 
-def distribution_figure(frame: pl.DataFrame, names: list[str], config: dict[str, Any]) -> Figure:
-    """Per-origin CRPS of every candidate: a mean hides whether a win is broad or a few origins."""
-    labels = [_label(n, config) for n in names]
-    fig = Figure(figsize=(11, 1.4 + 0.45 * len(names)), layout="constrained")
+def baseline_name(config: dict[str, Any]) -> str:
+    """The naive baseline's candidate name in origins.parquet: the tuned naive, or the untuned reference."""
+    base = config["baseline"]
+    return base["backend"] if base["source"] == "tuned" else REFERENCE
+
+
+def paired_differences(frame: pl.DataFrame, names: list[str], config: dict[str, Any], split: str) -> dict:
+    """Per candidate: origin times and per-origin CRPS minus the naive baseline's at the same origins."""
+    base = baseline_name(config)
+    ref = frame.filter(candidate=base, split=split).select("origin_row", pl.col("crps").alias("_base"))
+    out = {}
+    for name in names:
+        if name == base:
+            continue
+        rows = frame.filter(candidate=name, split=split).join(ref, on="origin_row").sort("origin_row")
+        out[name] = (rows["origin_ts"].to_numpy(), (rows["crps"] - rows["_base"]).to_numpy())
+    return out
+
+
+def _splits() -> tuple[tuple[str, str], ...]:
+    return (("val", "validation origins"), ("test", "test origins"))
+
+
+def _percent_axis(ax: Axes, axis: str) -> None:
+    """Linear within +-1%, logarithmic beyond: a 1% edge and a 100% loss are both readable on one axis."""
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("symlog", linthresh=LINEAR_PERCENT)
+    getattr(ax, f"{axis}axis").set_major_formatter(PercentFormatter(decimals=None))
+
+
+def cumulative_figure(frame: pl.DataFrame, names: list[str], config: dict[str, Any]) -> Figure:
+    """Running sum over time of each candidate's per-origin CRPS minus naive's, as % of naive's running sum
+    (its last value is the mean difference): where an edge over naive is won or lost."""
+    fig = Figure(figsize=(11, 3.4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    base = baseline_name(config)
+    for ax, (split, title) in zip(axes, _splits(), strict=True):
+        ref = frame.filter(candidate=base, split=split).sort("origin_row")["crps"].to_numpy()
+        for name, (ts, d) in paired_differences(frame, names, config, split).items():
+            ok = np.isfinite(d) & np.isfinite(ref)
+            running = 100 * np.cumsum(d[ok]) / np.cumsum(ref[ok])
+            ax.plot(ts[ok], running, color=_color(name, config), lw=1.4, label=_label(name, config))
+        ax.axhline(0, color="k", lw=0.8)
+        _percent_axis(ax, "y")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("cumulative CRPS vs naive")
+        _date_axis(ax)
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle(f"paired against {_label(baseline_name(config), config)}: falling = better than naive", fontsize=10)
+    return fig
+
+
+def difference_figure(frame: pl.DataFrame, names: list[str], config: dict[str, Any]) -> Figure:
+    """Mean per-origin CRPS difference to naive, as % of naive's mean, with its 95% block-bootstrap interval."""
+    horizon = int(config["horizon"])
+    shown = [n for n in names if n != baseline_name(config)]
+    fig = Figure(figsize=(11, 1.4 + 0.45 * max(len(shown), 1)), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    for ax, split in zip(axes, ("val", "test"), strict=True):
-        data = [frame.filter(candidate=n, split=split)["crps"].drop_nans().to_numpy() for n in names]
-        box = ax.boxplot(
-            data, orientation="horizontal", whis=(5, 95), showfliers=False, showmeans=True, medianprops={"color": "k"}
-        )
-        for patch, name in zip(box["boxes"], names, strict=True):
-            patch.set_color(_color(name, config))
-        ax.set_yticks(range(1, len(labels) + 1), labels)
-        ax.set_title(f"{'validation' if split == 'val' else 'test'} origins", fontsize=10)
-        ax.set_xlabel("CRPS per origin (box 25-75%, whiskers 5-95%, triangle = mean)")
+    for ax, (split, title) in zip(axes, _splits(), strict=True):
+        base = frame.filter(candidate=baseline_name(config), split=split)["crps"].drop_nans().mean()
+        for i, (name, (_, d)) in enumerate(paired_differences(frame, shown, config, split).items()):
+            c = paired_bootstrap(d, np.zeros_like(d), "crps", horizon)
+            scale = 100 / base if base else float("nan")
+            mid, lo, hi = c.diff * scale, c.low * scale, c.high * scale
+            ax.errorbar(mid, i, xerr=[[mid - lo], [hi - mid]], fmt="o", color=_color(name, config), capsize=3)
+            ax.annotate(f"{mid:+.2f}%", (mid, i), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        ax.axvline(0, color="k", lw=0.8)
+        _percent_axis(ax, "x")
+        ax.margins(x=0.12)
+        ax.set_yticks(range(len(shown)), [_label(n, config) for n in shown])
+        ax.set_ylim(-0.6, len(shown) - 0.4)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("mean CRPS vs naive (95% block-bootstrap interval)")
     return fig
 
 
@@ -326,6 +407,38 @@ def candidates_table(config: dict[str, Any]) -> str:
     return table(("candidate", "params", "checkpoint", "trials", f"val {metric}", f"test {metric}", "weight"), rows)
 
 
+def coverage_table(cover: dict[str, dict[str, float]], n: int) -> str:
+    rows = [(title, *(cover[title][band] for band in BANDS)) for title in cover]
+    note = (
+        f'<p class="muted">share of the actual closes ({n} test origin-steps) inside the band; a calibrated '
+        "forecast puts about 50% inside the 50% band and 90% inside the 90% band.</p>"
+    )
+    return table(("forecast", *(f"inside {b} band" for b in BANDS)), rows) + note
+
+
+TRADING_COLUMNS = ("directional_accuracy", "sharpe", "max_drawdown", "win_rate", "profit_factor", "total_return")
+
+
+def trading_table(config: dict[str, Any]) -> str:
+    entries = dict(config["backends"])
+    if config["baseline"]["source"] == "defaults":
+        entries[REFERENCE] = config["baseline"]
+    rows = [
+        (_label(name, config), split, *(x.get(k) for k in TRADING_COLUMNS), x.get("trades"))
+        for name, b in entries.items()
+        for split, x in (b.get("trading") or {}).items()
+        if x
+    ]
+    if not rows:
+        return "<p>no trading read-out (it needs consecutive origins, stride 1).</p>"
+    header = ("candidate", "split", *(c.replace("_", " ") for c in TRADING_COLUMNS), "trades")
+    note = (
+        '<p class="muted">a long/short strategy on the sign of each point forecast\'s first step, 10 bp per unit '
+        "traded, one-bar execution lag (<code>sweeper/trading.py</code>); Sharpe per bar, not annualised.</p>"
+    )
+    return table(header, rows) + note
+
+
 def comparisons_table(config: dict[str, Any]) -> str:
     rows = [
         (
@@ -362,6 +475,8 @@ def forecast_section(config: dict[str, Any], cache: Path, lake: str | None, devi
         bands = fan_bands(config, task)
     except SweepError as exc:
         return f'<p class="note">forecast fans unavailable: {html.escape(str(exc))}</p>'
+    actual = task.truth("test").y
+    cover = {title: coverage(q, actual) for title, (_, q) in bands.items()}
     h = task.plan.protocol.horizon
     what = (
         f"one-step forecasts of the last {min(ROLLING_ORIGINS, task.plan.test.size)} test origins, drawn at "
@@ -371,7 +486,10 @@ def forecast_section(config: dict[str, Any], cache: Path, lake: str | None, devi
     )
     return (
         f'<p class="muted">{what}: median and 50%/90% bands from the samples, the actual closes in black, '
-        "the context before them in grey.</p>" + png(fan_figure(task.series, task.plan.test, bands), "forecast fans")
+        "the context before them in grey.</p>"
+        + png(fan_figure(task.series, task.plan.test, bands), "forecast fans")
+        + "<h3>Calibration on test origins</h3>"
+        + coverage_table(cover, actual.size)
     )
 
 
@@ -383,7 +501,8 @@ def search_section(config: dict[str, Any], storage: str, namespace: str) -> str:
     imps = {b: importance(s) for b, s in studies.items()}
     found = {b: v for b, v in imps.items() if isinstance(v, dict)}
     if found:
-        out.append(png(importance_figure(found), "parameter importance"))
+        out.append(f'<p class="muted">parameter importances: {html.escape(IMPORTANCE_METHOD)}</p>')
+        out.append(png(importance_figure(found), "parameter importance (fANOVA)"))
     notes = [f"<li>{html.escape(b)}: {html.escape(v)}</li>" for b, v in imps.items() if isinstance(v, str)]
     if notes:
         out.append(f"<p>no parameter importances for:</p><ul>{''.join(notes)}</ul>")
@@ -397,29 +516,48 @@ def symbol_section(
     storage: tuple[str, str],
     lake: str | None,
     device: str,
+    tick: Callable[[], None] = lambda: None,
 ) -> str:
-    """One symbol's part of the page; `storage` is the Optuna storage URL and the run's study namespace."""
+    """One symbol's part of the page; `storage` is the Optuna storage URL and the run's study namespace.
+    `tick` is called after each of its SECTION_STEPS slow parts (for a progress bar)."""
     sym = config["symbol"]
     frame = origins.filter(symbol=sym)
     names = [n for n in (*config["backends"], REFERENCE, ENSEMBLE) if n in set(frame["candidate"])]
     weights = _weights(config)
+    forecasts = forecast_section(config, paths.cache, lake, device)
+    tick()
+    paired = [
+        png(cumulative_figure(frame, names, config), "cumulative CRPS difference against naive"),
+        png(difference_figure(frame, names, config), "mean CRPS difference against naive"),
+    ]
+    tick()
+    search = search_section(config, *storage)
+    tick()
     parts = [
         f'<h2 id="{html.escape(sym)}">{html.escape(sym)} {config["freq"]}, H={config["horizon"]}</h2>',
         protocol_table(config),
         "<h3>Forecasts on test origins</h3>",
-        forecast_section(config, paths.cache, lake, device),
+        forecasts,
         "<h3>Candidates</h3>",
         candidates_table(config),
-        png(distribution_figure(frame, names, config), "per-origin CRPS"),
+        "<h3>Against naive, origin by origin</h3>",
+        '<p class="muted">per-origin CRPS minus the naive baseline\'s at the same origin: its running sum over '
+        "time (left: validation, right: test), then its mean with a 95% moving-block bootstrap interval.</p>",
+        *paired,
         "<h3>Ensemble and comparisons</h3>",
         png(weights_figure(weights), "ensemble weights") if weights else "<p>no ensemble (one candidate).</p>",
         comparisons_table(config),
         '<p class="muted">a - b over the same origins, with a 95% moving-block bootstrap interval; '
         "within noise when the interval contains 0.</p>",
+        "<h3>Trading read-out</h3>",
+        trading_table(config),
         "<h3>Search</h3>",
-        search_section(config, *storage),
+        search,
     ]
     return "\n".join(parts)
+
+
+SECTION_STEPS = 3
 
 
 def header(manifest: dict[str, Any], configs: list[dict[str, Any]]) -> str:
@@ -443,11 +581,20 @@ def header(manifest: dict[str, Any], configs: list[dict[str, Any]]) -> str:
         if models
         else ""
     )
+    random = sorted(
+        {f"{b} ({r['checkpoint']})" for c in configs for b, r in c["backends"].items() if r.get("random_init")}
+    )
+    if random:
+        note += (
+            '<p class="note"><b>Random weights</b> (written by <code>sweep models init</code>): '
+            + html.escape(", ".join(random))
+            + ". Every number of these candidates is from an untrained model.</p>"
+        )
     toc = " · ".join(f'<a href="#{html.escape(c["symbol"])}">{html.escape(c["symbol"])}</a>' for c in configs)
     return f"<h1>sweep report: run {html.escape(manifest['run_id'])}</h1>{table(('run', ''), rows)}{note}<p>{toc}</p>"
 
 
-def render(paths: RunPaths, lake: str | None = None, device: str = "auto") -> str:
+def render(paths: RunPaths, lake: str | None = None, device: str = "auto", step: Step | None = None) -> str:
     manifest = paths.load_manifest()
     configs = [read_config(p) for p in sorted(paths.hyperparams.glob("*.json"))]
     if not configs:
@@ -455,15 +602,27 @@ def render(paths: RunPaths, lake: str | None = None, device: str = "auto") -> st
     origins = pl.read_parquet(paths.results / "origins.parquet")
     storage = paths.storage_url(manifest["request"].get("storage"))
     namespace = namespace_for(paths.run_id, manifest["request"].get("storage"))
-    sections = [symbol_section(c, origins, paths, (storage, namespace), lake, device) for c in configs]
+    total, done = SECTION_STEPS * len(configs), 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if step:
+            step(f"report {paths.run_id}", done, total)
+
+    if step:
+        step(f"report {paths.run_id}", 0, total)
+    sections = [symbol_section(c, origins, paths, (storage, namespace), lake, device, tick) for c in configs]
     body = header(manifest, configs) + "\n".join(sections)
     head = f'<meta charset="utf-8"><title>sweep report {html.escape(paths.run_id)}</title><style>{CSS}</style>'
     return f"<!doctype html><html><head>{head}</head><body>{body}</body></html>\n"
 
 
-def write_report(out: Path, run_id: str, lake: str | None = None, device: str = "auto") -> Path:
+def write_report(
+    out: Path, run_id: str, lake: str | None = None, device: str = "auto", step: Step | None = None
+) -> Path:
     """Render the run's report and write results/<run_id>/report.html atomically; returns its path."""
     paths = RunPaths(out, run_id)
     target = paths.results / "report.html"
-    write_bytes(target, render(paths, lake, device).encode())
+    write_bytes(target, render(paths, lake, device, step).encode())
     return target

@@ -23,7 +23,9 @@ from sqlalchemy import event
 from sweeper.metrics import direction
 from sweeper.objective import VAL_MEANS, SymbolTask, objective
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+# A failed trial is recorded (user attribute `error`, trials.parquet, the config's `error`) and reported once
+# per backend in one line; Optuna's own warning, a traceback per failed trial, would bury that line.
+optuna.logging.set_verbosity(optuna.logging.ERROR)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 CAUGHT = (ValueError, FloatingPointError)  # a trial failing this way fails alone; anything else stops the sweep
 ERROR = "error"  # user attr: why a trial failed
@@ -128,7 +130,7 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _alive(owner: str) -> bool:
+def owner_alive(owner: str) -> bool:
     """Whether the worker that claimed a trial still runs. Another host's worker is taken as alive: only
     that host can tell, and it recovers its own trials when it starts again."""
     host, _, pid = owner.rpartition(":")
@@ -153,7 +155,7 @@ def recover(study: optuna.Study) -> int:
 
     A trial claimed by a `--jobs` worker that is still alive (on this host or another) is left alone."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    stale = [t for t in running if not (OWNER in t.user_attrs and _alive(t.user_attrs[OWNER]))]
+    stale = [t for t in running if not (OWNER in t.user_attrs and owner_alive(t.user_attrs[OWNER]))]
     for t in stale:
         study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

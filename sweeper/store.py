@@ -25,6 +25,7 @@ import polars as pl
 
 from sweeper import __version__
 from sweeper.atomic import read_json, write_with
+from sweeper.backends import random_init
 from sweeper.errors import SweepError, check_name
 from sweeper.objective import VAL_MEANS, SymbolTask
 from sweeper.search import ERROR
@@ -84,8 +85,24 @@ def _clean(d: dict[str, float] | None) -> dict[str, float | None] | None:
 
 
 def _model_source(task: SymbolTask, backend: str) -> dict[str, Any]:
-    """What re-creates a backend's draws: its checkpoint and the number of draws cached."""
-    return {"checkpoint": task.forecaster.model(backend).checkpoint, "draws": task.spaces[backend].max_samples}
+    """What re-creates a backend's draws: its checkpoint and the number of draws cached; `random_init` when
+    the checkpoint is one `sweep models init` wrote."""
+    checkpoint = task.forecaster.model(backend).checkpoint
+    return {
+        "checkpoint": checkpoint,
+        "draws": task.spaces[backend].max_samples,
+        **({"random_init": True} if random_init(checkpoint) else {}),
+    }
+
+
+def random_weights(config: dict[str, Any]) -> list[str]:
+    """The candidates of a config whose checkpoint has random weights (`sweep models init`)."""
+    return [b for b, rec in config["backends"].items() if rec.get("random_init")]
+
+
+def config_facts(config: dict[str, Any]) -> dict[str, Any]:
+    """What a summary says of a symbol beyond its scores: the bar size used, and random weights."""
+    return {"freq": config["freq"], "horizon": config["horizon"], "random_weights": random_weights(config)}
 
 
 def config_record(

@@ -32,6 +32,7 @@ from sweeper.search import (
     finished,
     namespace_for,
     no_completed_trial,
+    owner_id,
     pareto,
     study_label,
 )
@@ -40,6 +41,7 @@ from sweeper.space import load_space
 from sweeper.store import RunPaths, config_record, origins_frame, trials_frame, write_parquet
 
 DEFAULT_BACKENDS = ("naive", "drift", "seasonal_naive")
+SCHEDULERS = ("asha", "fifo")  # Ray Tune trial schedulers: ASHA early stopping, or every trial to its end
 
 
 @dataclass
@@ -69,6 +71,7 @@ class RunRequest:
     workers: int | None = None  # ray engine: trials at once (default: every CPU of the Ray cluster)
     ray_address: str | None = None  # ray engine: "auto" or HOST:PORT of a running cluster; None starts one here
     gpus_per_trial: float = 0.0  # ray engine
+    scheduler: str | None = None  # ray engine: asha (the default: early stopping) or fifo (every trial runs out)
 
     def search_objectives(self) -> tuple[str, ...]:
         return tuple(self.objectives or (self.metric,))
@@ -142,8 +145,10 @@ def _check_engine(req: RunRequest) -> None:
             raise SweepError(f"--workers must be >= 1, got {req.workers}")
         if req.gpus_per_trial < 0:
             raise SweepError(f"--gpus-per-trial must be >= 0, got {req.gpus_per_trial}")
-    elif req.workers is not None or req.ray_address or req.gpus_per_trial:
-        raise SweepError("--workers, --ray-address and --gpus-per-trial need --engine ray")
+        if req.scheduler not in (None, *SCHEDULERS):
+            raise SweepError(f"unknown --scheduler {req.scheduler!r}: use {' or '.join(SCHEDULERS)}")
+    elif req.workers is not None or req.ray_address or req.gpus_per_trial or req.scheduler:
+        raise SweepError("--workers, --ray-address, --gpus-per-trial and --scheduler need --engine ray")
     if req.jobs > 1 and req.storage and not req.storage.startswith(("sqlite", "postgresql")):
         raise SweepError(f"--jobs needs a sqlite:// or postgresql:// --storage, got {req.storage.split(':')[0]}")
 
@@ -164,7 +169,9 @@ def engine_for(prep: Prepared, paths: RunPaths, progress: Progress | None) -> En
     if req.engine == "ray":
         from sweeper.ray_engine import RayEngine, RayOptions
 
-        opts = RayOptions(req.workers, req.ray_address, req.gpus_per_trial, paths.results / "ray")
+        opts = RayOptions(
+            req.workers, req.ray_address, req.gpus_per_trial, paths.results / "ray", req.scheduler or SCHEDULERS[0]
+        )
         return RayEngine(settings, opts)
     if req.jobs > 1:
         from sweeper.parallel import ParallelEngine
@@ -228,9 +235,10 @@ def run(req: RunRequest, paths: RunPaths, progress: Progress | None = None, resu
     prep = prepare(req, ForecastCache(paths.cache))
     if not resume and paths.results.exists():
         raise SweepError(f"run {paths.run_id} already exists in {paths.results.parent}; use --resume {paths.run_id}")
-    manifest = {"run_id": paths.run_id, "created": _now(), "status": "running", "request": asdict(req)}
+    running = {"status": "running", "owner": owner_id(), "request": asdict(req)}  # owner: `sweep cache clean` asks it
+    manifest = {"run_id": paths.run_id, "created": _now(), **running}
     if resume:
-        manifest = {**paths.load_manifest(), "status": "running", "resumed": _now(), "request": asdict(req)}
+        manifest = {**paths.load_manifest(), **running, "resumed": _now()}
     write_json(paths.manifest, manifest)
     results = execute(prep, paths, progress)
     configs = {r.symbol: str(paths.config(r.symbol)) for r in results}

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sweeper.data import available, freq_seconds, import_csv, load, locate
+from sweeper.data import COLUMNS, Series, available, freq_seconds, import_csv, load, locate
 from sweeper.errors import SweepError
 from tests.helpers import SHARED_LAKE, shared_series
 
@@ -92,7 +92,7 @@ def test_import_rejects_bad_csv_and_writes_nothing(tmp_path: Path) -> None:
         }
     ).write_csv(tmp_path / "x.csv")
     with pytest.raises(SweepError, match=r"row 6 .*close is not positive"):
-        import_csv(tmp_path / "x.csv", tmp_path / "lake", "ETHX", "1d", "crypto")
+        import_csv(tmp_path / "x.csv", tmp_path / "lake", "ETHX", "1d", "crypto", "UTC")
     assert not (tmp_path / "lake").exists()
 
 
@@ -113,12 +113,27 @@ def test_cli_data_check_and_import(tmp_path: Path, sweep) -> None:
         }
     ).write_csv(csv)
     lake = tmp_path / "lake"
-    r = sweep("data", "import", csv, "--symbol", "LTC", "--freq", "1d", "--asset-class", "crypto", "--lake", lake)
+    ltc = (
+        "data",
+        "import",
+        csv,
+        "--symbol",
+        "LTC",
+        "--freq",
+        "1d",
+        "--asset-class",
+        "crypto",
+        "--lake",
+        lake,
+        "--tz",
+        "UTC",
+    )
+    r = sweep(*ltc)
     assert r.exit_code == 0 and "imported 925 bars" in r.stdout
     r = sweep("data", "check", "--symbols", "LTC", "--lake", lake)
     assert r.exit_code == 0 and "925" in r.stdout
     # importing again refuses and leaves the lake as it was
-    r = sweep("data", "import", csv, "--symbol", "LTC", "--freq", "1d", "--asset-class", "crypto", "--lake", lake)
+    r = sweep(*ltc)
     assert r.exit_code == 2 and "already exists" in r.stderr
     assert not [p for p in (lake / "asset_class=crypto" / "freq=1d").iterdir() if p.name.startswith(".")]
 
@@ -143,3 +158,49 @@ def test_import_csv_with_an_unnamed_date_index(tmp_path: Path) -> None:
     rows_in, _ = import_csv(csv, tmp_path / "lake", "GOOGX", "1d", "equity")
     back = load(tmp_path / "lake", ["GOOGX"], "1d")[0]
     assert rows_in == len(real) and back.fingerprint == real.fingerprint
+
+
+def _hourly_csv(tmp_path: Path, rows: int = 200, stamp: str = "%Y-%m-%d %H:%M:%S") -> tuple[Path, Series]:
+    """Real BTCUSDT hourly bars as a CSV whose timestamps carry no zone."""
+    real = shared_series("BTCUSDT", "1h", last=rows)
+    csv = tmp_path / "btc.csv"
+    frame = pl.DataFrame({"timestamp": real.ts, **{c: real.ohlcv[:, i] for i, c in enumerate(COLUMNS[1:])}})
+    frame.with_columns(pl.col("timestamp").dt.strftime(stamp)).write_csv(csv)
+    return csv, real
+
+
+def test_import_refuses_bars_spaced_unlike_freq(tmp_path: Path, sweep) -> None:
+    csv, _ = _hourly_csv(tmp_path)
+    lake = tmp_path / "lake"
+    args = ("data", "import", csv, "--symbol", "BTCX", "--asset-class", "crypto", "--lake", lake, "--tz", "UTC")
+    r = sweep(*args, "--freq", "1d")
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "bars are 1h apart (median step) but --freq 1d means 1d bars: pass --freq 1h" in r.stderr
+    assert not lake.exists()
+    assert sweep(*args, "--freq", "1h").exit_code == 0
+
+
+def test_import_refuses_a_bar_closer_than_half_a_bar(tmp_path: Path) -> None:
+    csv, real = _hourly_csv(tmp_path)
+    lines = csv.read_text().splitlines()
+    stamp = str(real.ts[50] + np.timedelta64(10, "m")).replace("T", " ")[:19]
+    lines.insert(52, stamp + "," + lines[51].split(",", 1)[1])  # a stray bar 10 minutes after row 50
+    csv.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SweepError, match=r"row 52 .*only 10min after the previous bar"):
+        import_csv(csv, tmp_path / "lake", "BTCX", "1h", "crypto", "UTC")
+
+
+def test_import_asks_for_tz_when_timestamps_have_none(tmp_path: Path, sweep) -> None:
+    csv, real = _hourly_csv(tmp_path, rows=48)
+    lake = tmp_path / "lake"
+    args = ("data", "import", csv, "--symbol", "BTCX", "--freq", "1h", "--asset-class", "crypto", "--lake", lake)
+    r = sweep(*args)
+    assert r.exit_code == 2 and "timestamps have no time zone" in r.stderr and "--tz" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not lake.exists()
+    assert sweep(*args, "--tz", "Mars/Olympus").exit_code == 2
+    # the same wall-clock stamps read as New York time land 5 hours later in UTC (4 in summer time)
+    assert sweep(*args, "--tz", "America/New_York").exit_code == 0, r.output
+    back = load(lake, ["BTCX"], "1h")[0]
+    shift = (back.ts - real.ts).astype("timedelta64[h]").astype(int)
+    assert set(shift) <= {4, 5} and len(back) == len(real)
+    np.testing.assert_array_equal(back.ohlcv, real.ohlcv)

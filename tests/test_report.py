@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from sweeper.report import MIN_TRIALS, QUANTILES, header, importance, quantiles
+from sweeper.report import MIN_TRIALS, QUANTILES, coverage, header, importance, quantiles
 from tests.helpers import SHARED_LAKE
 
 SMALL = ["--val-origins", "100", "--test-origins", "40"]
@@ -33,8 +33,12 @@ def _report(tmp_path: Path, sweep, run_id: str, *run_args: object) -> str:
 def test_daily_report_shows_every_part(tmp_path: Path, sweep) -> None:
     page = _report(tmp_path, sweep, "daily", "--symbols", "ETHUSD", "--freq", "1d", "--trials", MIN_TRIALS)
     cfg = json.loads((tmp_path / "hyperparams" / "daily" / "ETHUSD.json").read_text())
-    # fans, per-origin CRPS, ensemble weights, optimisation history, importances (enough trials for them)
-    assert _images(page) == 5
+    # fans, cumulative and mean paired differences, ensemble weights, history, importances (enough trials)
+    assert _images(page) == 6
+    assert 'alt="cumulative CRPS difference against naive"' in page and "inside 90% band" in page
+    assert "fANOVA (Hutter et al. 2014" in page and "PED-ANOVA" in page  # the importance method is named
+    trading = cfg["backends"]["drift"]["trading"]["test"]
+    assert "Trading read-out" in page and f">{trading['sharpe']:.5g}<" in page
     assert "ETHUSD" in page and all(f"<td>{b}" in page for b in ("naive", "drift", "seasonal_naive"))
     assert cfg["ensemble"]["weights"] and all(f">{w:.5g}<" in page for w in cfg["ensemble"]["weights"].values())
     first_test = cfg["protocol"]["test_origins"]["first_ts"].replace("T", " ")[:16]
@@ -47,8 +51,8 @@ def test_daily_report_shows_every_part(tmp_path: Path, sweep) -> None:
 def test_multi_step_report_for_two_symbols(tmp_path: Path, sweep) -> None:
     args = ("--symbols", "BTCUSDT", "ETHUSDT", "--freq", "1h", "--horizon", 6, "--backends", "naive", "drift")
     page = _report(tmp_path, sweep, "hourly", *args, "--trials", 3)
-    # per symbol: fans, per-origin CRPS, ensemble weights, history; too few trials for importances
-    assert _images(page) == 2 * 4
+    # per symbol: fans, two paired-difference plots, ensemble weights, history; too few trials for importances
+    assert _images(page) == 2 * 5
     assert all(f'id="{s}"' in page for s in ("BTCUSDT", "ETHUSDT"))
     assert page.count(f"importances need at least {MIN_TRIALS}") == 2 * 2
     assert "6-bar fans" in page
@@ -69,6 +73,15 @@ def test_header_warns_about_checkpoints_only_when_a_model_used_one() -> None:
     assert "randomly initialised" in header(manifest, [{"symbol": "BTCUSDT", "backends": backends}])
     del backends["marketgpt"]
     assert "randomly initialised" not in header(manifest, [{"symbol": "BTCUSDT", "backends": backends}])
+    backends["toto"] = {"checkpoint": "ck/toto", "random_init": True}  # written by `sweep models init`
+    assert "Random weights</b>" in header(manifest, [{"symbol": "BTCUSDT", "backends": backends}])
+
+
+def test_coverage_counts_actuals_inside_each_band() -> None:
+    # quantiles 5/25/50/75/95% of four origins, one step: the actuals fall inside 90% only, both, neither, 90%
+    q = np.array([[0.0], [1.0], [2.0], [3.0], [4.0]])[:, None, :].repeat(4, axis=1)
+    actual = np.array([[0.5], [2.0], [5.0], [3.5]])
+    assert coverage(q, actual) == {"50%": 0.25, "90%": 0.75}
 
 
 def test_importance_says_why_it_is_missing() -> None:

@@ -11,6 +11,7 @@ data being forecast.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,12 +58,18 @@ class CandleTokenizer:
 
     @classmethod
     def fit(
-        cls, returns: np.ndarray, vocab_size: int = 1024, max_points: int = 200_000, seed: int = 0
+        cls,
+        returns: np.ndarray,
+        vocab_size: int = 1024,
+        max_points: int = 200_000,
+        seed: int = 0,
+        on_component: Callable[[int], None] | None = None,
     ) -> CandleTokenizer:
         """k-means (scikit-learn) on each component's returns, started from evenly spaced quantiles.
 
         The quantile start makes the fit deterministic and quick; at most `max_points` bars are used
-        (a seeded random subset) so fitting on many symbols stays in seconds.
+        (a seeded random subset) so fitting on many symbols stays in seconds. `on_component(j)` is called
+        with the number of components fitted so far (0 to 4), for a progress bar.
         """
         from sklearn.cluster import KMeans
         from sklearn.exceptions import ConvergenceWarning
@@ -81,6 +88,8 @@ class CandleTokenizer:
             returns = returns[np.sort(pick)]
         centres = np.empty((4, vocab_size))
         for j in range(4):
+            if on_component:
+                on_component(j)
             x = returns[:, j : j + 1]
             init = np.quantile(x[:, 0], (np.arange(vocab_size) + 0.5) / vocab_size)[:, None]
             with warnings.catch_warnings():
@@ -88,6 +97,8 @@ class CandleTokenizer:
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 km = KMeans(vocab_size, init=init, n_init=1, max_iter=100, random_state=seed).fit(x)
             centres[j] = np.sort(km.cluster_centers_[:, 0])
+        if on_component:
+            on_component(4)
         scale = np.maximum(returns.std(axis=0), 1e-8)
         return cls(centres, scale)
 

@@ -16,11 +16,21 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
+from sweeper import output
 from sweeper.backends.pretrained import seeded, torch_device
 from sweeper.data import load, resolve_lake
 from sweeper.errors import SweepError, check_name
@@ -56,6 +66,9 @@ class TrainSummary:
     tokenizer_seconds: float  # 0 on resume: the bins are reused
     trained_until: str | None
     train_bars: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "out_dir": str(self.out_dir)}
 
 
 class Windows:
@@ -111,6 +124,8 @@ def _progress(enabled: bool, total: int, done: int) -> tuple[Progress, TaskID]:
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
         disable=not enabled,
     )
     return bar, bar.add_task("train", total=total, completed=done, loss="-")
@@ -169,8 +184,9 @@ def train(
     progress: bool = True,
     checkpoint_every: int = 250,
     threads: int | None = 1,
+    workspace: Path = Path("."),
 ) -> TrainSummary:
-    """Train (or resume) a checkpoint in `out_dir` (default models/marketgpt/<preset>-<freq>).
+    """Train (or resume) a checkpoint in `out_dir` (default WORKSPACE/models/marketgpt/<preset>-<freq>).
 
     `threads` caps torch and k-means threads for the call (None: library defaults). One is the default:
     on a shared 2-core machine two OpenMP threads wait on each other whenever the other core is busy
@@ -190,7 +206,8 @@ def train(
             raise SweepError(f"--max-minutes must be > 0, got {max_minutes}")
         series = load(resolve_lake(lake), list(symbols), freq)
         freq = series[0].freq
-        out = Path(out_dir) if out_dir is not None else DEFAULT_ROOT / check_name("model name", f"{preset}-{freq}")
+        default = workspace / DEFAULT_ROOT / check_name("model name", f"{preset}-{freq}")
+        out = Path(out_dir) if out_dir is not None else default
         dev = torch_device(device)
 
         settings = replace(spec.train, **{k: v for k, v in overrides.items() if v is not None})
@@ -206,7 +223,10 @@ def train(
             cfg = spec.model if vocab_size is None else replace(spec.model, vocab_size=vocab_size)
             corpus = build_corpus(series, protocol, min_bars=cfg.context_length + 1)
             t0 = time.perf_counter()
-            tokenizer = CandleTokenizer.fit(corpus.returns(), cfg.vocab_size, seed=seed)
+            with output.progress(enabled=progress) as step:  # k-means per OHLC component: seconds to a minute
+                tokenizer = CandleTokenizer.fit(
+                    corpus.returns(), cfg.vocab_size, seed=seed, on_component=lambda j: step("marketgpt bins", j, 4)
+                )
             tok_seconds = time.perf_counter() - t0
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
