@@ -415,7 +415,7 @@ def models_init(
         step(label, 1, 1)
     record = {"backend": backend, "preset": preset, "path": str(path), "marker": str(path / RANDOM_INIT_MARKER)}
     columns = [Column("backend", "backend"), Column("preset", "preset"), Column("checkpoint", "path")]
-    Listing("wrote a randomly initialised checkpoint", columns, [record], key="checkpoints").emit(json)
+    Listing("models init (random weights)", columns, [record], key="checkpoints").emit(json)
 
 
 # --- sweep promote / eval / runs / show -------------------------------------------------------------------

@@ -526,10 +526,14 @@ def symbol_section(
     weights = _weights(config)
     forecasts = forecast_section(config, paths.cache, lake, device)
     tick()
-    paired = [
-        png(cumulative_figure(frame, names, config), "cumulative CRPS difference against naive"),
-        png(difference_figure(frame, names, config), "mean CRPS difference against naive"),
-    ]
+    paired = (
+        [
+            png(cumulative_figure(frame, names, config), "cumulative CRPS difference against naive"),
+            png(difference_figure(frame, names, config), "mean CRPS difference against naive"),
+        ]
+        if set(names) - {baseline_name(config)}
+        else ["<p>only the naive baseline ran: nothing to pair against it.</p>"]
+    )
     tick()
     search = search_section(config, *storage)
     tick()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,9 @@ def test_cli(mg_lake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swe
     assert bad.exit_code == 2 and "symbol NOPE not found" in bad.stderr
     ok = call("--symbols", "BTCUSDT", "ETHUSDT", "--freq", "1h", "--max-steps", "2", "--vocab-size", "16")
     assert ok.exit_code == 0, ok.output
-    assert "2 steps this run" in ok.stdout
+    assert "2 / 2" in ok.stdout  # steps this run / in all
     assert (tmp_path / "models/marketgpt/tiny-1h/config.json").is_file()
-    again = call("--symbols", "BTCUSDT", "ETHUSDT", "--freq", "1h", "--max-steps", "3", "--resume")
-    assert again.exit_code == 0 and "1 steps this run (3 in all)" in again.stdout
+    again = call("--symbols", "BTCUSDT", "ETHUSDT", "--freq", "1h", "--max-steps", "3", "--resume", "--json")
+    assert again.exit_code == 0, again.output
+    done = json.loads(again.stdout)["checkpoints"][0]
+    assert (done["steps_run"], done["steps"]) == (1, 3)
