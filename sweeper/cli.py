@@ -362,8 +362,11 @@ def data_check(
 
 
 def _duration(seconds: int | None) -> str:
+    """12s, 3h05m, 2d 1h00m; '-' for none."""
     if not seconds:
         return "-"
+    if seconds < 60:
+        return f"{seconds}s"
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
     return (f"{days}d " if days else "") + f"{hours}h{rest // 60:02d}m"
