@@ -11,13 +11,17 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
 from sweeper import __version__
 from sweeper.errors import SweepError
 from sweeper.output import Column, Listing, fmt, progress, stderr_console, stdout_console
+
+if TYPE_CHECKING:
+    from sweeper.evaluate import Check
+    from sweeper.store import RunPaths
 
 EXIT_CODES = (
     "Exit codes: 0 done; 1 a check failed (eval --check, data check); 2 bad input or usage (one line on "
@@ -87,9 +91,9 @@ def handled(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def flag(name: str, help: str, short: str | None = None) -> Any:
+def flag(name: str, help: str) -> Any:
     """A boolean option shown as a flag (`--json`), not as `--json/--no-json <bool>`."""
-    return typer.Option(False, name, *([short] if short else []), help=help, metavar="")
+    return typer.Option(False, name, help=help, metavar="")
 
 
 def json_flag() -> Any:
@@ -204,17 +208,20 @@ def _ensemble_cell(row: dict[str, Any]) -> str:
     return f"{fmt(cmp['mean_a'])}, {_vs(cmp, rel)}"
 
 
-def _summary(rows: list[dict[str, Any]], metric: str, paths: Any) -> Listing:
+def _score(split: str, metric: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda row: (row[split] or {}).get(metric)
+
+
+def _summary(rows: list[dict[str, Any]], metric: str, paths: RunPaths) -> Listing:
     """The run's summary: one row per symbol, with the freq the lake gave and random-weight warnings."""
-    split = lambda split, m: lambda r: (r[split] or {}).get(m)  # noqa: E731
     columns = [
         Column("symbol", "symbol"),
         Column("freq", "freq"),
         Column("best", lambda r: r["chosen"] or "none"),
-        Column(f"val {metric}", split("validation", metric), numeric=True),
-        Column(f"test {metric}", split("test", metric), numeric=True),
-        Column("val MAE", split("validation", "mae"), numeric=True),
-        Column("test MAE", split("test", "mae"), numeric=True),
+        Column(f"val {metric}", _score("validation", metric), numeric=True),
+        Column(f"test {metric}", _score("test", metric), numeric=True),
+        Column("val MAE", _score("validation", "mae"), numeric=True),
+        Column("test MAE", _score("test", "mae"), numeric=True),
         Column("test skill vs naive", _skill_cell, numeric=True),
         Column(f"ensemble test {metric} vs best", _ensemble_cell, numeric=True),
     ]
@@ -453,6 +460,24 @@ def promote(
     Listing(title, columns, records, key="decisions", meta={"run_id": run_id, "dry_run": dry_run}).emit(json)
 
 
+def _eval_rows(c: Check) -> list[dict[str, Any]]:
+    """One row per checked metric of a promoted config, or one row saying why it could not be checked."""
+    if c.error:
+        blank = dict.fromkeys(("metric", "recorded", "now"))
+        return [{"symbol": c.symbol, **blank, "status": "error", "error": c.error}]
+    return [
+        {
+            "symbol": c.symbol,
+            "metric": m,
+            "recorded": c.recorded.get(m),
+            "now": c.now.get(m),
+            "status": "REGRESSION" if m in c.regressions else "ok",
+            "error": None,
+        }
+        for m in ("crps", "mae", "pct_return_mae", "directional_accuracy")
+    ]
+
+
 @app.command("eval", cls=Command, epilog=EXIT_CODES)
 @handled
 def eval_(
@@ -469,20 +494,7 @@ def eval_(
     if tolerance < 0:
         raise SweepError(f"--tolerance must be >= 0, got {tolerance}")
     checks, report = run_eval(out, tolerance, lake, device)
-    records = [
-        {"symbol": c.symbol, "metric": None, "recorded": None, "now": None, "status": "error", "error": c.error}
-        if c.error
-        else {
-            "symbol": c.symbol,
-            "metric": m,
-            "recorded": c.recorded.get(m),
-            "now": c.now.get(m),
-            "status": "REGRESSION" if m in c.regressions else "ok",
-            "error": None,
-        }
-        for c in checks
-        for m in (("-",) if c.error else ("crps", "mae", "pct_return_mae", "directional_accuracy"))
-    ]
+    records = [row for c in checks for row in _eval_rows(c)]
     status = {"REGRESSION": "[red]REGRESSION[/red]", "ok": "ok"}
     columns = [
         Column("symbol", "symbol"),
