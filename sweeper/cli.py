@@ -493,7 +493,8 @@ def eval_(
 
     if tolerance < 0:
         raise SweepError(f"--tolerance must be >= 0, got {tolerance}")
-    checks, report = run_eval(out, tolerance, lake, device)
+    with progress(json) as step:
+        checks, report = run_eval(out, tolerance, lake, device, step)
     records = [row for c in checks for row in _eval_rows(c)]
     status = {"REGRESSION": "[red]REGRESSION[/red]", "ok": "ok"}
     columns = [

@@ -21,6 +21,7 @@ from sweeper.errors import SweepError
 from sweeper.forecast import Forecaster
 from sweeper.metrics import HIGHER_IS_BETTER, METRICS
 from sweeper.objective import Candidate, SymbolTask, mean_scores
+from sweeper.output import Step
 from sweeper.plan import Protocol, make_plan
 
 # wall-clock latency is not reproducible, so it is reported but never a regression
@@ -138,13 +139,22 @@ def _num(x: float | None) -> str:
     return "-" if x is None or not np.isfinite(x) else f"{x:.6g}"
 
 
-def run_eval(out: Path, tolerance: float, lake: str | None = None, device: str = "auto") -> tuple[list[Check], Path]:
-    """Check every promoted config; write results/eval/<timestamp>.json and .md."""
+def run_eval(
+    out: Path, tolerance: float, lake: str | None = None, device: str = "auto", step: Step | None = None
+) -> tuple[list[Check], Path]:
+    """Check every promoted config; write results/eval/<timestamp>.json and .md. `step(label, done, total)`
+    is told after each config (a progress bar: a model's configs take seconds each)."""
     best = out / "hyperparams" / "best"
     paths = sorted(best.glob("*.json")) if best.is_dir() else []
     if not paths:
         raise SweepError(f"nothing to evaluate: no promoted configs in {best} (run `sweep promote RUN_ID` first)")
-    checks = [check_config(p, tolerance, lake, device) for p in paths]
+    checks = []
+    for i, p in enumerate(paths):
+        if step:
+            step("eval", i, len(paths))
+        checks.append(check_config(p, tolerance, lake, device))
+    if step:
+        step("eval", len(paths), len(paths))
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     report = out / "results" / "eval" / f"{stamp}.json"
     write_json(

@@ -124,6 +124,8 @@ def test_runs_are_listed_by_creation_time_with_freq_trials_duration(workspace: P
 def test_progress_shows_an_eta(workspace: Path, cli) -> None:
     r = cli("report", "zeta", "--out", workspace)
     assert r.exit_code == 0 and "report zeta" in r.stdout and "eta" in r.stdout
+    r = cli("eval", "--out", workspace)
+    assert r.exit_code == 0 and "eval" in r.stdout.splitlines()[0] and "eta" in r.stdout
 
 
 def test_cache_clean_removes_only_the_cache_and_never_under_a_running_run(workspace: Path, cli) -> None:
@@ -156,10 +158,15 @@ def test_cache_clean_removes_only_the_cache_and_never_under_a_running_run(worksp
 def test_scheduler_switch_for_ray(cli, tmp_path: Path) -> None:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from sweeper.ray_engine import RayOptions
+    from sweeper.ray_engine import RayEngine, RayOptions
+    from sweeper.store import RunPaths
+    from sweeper.sweep import RunRequest, engine_for, prepare
 
     assert isinstance(RayOptions(None, None, 0, tmp_path).trial_scheduler("min", 4), ASHAScheduler)
     assert isinstance(RayOptions(None, None, 0, tmp_path, "fifo").trial_scheduler("min", 4), FIFOScheduler)
+    req = RunRequest(["BTCUSD"], lake=str(SHARED_LAKE), freq="1d", engine="ray", scheduler="fifo", val_origins=60)
+    engine = engine_for(prepare(req), RunPaths(tmp_path, "r"), None)
+    assert isinstance(engine, RayEngine) and engine.opts.scheduler == "fifo"  # nothing started yet
     base = ("run", "--symbols", "BTCUSD", "--freq", "1d", *SMALL, "--out", tmp_path)
     r = cli(*base, "--scheduler", "fifo")
     assert r.exit_code == 2 and "need --engine ray" in r.stderr
