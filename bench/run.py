@@ -31,6 +31,7 @@ from bench.backends import LIBRARIES, print_table
 from sweeper import metrics
 from sweeper.aggregate import aggregate
 from sweeper.backends import REGISTRY, backend_class
+from sweeper.metric import get
 from sweeper.objective import SymbolTask
 from sweeper.plan import contexts
 from sweeper.store import RunPaths
@@ -83,7 +84,7 @@ def naive_loop(task: SymbolTask, backend: str, checkpoint: str | None, trials: i
     """The closest existing tool's loop, with the same seeded TPE over the same space and origins: per trial
     load the model, forecast each validation origin on its own, aggregate, score."""
     space = task.spaces[backend]
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed), direction=metrics.direction(metric))
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed), direction=get(metric).direction)
     if space.defaults() is not None:
         study.enqueue_trial(space.defaults())
     origins, horizon, truth = task.plan.origins("val"), task.plan.protocol.horizon, task.truth("val")

@@ -154,19 +154,21 @@ def _parse_checkpoints(items: list[str] | None) -> dict[str, str]:
 
 
 def _summary_rows(results: list[Any], metric: str) -> list[dict[str, Any]]:
+    from sweeper.metric import get
+
+    m = get(metric)
     rows = []
     for r in results:
-        chosen = r.backends.get(r.chosen) if r.chosen else None
+        chosen = r.chosen_result()
         vs = r.comparisons.get("chosen_vs_naive", {})
-        test_cmp = vs.get("test")
-        skill = None
-        if test_cmp is not None and test_cmp.mean_b and r.chosen != "naive":
-            skill = -test_cmp.diff / test_cmp.mean_b
+        skill = m.skill(vs["test"]) if "test" in vs else None  # positive: better than naive, either direction
         ens = r.comparisons.get("ensemble_vs_chosen", {})
         rows.append(
             {
                 "symbol": r.symbol,
                 "chosen": r.chosen,
+                "is_naive": chosen is r.baseline,
+                "selection": {"rule": r.rule, "why": r.why},
                 "params": chosen.params if chosen else None,
                 "validation": chosen.val if chosen else None,
                 "test": chosen.test if chosen else None,
@@ -180,6 +182,7 @@ def _summary_rows(results: list[Any], metric: str) -> list[dict[str, Any]]:
                     "validation": r.ensemble.val,
                     "test": r.ensemble.test,
                     "vs_chosen": {s: c.to_dict() for s, c in ens.items()},
+                    "test_skill_vs_chosen": m.skill(ens["test"]) if "test" in ens else None,
                 },
                 "skipped": {b: x.error for b, x in r.backends.items() if x.error},
             }
@@ -188,15 +191,15 @@ def _summary_rows(results: list[Any], metric: str) -> list[dict[str, Any]]:
 
 
 def _vs(cmp: dict[str, Any] | None, relative: float | None) -> str:
-    """'+3.1%' with '(within noise)' when the bootstrap interval holds zero."""
+    """'+3.1%' (positive: better) with '(within noise)' when the DM test does not reject equal skill."""
     if not cmp or relative is None:
         return "-"
     return f"{relative:+.1%}" + (" (within noise)" if cmp["within_noise"] else "")
 
 
 def _skill_cell(row: dict[str, Any]) -> str:
-    if row["chosen"] == "naive":
-        return "best is naive"
+    if row["is_naive"]:
+        return "chosen is naive"
     return _vs(row["vs_naive"].get("test"), row["test_skill_vs_naive"])
 
 
@@ -204,8 +207,7 @@ def _ensemble_cell(row: dict[str, Any]) -> str:
     cmp = (row["ensemble"] or {}).get("vs_chosen", {}).get("test")
     if not cmp:
         return "-"
-    rel = cmp["diff"] / cmp["mean_b"] if cmp["mean_b"] else None
-    return f"{fmt(cmp['mean_a'])}, {_vs(cmp, rel)}"
+    return f"{fmt(cmp['mean_a'])}, {_vs(cmp, row['ensemble']['test_skill_vs_chosen'])}"
 
 
 def _score(split: str, metric: str) -> Callable[[dict[str, Any]], Any]:
@@ -217,7 +219,7 @@ def _summary(rows: list[dict[str, Any]], metric: str, paths: RunPaths) -> Listin
     columns = [
         Column("symbol", "symbol"),
         Column("freq", "freq"),
-        Column("best", lambda r: r["chosen"] or "none"),
+        Column("best", lambda r: "naive (defaults)" if r["chosen"] == "baseline" else r["chosen"] or "none"),
         Column(f"val {metric}", _score("validation", metric), numeric=True),
         Column(f"test {metric}", _score("test", metric), numeric=True),
         Column("val MAE", _score("validation", "mae"), numeric=True),
@@ -232,8 +234,14 @@ def _summary(rows: list[dict[str, Any]], metric: str, paths: RunPaths) -> Listin
         for r in rows
         if r["random_weights"]
     ]
+    from sweeper.select import RULES
+
+    rule = rows[0]["selection"]["rule"] if rows else None  # one rule per run
+    if rule:
+        notes.append(f"selection rule: {rule} ({RULES[rule]})")
+    notes += [f"{r['symbol']}: {r['selection']['why']}" for r in rows]
     notes.append(f"configs: {paths.hyperparams}   results: {paths.results}")
-    meta = {"run_id": paths.run_id, "metric": metric, "results": str(paths.results)}
+    meta = {"run_id": paths.run_id, "metric": metric, "select": rule, "results": str(paths.results)}
     return Listing(f"sweep run {paths.run_id}", columns, rows, key="symbols", meta=meta, notes=notes)
 
 
@@ -247,6 +255,10 @@ def run(
     trials: int = typer.Option(None, help="Trials per symbol and backend (default 50)."),
     timeout: float = typer.Option(None, help="Seconds per symbol and backend study."),
     metric: str = typer.Option(None, help="Selection metric (default crps)."),
+    select: str = typer.Option(
+        None, "--select", help="beats-naive (default: naive unless beaten beyond noise on validation) or best."
+    ),
+    season: int = typer.Option(None, help="Season of the MASE/MSIS scale (default: per bar size and asset class)."),
     horizon: int = typer.Option(None, help="Bars ahead to forecast (default 1)."),
     val_origins: int = typer.Option(None, help="Validation origins (default: up to 500)."),
     test_origins: int = typer.Option(None, help="Test origins (default: up to 200)."),
@@ -291,6 +303,8 @@ def run(
         "freq": freq,
         "backends": backends,
         "metric": metric,
+        "select": select,
+        "season": season,
         "horizon": horizon,
         "val_origins": val_origins,
         "test_origins": test_origins,
@@ -440,18 +454,23 @@ def promote(
     dry_run: bool = flag("--dry-run", "Show what would change; write nothing."),
     out: Path = typer.Option(Path("."), help="Folder holding hyperparams/ and results/."),
     lake: str = typer.Option(None, help="Lake to re-score on (default: the one each config recorded)."),
+    max_reuse: int = typer.Option(
+        None, "--max-reuse", help="Refuse once the candidate's test origins decided this many promotions (default 3)."
+    ),
     json: bool = json_flag(),
 ) -> None:
     """Copy a run's winners to hyperparams/best/ when they beat the current best beyond noise."""
     from sweeper.promote import promote as do_promote
 
-    decisions = do_promote(out, run_id, symbols, force, dry_run, lake)
+    limit = {} if max_reuse is None else {"max_reuse": max_reuse}
+    decisions = do_promote(out, run_id, symbols, force, dry_run, lake, **limit)
     records = [
         {
             "symbol": d.symbol,
             "action": ("would promote" if dry_run else "promoted") if d.promote else "refused",
             "reason": d.reason,
             "comparison": d.comparison.to_dict() if d.comparison else None,
+            "arena": d.arena,
         }
         for d in decisions
     ]
@@ -461,20 +480,16 @@ def promote(
 
 
 def _eval_rows(c: Check) -> list[dict[str, Any]]:
-    """One row per checked metric of a promoted config, or one row saying why it could not be checked."""
+    """One row per metric of a promoted config (every checked one, latency as not checked), or one row
+    saying why it could not be checked."""
+    from sweeper.evaluate import rows
+
     if c.error:
         blank = dict.fromkeys(("metric", "recorded", "now"))
         return [{"symbol": c.symbol, **blank, "status": "error", "error": c.error}]
     return [
-        {
-            "symbol": c.symbol,
-            "metric": m,
-            "recorded": c.recorded.get(m),
-            "now": c.now.get(m),
-            "status": "REGRESSION" if m in c.regressions else "ok",
-            "error": None,
-        }
-        for m in ("crps", "mae", "pct_return_mae", "directional_accuracy")
+        {"symbol": c.symbol, "metric": m, "recorded": rec, "now": now, "status": status, "error": None}
+        for m, rec, now, status in rows(c)
     ]
 
 
@@ -496,7 +511,7 @@ def eval_(
     with progress(json) as step:
         checks, report = run_eval(out, tolerance, lake, device, step)
     records = [row for c in checks for row in _eval_rows(c)]
-    status = {"REGRESSION": "[red]REGRESSION[/red]", "ok": "ok"}
+    status = {"REGRESSION": "[red]REGRESSION[/red]", "ok": "ok", "not checked": "not checked"}
     columns = [
         Column("symbol", "symbol"),
         Column("metric", "metric"),

@@ -19,13 +19,11 @@ from sweeper.cache import ForecastCache
 from sweeper.data import Series, load, resolve_lake
 from sweeper.errors import SweepError
 from sweeper.forecast import Forecaster
-from sweeper.metrics import HIGHER_IS_BETTER, METRICS
+from sweeper.metric import REGISTRY, checked
 from sweeper.objective import Candidate, SymbolTask, mean_scores
 from sweeper.output import Step
-from sweeper.plan import Protocol, make_plan
-
-# wall-clock latency is not reproducible, so it is reported but never a regression
-CHECKED = tuple(m for m in METRICS if m != "latency_s")
+from sweeper.plan import Plan, Protocol, make_plan
+from sweeper.store import SCHEMA_VERSION
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -37,7 +35,14 @@ def read_config(path: Path) -> dict[str, Any]:
 
 def protocol_of(config: dict[str, Any]) -> Protocol:
     p = config["protocol"]
-    return Protocol(p["horizon"], p["max_context"], p["val_origins"]["count"], p["test_origins"]["count"], p["stride"])
+    return Protocol(
+        p["horizon"],
+        p["max_context"],
+        p["val_origins"]["count"],
+        p["test_origins"]["count"],
+        p["stride"],
+        p.get("season"),
+    )
 
 
 def load_recorded(config: dict[str, Any], lake: str | None = None) -> Series:
@@ -53,13 +58,18 @@ def load_recorded(config: dict[str, Any], lake: str | None = None) -> Series:
 
 
 def task_on(
-    series: Series, protocol: Protocol, config: dict[str, Any], device: str = "auto", cache: Path | None = None
+    series: Series,
+    protocol: Protocol,
+    config: dict[str, Any],
+    device: str = "auto",
+    cache: Path | None = None,
+    plan: Plan | None = None,
 ) -> SymbolTask:
-    """A task that scores `config`'s candidates on `series` under `protocol`, with the config's seed and
-    checkpoints (and a run's forecast cache when given)."""
+    """A task that scores `config`'s candidates on `series` under `protocol` (or on `plan`'s origins), with
+    the config's seed and checkpoints (and a run's forecast cache when given)."""
     checkpoints = {b: r["checkpoint"] for b, r in config["backends"].items() if r.get("checkpoint")}
     forecaster = Forecaster(ForecastCache(cache), seed=config["seed"], device=device, checkpoints=checkpoints)
-    return SymbolTask(series, make_plan(series, protocol), {}, forecaster)
+    return SymbolTask(series, plan or make_plan(series, protocol), {}, forecaster)
 
 
 def recorded_task(
@@ -79,6 +89,15 @@ def chosen_candidate(config: dict[str, Any]) -> Candidate:
     return Candidate(c["backend"], c["params"], c["draws"])
 
 
+def recorded_test(config: dict[str, Any]) -> dict[str, float | None]:
+    """The chosen candidate's recorded test means: its backend's, or the naive defaults' when the rule fell
+    back to a naive baseline that was not searched."""
+    backend = config["chosen"]["backend"]
+    if backend in config["backends"]:
+        return config["backends"][backend]["test"]
+    return config["baseline"]["test"]
+
+
 @dataclass
 class Check:
     symbol: str
@@ -88,31 +107,39 @@ class Check:
     error: str | None = None
 
 
-def worse(metric: str, recorded: float, now: float, tolerance: float) -> bool:
-    """Now is worse than recorded by more than `tolerance` (relative)."""
-    slack = tolerance * max(abs(recorded), 1e-12)
-    return now < recorded - slack if metric in HIGHER_IS_BETTER else now > recorded + slack
-
-
 def check_config(path: Path, tolerance: float, lake: str | None = None, device: str = "auto") -> Check:
     config = read_config(path)
     check = Check(config.get("symbol", path.stem))
     try:
+        if config.get("schema_version", 1) < SCHEMA_VERSION:  # its recorded numbers mean something else
+            raise SweepError(
+                f"{check.symbol}: config schema {config.get('schema_version', 1)} was scored with other metric "
+                f"definitions (schema {SCHEMA_VERSION}: seasonal MASE/MSIS scale, centred naive); re-run, promote"
+            )
         task = recorded_task(config, lake, device)
         cand = chosen_candidate(config)
         check.now = mean_scores(task.scores(cand, "test"))
     except SweepError as exc:
         check.error = str(exc)
         return check
-    check.recorded = config["backends"][cand.backend]["test"]
+    check.recorded = recorded_test(config)
     check.regressions = [
-        m
-        for m in CHECKED
-        if check.recorded.get(m) is not None
-        and np.isfinite(check.now[m])
-        and worse(m, check.recorded[m], check.now[m], tolerance)  # type: ignore[arg-type]
+        m.name
+        for m in checked()
+        if check.recorded.get(m.name) is not None
+        and np.isfinite(check.now[m.name])
+        and m.worse(check.recorded[m.name], check.now[m.name], tolerance)  # type: ignore[arg-type]
     ]
     return check
+
+
+def rows(check: Check) -> list[tuple[str, float | None, float | None, str]]:
+    """(metric, recorded, now, status) for every metric: each checked one ok or REGRESSION, latency shown."""
+    out = []
+    for m in REGISTRY.values():
+        status = ("REGRESSION" if m.name in check.regressions else "ok") if m.reproducible else "not checked"
+        out.append((m.name, check.recorded.get(m.name), check.now.get(m.name), status))
+    return out
 
 
 def markdown(checks: list[Check], tolerance: float) -> str:
@@ -128,9 +155,7 @@ def markdown(checks: list[Check], tolerance: float) -> str:
         if c.error:
             lines.append(f"| {c.symbol} | - | - | - | ERROR: {c.error} |")
             continue
-        for m in CHECKED:
-            rec, now = c.recorded.get(m), c.now.get(m)
-            status = "REGRESSION" if m in c.regressions else "ok"
+        for m, rec, now, status in rows(c):
             lines.append(f"| {c.symbol} | {m} | {_num(rec)} | {_num(now)} | {status} |")
     return "\n".join(lines) + "\n"
 

@@ -3,6 +3,15 @@
 Every function takes samples `(B, N, H)` or points `(B, H)`, targets `(B, H)` and returns one value per
 origin `(B,)`, so any two candidates can later be compared origin by origin. CRPS comes from
 `scoringrules` (the ensemble estimator; exact for equally weighted samples, weighted for mixtures).
+What a metric means (direction, aggregation, display) is `sweeper.metric`'s.
+
+MASE and MSIS divide by one number per series, the in-sample seasonal-naive MAE
+mean |y_t - y_{t-m}| over the closes before the first validation origin (as gluonts' `Evaluator`, M4 and
+fev define it, there over a forecast's own past), with the season m of `default_season` unless the run
+sets one. So a forecast's scaled score does not depend on which other backends a run has, and all origins
+of a series share one scale. A move is "no move" (a tie) when its relative size is at most `TIE`: a tie
+on either side scores 0.5 in directional accuracy (no direction is neither right nor wrong) and keeps
+the sign strategy flat (`sweeper.trading`).
 """
 
 from __future__ import annotations
@@ -13,22 +22,32 @@ import numpy as np
 import scoringrules as sr
 
 from sweeper.aggregate import quantile
-from sweeper.errors import SweepError
+from sweeper.data import freq_seconds
 
-# lower is better for all but directional_accuracy
-METRICS = ("crps", "msis", "mae", "mse", "mase", "pct_return_mae", "directional_accuracy", "latency_s")
-HIGHER_IS_BETTER = frozenset({"directional_accuracy"})
 MSIS_ALPHA = 0.05
+# |change / last close| at or below this is no change: 0.01 bp, above the float32 resolution (6e-8) of
+# cached draws, so a no-change forecast read off them stays a tie
+TIE = 1e-6
 
 
-def check_metric(name: str) -> str:
-    if name not in METRICS:
-        raise SweepError(f"unknown metric {name!r}: choose one of {', '.join(METRICS)}")
-    return name
+def default_season(freq: str, asset_class: str) -> int:
+    """The seasonal-naive season m per bar size and asset class (README, "Evaluation protocol"): intraday
+    bars of markets open around the clock repeat daily (1h: 24); equity sessions differ in length (1);
+    daily bars repeat weekly, over 7 days for crypto and 5 trading days for the others; longer bars: 1."""
+    seconds = freq_seconds(freq)
+    if seconds < 86400:
+        return 1 if asset_class == "equity" else 86400 // seconds
+    if seconds == 86400:
+        return 7 if asset_class == "crypto" else 5
+    return 1
 
 
-def direction(name: str) -> str:
-    return "maximize" if name in HIGHER_IS_BETTER else "minimize"
+def seasonal_scale(history: np.ndarray, season: int) -> float:
+    """In-sample seasonal-naive MAE of `history` (closes in time order); season 1 when the history is not
+    longer than one season (as gluonts). NaN when it is zero (a flat history scales nothing)."""
+    m = season if season < history.size else 1
+    value = float(np.abs(history[m:] - history[:-m]).mean()) if history.size > m else float("nan")
+    return value if value > 0 else float("nan")
 
 
 @dataclass(frozen=True)
@@ -37,12 +56,11 @@ class Truth:
 
     y: np.ndarray  # (B, H) actual closes
     last_close: np.ndarray  # (B,) last close in the context
-    scale: np.ndarray  # (B,) mean |one-step change| over the context, the MASE/MSIS denominator
+    scale: np.ndarray  # (B,) the MASE/MSIS denominator: the series' seasonal scale, the same at every origin
 
 
-def truth(y: np.ndarray, context_close: np.ndarray) -> Truth:
-    scale = np.abs(np.diff(context_close, axis=1)).mean(axis=1)
-    return Truth(y, context_close[:, -1], np.where(scale > 0, scale, np.nan))
+def truth(y: np.ndarray, last_close: np.ndarray, scale: float) -> Truth:
+    return Truth(y, last_close, np.full(last_close.shape, scale))
 
 
 def crps(samples: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, presorted: bool = False) -> np.ndarray:
@@ -55,11 +73,21 @@ def crps(samples: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, 
 
 
 def weighted_quantile(samples: np.ndarray, weights: np.ndarray, q: float) -> np.ndarray:
-    """Inverse CDF of the weighted empirical distribution at q: (B, N, H), (N,) -> (B, H)."""
+    """Linearly interpolated quantile of weighted draws: (B, N, H), (N,) -> (B, H). Draw k of the sorted
+    draws sits at probability (W_k - w_k) / (W - w_k) (W_k: cumulative weight), which for equal weights is
+    k / (N - 1), numpy's default: so a mixture's interval and its members' intervals are read the same way."""
     order = np.argsort(samples, axis=1)
-    cum = np.cumsum(weights[order], axis=1)
-    idx = np.minimum((cum < q * cum[:, -1:, :]).sum(axis=1, keepdims=True), samples.shape[1] - 1)
-    return np.take_along_axis(np.take_along_axis(samples, order, axis=1), idx, axis=1)[:, 0, :]
+    x = np.take_along_axis(samples, order, axis=1)
+    w = weights[order] / weights.sum()
+    pos = (np.cumsum(w, axis=1) - w) / np.maximum(1.0 - w, 1e-300)
+    pos = np.maximum.accumulate(np.minimum(pos, 1.0), axis=1)
+    n = samples.shape[1]
+    lo = np.clip((pos <= q).sum(axis=1, keepdims=True) - 1, 0, max(n - 2, 0))
+    hi = np.minimum(lo + 1, n - 1)
+    p_lo, p_hi = np.take_along_axis(pos, lo, axis=1), np.take_along_axis(pos, hi, axis=1)
+    x_lo, x_hi = np.take_along_axis(x, lo, axis=1), np.take_along_axis(x, hi, axis=1)
+    frac = np.clip(np.where(p_hi > p_lo, (q - p_lo) / np.where(p_hi > p_lo, p_hi - p_lo, 1.0), 0.0), 0.0, 1.0)
+    return (x_lo + frac * (x_hi - x_lo))[:, 0, :]
 
 
 def msis(
@@ -70,7 +98,7 @@ def msis(
     weights: np.ndarray | None = None,
     presorted: bool = False,
 ) -> np.ndarray:
-    """Interval score of the central (1 - alpha) sample interval, divided by the naive scale."""
+    """Interval score of the central (1 - alpha) sample interval, divided by the seasonal scale."""
     if weights is None:
         s = samples if presorted else np.sort(samples, axis=1)
         lo, hi = quantile(s, alpha / 2), quantile(s, 1 - alpha / 2)
@@ -90,8 +118,19 @@ def point_scores(point: np.ndarray, t: Truth) -> dict[str, np.ndarray]:
         "mse": (err**2).mean(axis=1),
         "mase": mae / t.scale,
         "pct_return_mae": np.abs(actual_ret - pred_ret).mean(axis=1),
-        "directional_accuracy": (np.sign(actual_ret) == np.sign(pred_ret)).mean(axis=1),
+        "directional_accuracy": direction_hits(pred_ret, actual_ret).mean(axis=1),
     }
+
+
+def move(ret: np.ndarray) -> np.ndarray:
+    """The direction of a relative change: +1, -1, or 0 for a tie (|change| <= TIE)."""
+    return np.where(np.abs(ret) <= TIE, 0.0, np.sign(ret))
+
+
+def direction_hits(pred_ret: np.ndarray, actual_ret: np.ndarray) -> np.ndarray:
+    """1 where predicted and actual moves agree, 0 where they oppose, 0.5 where either is a tie."""
+    p, a = move(pred_ret), move(actual_ret)
+    return np.where((p == 0) | (a == 0), 0.5, (p == a).astype(np.float64))
 
 
 def score(

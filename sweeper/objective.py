@@ -16,7 +16,8 @@ from sweeper import metrics
 from sweeper.aggregate import aggregate
 from sweeper.data import Series
 from sweeper.forecast import Forecaster
-from sweeper.plan import Plan, contexts, targets
+from sweeper.metric import get
+from sweeper.plan import Plan, targets
 from sweeper.space import Space
 
 
@@ -53,12 +54,20 @@ class SymbolTask:
     forecaster: Forecaster
     _truth: dict[str, metrics.Truth] = field(default_factory=dict)
 
+    @property
+    def season(self) -> int:
+        return self.plan.protocol.season or metrics.default_season(self.series.freq, self.series.asset_class)
+
+    def scale(self) -> float:
+        """The MASE/MSIS denominator: seasonal-naive MAE of the closes before the first validation origin."""
+        return metrics.seasonal_scale(self.series.close[: int(self.plan.val[0])], self.season)
+
     def truth(self, split: str) -> metrics.Truth:
-        """Targets and MASE scale; the scale uses the plan's longest context so it is equal for all."""
+        """Targets, last context closes and the series' scale for the origins of `split`."""
         if split not in self._truth:
             idx = self.plan.origins(split)
-            ctx = contexts(self.series, idx, self.plan.protocol.max_context)
-            self._truth[split] = metrics.truth(targets(self.series, idx, self.plan.protocol.horizon), ctx.close)
+            y = targets(self.series, idx, self.plan.protocol.horizon)
+            self._truth[split] = metrics.truth(y, self.series.close[idx - 1], self.scale())
         return self._truth[split]
 
     def forecast(self, cand: Candidate, split: str, name: str | None = None) -> Forecast:
@@ -80,7 +89,8 @@ VAL_MEANS = "val_means"
 
 
 def mean_scores(scores: dict[str, np.ndarray]) -> dict[str, float]:
-    return {k: float(np.nanmean(v)) for k, v in scores.items()}
+    """Each metric's per-origin values aggregated as the metric says (`sweeper.metric`)."""
+    return {k: get(k).aggregate(v) for k, v in scores.items()}
 
 
 def objective(trial: optuna.Trial, task: SymbolTask, backend: str, objectives: tuple[str, ...]) -> float | tuple:

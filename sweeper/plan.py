@@ -32,6 +32,7 @@ class Protocol:
     val_origins: int | None = None  # None: as many as the series allows, up to MAX_VAL_ORIGINS
     test_origins: int | None = None
     stride: int = 1
+    season: int | None = None  # of the MASE/MSIS scale; None: metrics.default_season of the series
 
 
 @dataclass(frozen=True)

@@ -1,26 +1,39 @@
 """Promotion: a run's winner replaces `hyperparams/best/<SYMBOL>.json` only when it is truly better.
 
-Both the candidate and the current best are scored on the candidate's test origins and data (the current
-best is re-scored there with its own knobs, checkpoint and seed, so differing protocols do not matter);
-neither was selected on those origins. The candidate is promoted when the block-bootstrap interval of the
-difference lies entirely on the better side of zero; `--force` overrides. Each promotion appends a line to
-`hyperparams/best/history.jsonl`.
+Both the candidate and the current best are scored on the same origins and data (the current best is
+re-scored there with its own knobs, checkpoint and seed, so differing protocols do not matter). Which
+origins is the decision's first half (`arena`): neither config was selected on them, and a series of
+promotions must not keep choosing on the same ones (that would make them a validation set):
+
+- when the lake has grown since the candidate's run (the recorded bars unchanged, new bars after them),
+  the origins after both configs' test windows: never seen by either;
+- otherwise the candidate's test origins, with the number of earlier promotions decided on exactly these
+  origins counted from `history.jsonl` and shown; once that reaches `max_reuse`, promotion is refused.
+
+The second half (`decide`): the candidate is promoted when it beats the current best beyond noise on the
+selection metric (the Diebold-Mariano test of `compare.py`); `--force` overrides both halves. Each
+promotion appends a line, with the origins it was decided on, to `hyperparams/best/history.jsonl`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from sweeper.atomic import write_bytes, write_json
 from sweeper.compare import Comparison, paired_bootstrap
+from sweeper.data import Series, load, resolve_lake
 from sweeper.errors import SweepError, check_name
-from sweeper.evaluate import chosen_candidate, load_recorded, protocol_of, read_config, task_on
-from sweeper.metrics import HIGHER_IS_BETTER
+from sweeper.evaluate import chosen_candidate, protocol_of, read_config, task_on
+from sweeper.metric import get
+from sweeper.plan import MIN_TEST_ORIGINS, Plan, make_plan
+
+MAX_REUSE = 3  # promotions one set of origins may decide before it is refused as worn out
 
 
 @dataclass
@@ -29,18 +42,101 @@ class Decision:
     promote: bool
     reason: str
     comparison: Comparison | None = None
+    arena: dict[str, Any] | None = None  # the origins decided on (written to history.jsonl)
 
 
-def _arena_scores(candidate: dict[str, Any], current: dict[str, Any], lake: str | None) -> Comparison:
-    metric = candidate["selection_metric"]
-    series = load_recorded(candidate, lake)
+@dataclass(frozen=True)
+class Arena:
+    """The origins a promotion is decided on, the data they are read from, and how often they decided before."""
+
+    series: Series
+    plan: Plan  # `test` holds the deciding origins; `val` the candidate's (its MASE/MSIS scale)
+    fresh: bool  # True: after both configs' test windows (the lake grew); False: the candidate's test origins
+    reuses: int  # earlier promotions decided on exactly these origins
+
+    def key(self) -> str:
+        s, o = self.series, self.plan.test
+        return f"{s.symbol}|{s.freq}|H={self.plan.protocol.horizon}|{s.ts[o[0]]}|{s.ts[o[-1]]}|{o.size}"
+
+    def describe(self) -> dict[str, Any]:
+        o = self.plan.test
+        return {
+            "origins": "fresh" if self.fresh else "candidate test",
+            "key": self.key(),
+            "count": int(o.size),
+            "first_ts": str(self.series.ts[o[0]]),
+            "last_ts": str(self.series.ts[o[-1]]),
+            "earlier_decisions": self.reuses,
+        }
+
+    def said(self, max_reuse: int) -> str:
+        d = self.describe()
+        where = f"{d['count']} origins {d['first_ts'][:19]} .. {d['last_ts'][:19]}"
+        if self.fresh:
+            return f"on {where}, after both test windows"
+        used = f"used by {self.reuses} earlier promotions (limit {max_reuse})"
+        return f"on the candidate's test origins ({where}), {used}"
+
+
+def _head(series: Series, rows: int) -> Series:
+    return Series(series.symbol, series.freq, series.asset_class, series.ts[:rows], series.ohlcv[:rows], series.source)
+
+
+def _series_now(candidate: dict[str, Any], lake: str | None) -> tuple[Series, bool]:
+    """The candidate's series as the lake holds it now, and whether it has grown: bars after the recorded
+    ones, the recorded ones unchanged (anything else is changed data, an error)."""
+    root = resolve_lake(lake or candidate["data"]["lake"])
+    now = load(root, [candidate["symbol"]], candidate["freq"])[0]
+    rows = int(candidate["data"]["rows"])
+    head = _head(now, rows).fingerprint if len(now) >= rows else now.fingerprint
+    if head != candidate["data"]["fingerprint"]:
+        raise SweepError(
+            f"data changed: the first {rows} bars of {now.symbol} {now.freq} in {root} are not the ones the "
+            f"candidate recorded (fingerprint {head}, recorded {candidate['data']['fingerprint']})"
+        )
+    return now, len(now) > rows
+
+
+def reuse_count(past: list[dict[str, Any]], key: str) -> int:
+    """Promotions in `history.jsonl` decided on the origins named `key`."""
+    return sum(1 for e in past if (e.get("arena") or {}).get("key") == key)
+
+
+def arena(candidate: dict[str, Any], current: dict[str, Any], lake: str | None, past: list[dict[str, Any]]) -> Arena:
+    """The origins neither config was selected on (module docstring)."""
     protocol = protocol_of(candidate)
-    new = task_on(series, protocol, candidate).scores(chosen_candidate(candidate), "test")[metric]
-    old = task_on(series, protocol, current).scores(chosen_candidate(current), "test")[metric]
-    return paired_bootstrap(new, old, metric, protocol.horizon, seed=candidate["seed"])
+    series, grown = _series_now(candidate, lake)
+    plan = make_plan(_head(series, int(candidate["data"]["rows"])), protocol)  # the candidate's own origins
+    fresh = np.zeros(0, dtype=np.int64)
+    if grown:
+        seen = max(np.datetime64(c["protocol"]["test_origins"]["last_ts"]) for c in (candidate, current))
+        start = int(np.searchsorted(series.ts, seen, side="right")) + protocol.horizon - 1  # targets all after
+        fresh = np.arange(start, len(series) - protocol.horizon + 1, protocol.stride, dtype=np.int64)
+    if fresh.size >= MIN_TEST_ORIGINS:
+        plan = Plan(protocol, plan.val, fresh)
+    where = Arena(series, plan, fresh.size >= MIN_TEST_ORIGINS, 0)
+    return replace(where, reuses=reuse_count(past, where.key()))
 
 
-def decide(candidate: dict[str, Any], current: dict[str, Any] | None, force: bool, lake: str | None) -> Decision:
+def _arena_scores(candidate: dict[str, Any], current: dict[str, Any], where: Arena) -> Comparison:
+    metric = candidate["selection_metric"]
+    protocol = where.plan.protocol
+
+    def scores(config: dict[str, Any]) -> np.ndarray:
+        task = task_on(where.series, protocol, config, plan=where.plan)
+        return task.scores(chosen_candidate(config), "test")[metric]
+
+    return paired_bootstrap(scores(candidate), scores(current), metric, protocol.horizon, seed=candidate["seed"])
+
+
+def decide(
+    candidate: dict[str, Any],
+    current: dict[str, Any] | None,
+    force: bool,
+    lake: str | None,
+    past: list[dict[str, Any]] | None = None,
+    max_reuse: int = MAX_REUSE,
+) -> Decision:
     symbol = candidate["symbol"]
     if not candidate.get("chosen"):
         return Decision(symbol, False, "the run selected nothing for this symbol")
@@ -49,15 +145,28 @@ def decide(candidate: dict[str, Any], current: dict[str, Any] | None, force: boo
     for key in ("freq", "horizon"):
         if current[key] != candidate[key] and not force:
             return Decision(symbol, False, f"current best has {key} {current[key]}, candidate {candidate[key]}")
-    cmp = _arena_scores(candidate, current, lake)
-    better = cmp.low > 0 if cmp.metric in HIGHER_IS_BETTER else cmp.high < 0
-    detail = f"{cmp.metric} {cmp.mean_a:.6g} vs {cmp.mean_b:.6g}, diff 95% CI [{cmp.low:.4g}, {cmp.high:.4g}]"
-    if better:
-        return Decision(symbol, True, f"better beyond noise: {detail}", cmp)
-    verdict = "within noise" if cmp.within_noise else "worse"
+    where = arena(candidate, current, lake, past or [])
+    worn = not where.fresh and where.reuses >= max_reuse
+    if worn and not force:
+        return Decision(
+            symbol,
+            False,
+            f"refused: the candidate's test origins already decided {where.reuses} promotions (limit {max_reuse}); "
+            "let the lake grow for fresh origins, or run with a later test window",
+            arena=where.describe(),
+        )
+    cmp = _arena_scores(candidate, current, where)
+    m = get(cmp.metric)
+    detail = (
+        f"{cmp.metric} {cmp.mean_a:.6g} vs {cmp.mean_b:.6g}, DM p = {cmp.p_value:.3g}, "
+        f"diff 95% CI [{cmp.low:.4g}, {cmp.high:.4g}], {where.said(max_reuse)}"
+    )
+    if m.beats(cmp) and not worn:
+        return Decision(symbol, True, f"better beyond noise: {detail}", cmp, where.describe())
+    verdict = "worn-out origins" if worn else "within noise" if cmp.within_noise else "worse"
     if force:
-        return Decision(symbol, True, f"forced ({verdict}): {detail}", cmp)
-    return Decision(symbol, False, f"not better beyond noise ({verdict}): {detail}", cmp)
+        return Decision(symbol, True, f"forced ({verdict}): {detail}", cmp, where.describe())
+    return Decision(symbol, False, f"not better beyond noise ({verdict}): {detail}", cmp, where.describe())
 
 
 def promote(
@@ -67,7 +176,10 @@ def promote(
     force: bool = False,
     dry_run: bool = False,
     lake: str | None = None,
+    max_reuse: int = MAX_REUSE,
 ) -> list[Decision]:
+    if max_reuse < 1:
+        raise SweepError(f"--max-reuse must be >= 1, got {max_reuse}")
     run_dir = out / "hyperparams" / check_name("run id", run_id)
     if not run_dir.is_dir():
         raise SweepError(f"run {run_id} has no configs: {run_dir} not found")
@@ -82,7 +194,7 @@ def promote(
         candidate = read_config(available[s])
         current_path = best / f"{s}.json"
         current = read_config(current_path) if current_path.is_file() else None
-        d = decide(candidate, current, force, lake)
+        d = decide(candidate, current, force, lake, history(out), max_reuse)
         decisions.append(d)
         if d.promote and not dry_run:
             now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -94,6 +206,7 @@ def promote(
                 "reason": d.reason,
                 "forced": force,
                 "comparison": d.comparison.to_dict() if d.comparison else None,
+                "arena": d.arena,
             }
             write_json(current_path, {**candidate, "promotion": entry})
             _append_history(best / "history.jsonl", entry)

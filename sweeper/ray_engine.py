@@ -43,7 +43,7 @@ from sweeper.cache import ForecastCache
 from sweeper.data import Series
 from sweeper.errors import SweepError
 from sweeper.forecast import Forecaster
-from sweeper.metrics import direction
+from sweeper.metric import get
 from sweeper.objective import VAL_MEANS, Candidate, SymbolTask, mean_scores
 from sweeper.parallel import set_threads
 from sweeper.plan import Plan
@@ -227,7 +227,7 @@ class RayEngine:
         remaining = s.budget.trials - finished(study)
         if remaining <= 0:
             return study
-        mode = "min" if direction(s.objectives[0]) == "minimize" else "max"
+        mode = "min" if get(s.objectives[0]).direction == "minimize" else "max"
         chunks = len(chunk_ends(task.plan.origins("val").size))
         searcher = Searcher(
             chunks,

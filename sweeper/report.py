@@ -449,12 +449,23 @@ def comparisons_table(config: dict[str, Any]) -> str:
             c["mean_b"],
             c["diff"],
             f"[{_num(c['low'])}, {_num(c['high'])}]",
+            _num(c.get("p_value")),
             "yes" if c["within_noise"] else "no",
         )
         for name, by_split in config.get("comparisons", {}).items()
         for split, c in by_split.items()
     ]
-    header = ("comparison (a vs b)", "split", "metric", "mean a", "mean b", "a - b", "95% interval", "within noise")
+    header = (
+        "comparison (a vs b)",
+        "split",
+        "metric",
+        "mean a",
+        "mean b",
+        "a - b",
+        "95% interval",
+        "DM p",
+        "within noise",
+    )
     return table(header, rows)
 
 
@@ -546,13 +557,13 @@ def symbol_section(
         candidates_table(config),
         "<h3>Against naive, origin by origin</h3>",
         '<p class="muted">per-origin CRPS minus the naive baseline\'s at the same origin: its running sum over '
-        "time (left: validation, right: test), then its mean with a 95% moving-block bootstrap interval.</p>",
+        "time (left: validation, right: test), then its mean with a 95% stationary-bootstrap interval.</p>",
         *paired,
         "<h3>Ensemble and comparisons</h3>",
         png(weights_figure(weights), "ensemble weights") if weights else "<p>no ensemble (one candidate).</p>",
         comparisons_table(config),
-        '<p class="muted">a - b over the same origins, with a 95% moving-block bootstrap interval; '
-        "within noise when the interval contains 0.</p>",
+        '<p class="muted">a - b over the same origins: 95% stationary-bootstrap interval, and the '
+        "Diebold-Mariano p-value; within noise when p >= 0.05 (sweeper/compare.py).</p>",
         "<h3>Trading read-out</h3>",
         trading_table(config),
         "<h3>Search</h3>",

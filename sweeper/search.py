@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy import event
 
-from sweeper.metrics import direction
+from sweeper.metric import get
 from sweeper.objective import VAL_MEANS, SymbolTask, objective
 
 # A failed trial is recorded (user attribute `error`, trials.parquet, the config's `error`) and reported once
@@ -121,7 +121,7 @@ def open_study(
         study_name=name,
         storage=storage_for(storage),
         sampler=sampler,
-        directions=[direction(m) for m in objectives],
+        directions=[get(m).direction for m in objectives],
         load_if_exists=True,
     )
 
@@ -256,7 +256,7 @@ def best_params(study: optuna.Study, metric: str, latency_budget: float | None =
         done = [t for t in done if t.user_attrs[VAL_MEANS]["latency_s"] <= latency_budget]
     if not done:
         return None
-    sign = 1.0 if direction(metric) == "minimize" else -1.0
+    sign = get(metric).sign
     return dict(min(done, key=lambda t: (sign * t.user_attrs[VAL_MEANS][metric], t.number)).params)
 
 

@@ -2,7 +2,13 @@
 
 The winner and the ensemble weights are fixed from validation scores alone; only then are test origins
 forecast and scored, once, for the report. Every comparison (winner vs naive, winner vs runner-up,
-ensemble vs winner) carries a block-bootstrap interval over origins.
+ensemble vs winner) carries a Diebold-Mariano p-value and a block-bootstrap interval (`compare.py`).
+
+Which candidate wins is a rule (`--select`, recorded in the config):
+- `beats-naive` (default): the naive baseline, unless a candidate beats it beyond noise on validation
+  (DM test at 5%, difference on the metric's better side); of those that do, the best validation mean.
+  A candidate whose edge over naive is within noise is not worth its cost and usually loses it on test.
+- `best`: the best validation mean, whatever its edge.
 """
 
 from __future__ import annotations
@@ -16,12 +22,24 @@ from sweeper import metrics
 from sweeper.backends import BASELINE
 from sweeper.compare import Comparison, paired_bootstrap
 from sweeper.ensemble import greedy, mixture
-from sweeper.metrics import HIGHER_IS_BETTER
+from sweeper.errors import SweepError
+from sweeper.metric import Metric, get
 from sweeper.objective import Candidate, Forecast, SymbolTask, mean_scores
 from sweeper.trading import sign_strategy
 
 ENSEMBLE = "ensemble"
 REFERENCE = "baseline"  # the naive floor when naive itself was not searched
+BEATS_NAIVE, BEST = "beats-naive", "best"
+RULES = {
+    BEATS_NAIVE: "naive unless a candidate beats it beyond noise on validation",
+    BEST: "the best validation mean",
+}
+
+
+def check_rule(rule: str) -> str:
+    if rule not in RULES:
+        raise SweepError(f"unknown --select {rule!r}: choose one of {', '.join(RULES)}")
+    return rule
 
 
 @dataclass
@@ -53,6 +71,14 @@ class SymbolResult:
     ensemble: EnsembleResult | None = None
     comparisons: dict[str, dict[str, Comparison]] = field(default_factory=dict)
     per_origin: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict)
+    rule: str = BEATS_NAIVE
+    why: str = ""  # how the rule picked `chosen`
+
+    def chosen_result(self) -> BackendResult | None:
+        """The chosen candidate's result: a searched backend's, or the naive defaults' (REFERENCE)."""
+        if self.chosen == REFERENCE:
+            return self.baseline
+        return self.backends.get(self.chosen) if self.chosen else None
 
 
 def _ensemble_scores(task: SymbolTask, members: list[Forecast], weights: dict[str, float], split: str) -> dict:
@@ -67,12 +93,31 @@ def _trade(task: SymbolTask, f: Forecast, split: str, into: BackendResult) -> No
         into.trading[split] = sign_strategy(f.point, t.last_close, t.y).to_dict()
 
 
+def choose(
+    rule: str, ranked: list[str], val: dict[str, np.ndarray], base: str, m: Metric, horizon: int, seed: int
+) -> tuple[str | None, str]:
+    """The winner under `rule` from candidates ranked on validation, and why; `val` holds per-origin
+    validation values of the metric, `base` names the naive baseline among them."""
+    if not ranked:
+        return None, "no candidate"
+    if rule == BEST:
+        return ranked[0], f"best validation {m.name}"
+    for name in ranked:
+        if name == base:
+            continue
+        cmp = paired_bootstrap(val[name], val[base], m.name, horizon, seed)
+        if m.beats(cmp):
+            return name, f"beats naive beyond noise on validation (p = {cmp.p_value:.3g})"
+    return base, "naive: no candidate beats it beyond noise on validation"
+
+
 def select(
     task: SymbolTask,
     best: dict[str, tuple[dict[str, Any] | None, int]],
     metric: str,
     seed: int = 0,
     errors: dict[str, str] | None = None,
+    rule: str = BEATS_NAIVE,
 ) -> SymbolResult:
     """`best` maps backend -> (best params on validation or None, completed trials)."""
     errors = errors or {}
@@ -92,8 +137,10 @@ def select(
         per_origin[(name, "val")] = metrics.score(f.samples, f.point, task.truth("val"), f.latency_s, presorted=True)
         bucket[name].val = mean_scores(per_origin[(name, "val")])
         _trade(task, f, "val", bucket[name])
-    ranked = sorted(((bucket[b].val[metric], b) for b in results if b in cands), reverse=metric in HIGHER_IS_BETTER)
-    chosen = ranked[0][1] if ranked else None
+    m, h = get(metric), task.plan.protocol.horizon
+    ranked = m.best({b: bucket[b].val[metric] for b in results if b in cands})  # searched backends
+    val_metric = {b: per_origin[(b, "val")][metric] for b in cands}
+    chosen, why = choose(rule, ranked, val_metric, base_key, m, h, seed)
     ens = greedy(list(val.values()), task.truth("val").y) if len(val) > 1 else None
     if ens is not None:
         per_origin[(ENSEMBLE, "val")] = _ensemble_scores(task, list(val.values()), ens.weights, "val")
@@ -114,10 +161,9 @@ def select(
             ens.history,
         )
     out = SymbolResult(task.series.symbol, chosen, results, baseline, "tuned" if tuned else "defaults", ensemble)
-    out.per_origin = per_origin
+    out.per_origin, out.rule, out.why = per_origin, rule, why
     if chosen is None:
         return out
-    h = task.plan.protocol.horizon
 
     def compare(a: str, b: str, on: str = metric) -> dict[str, Comparison]:
         return {
@@ -126,8 +172,9 @@ def select(
 
     if chosen != base_key:  # naive against itself says nothing
         out.comparisons["chosen_vs_naive"] = compare(chosen, base_key)
-    if len(ranked) > 1:
-        out.comparisons["chosen_vs_runner_up"] = compare(chosen, ranked[1][1])
+    runner_up = next((b for b in ranked if b != chosen), None)
+    if runner_up is not None:
+        out.comparisons["chosen_vs_runner_up"] = compare(chosen, runner_up)
     if ensemble is not None:
-        out.comparisons["ensemble_vs_chosen"] = compare(ENSEMBLE, chosen, "crps")
+        out.comparisons["ensemble_vs_chosen"] = compare(ENSEMBLE, chosen)
     return out

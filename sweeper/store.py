@@ -34,7 +34,7 @@ from sweeper.select import SymbolResult
 if TYPE_CHECKING:
     from sweeper.sweep import RunRequest
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: seasonal-naive MASE/MSIS scale, centred naive, ties, DM p-values, selection rule
 _PACKAGES = ("numpy", "polars", "optuna", "scoringrules", "torch", "uni2ts", "toto-ts", "kronos-model-arch")
 
 
@@ -117,7 +117,7 @@ def config_record(
     """The per-symbol config; `fronts` holds Pareto fronts by backend (multi-objective runs only)."""
     s = task.series
     metric, seed = req.metric, req.seed
-    chosen = result.backends.get(result.chosen) if result.chosen else None
+    chosen = result.chosen_result()
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -126,6 +126,12 @@ def config_record(
         "asset_class": s.asset_class,
         "horizon": task.plan.protocol.horizon,
         "selection_metric": metric,
+        "selection": {
+            "rule": result.rule,
+            "metric": metric,
+            "why": result.why,
+            "test": "Diebold-Mariano, AR-prewhitened EWC variance, t reference, 5% (sweeper/compare.py)",
+        },
         "chosen": None
         if chosen is None
         else {"backend": chosen.backend, "params": chosen.params, **_model_source(task, chosen.backend)},
@@ -163,6 +169,12 @@ def config_record(
             name: {split: c.to_dict() for split, c in by_split.items()} for name, by_split in result.comparisons.items()
         },
         "protocol": task.plan.describe(s),
+        "scale": {
+            "what": "in-sample seasonal-naive MAE of the closes before the first validation origin (MASE, MSIS)",
+            "season": task.season,
+            "history_bars": int(task.plan.val[0]),
+            "value": scale if np.isfinite(scale := task.scale()) else None,
+        },
         "data": {
             "lake": lake,
             "source": s.source,

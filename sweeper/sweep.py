@@ -20,7 +20,7 @@ from sweeper.cache import ForecastCache
 from sweeper.data import Series, lake_label, load, resolve_lake
 from sweeper.errors import SweepError
 from sweeper.forecast import Forecaster
-from sweeper.metrics import check_metric
+from sweeper.metric import get as metric_named
 from sweeper.objective import SymbolTask
 from sweeper.plan import Protocol, make_plan
 from sweeper.search import (
@@ -36,7 +36,7 @@ from sweeper.search import (
     pareto,
     study_label,
 )
-from sweeper.select import SymbolResult, select
+from sweeper.select import BEATS_NAIVE, SymbolResult, check_rule, select
 from sweeper.space import load_space
 from sweeper.store import RunPaths, config_record, origins_frame, trials_frame, write_parquet
 
@@ -55,10 +55,12 @@ class RunRequest:
     trials: int = 50
     timeout: float | None = None
     metric: str = "crps"
+    select: str = BEATS_NAIVE  # or "best": the selection rule (sweeper/select.py)
     horizon: int = 1
     val_origins: int | None = None
     test_origins: int | None = None
     stride: int = 1
+    season: int | None = None  # of the MASE/MSIS scale (default: metrics.default_season)
     seed: int = 0
     spaces_dir: str | None = None
     checkpoints: dict[str, str] = field(default_factory=dict)
@@ -94,9 +96,11 @@ def prepare(req: RunRequest, cache: ForecastCache | None = None) -> Prepared:
         raise SweepError(f"--trials must be >= 1, got {req.trials}")
     if req.timeout is not None and req.timeout <= 0:
         raise SweepError(f"--timeout must be > 0 seconds, got {req.timeout}")
-    check_metric(req.metric)
-    for m in req.search_objectives():
-        check_metric(m)
+    for m in (req.metric, *req.search_objectives()):
+        metric_named(m)
+    check_rule(req.select)
+    if req.season is not None and req.season < 1:
+        raise SweepError(f"--season must be >= 1, got {req.season}")
     if req.objectives and req.metric != req.objectives[0]:
         raise SweepError(f"--metric {req.metric} must be the first of --objectives ({' '.join(req.objectives)})")
     if req.latency_budget is not None and req.latency_budget <= 0:
@@ -112,7 +116,7 @@ def prepare(req: RunRequest, cache: ForecastCache | None = None) -> Prepared:
     lake = resolve_lake(req.lake)
     series: list[Series] = load(lake, req.symbols, req.freq)
     max_context = max(s.max_context for s in spaces.values())
-    protocol = Protocol(req.horizon, max_context, req.val_origins, req.test_origins, req.stride)
+    protocol = Protocol(req.horizon, max_context, req.val_origins, req.test_origins, req.stride, req.season)
     checkpoints = {b: req.checkpoints.get(b) or spaces[b].checkpoint for b in req.backends}
     forecaster = Forecaster(
         cache or ForecastCache(None),
@@ -214,7 +218,7 @@ def execute(prep: Prepared, paths: RunPaths, progress: Progress | None = None) -
                 if len(req.search_objectives()) > 1:
                     fronts[backend] = pareto(study)
                 trial_frames.append(trials_frame(task.series.symbol, backend, study))
-            result = select(task, best, req.metric, req.seed, errors)
+            result = select(task, best, req.metric, req.seed, errors, req.select)
             results.append(result)
             origin_frames.append(origins_frame(task, result))
             search = {"objectives": list(req.search_objectives()), "latency_budget_s": req.latency_budget}

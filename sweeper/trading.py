@@ -3,7 +3,8 @@
 Statistical scores say how close a forecast is; this says whether its direction was worth trading (the
 MarketGPT seed's trading metrics). Origins must be consecutive bars in time order (stride 1), so that
 "the next origin" is "the next bar". At origin i the forecast's first step gives a signal,
-sign(point / last_close - 1). With execution lag L the position decided at origin i is held over the
+sign(point / last_close - 1), or flat when that change is a tie (|change| <= `metrics.TIE`: a no-change
+forecast such as naive's never trades). With execution lag L the position decided at origin i is held over the
 bar of origin i + L (L = 0 is the optimistic reading: trading at the very close the forecast saw).
 Each change of position costs `cost_bps` per unit traded (entering long from flat: 1 unit, flipping: 2);
 the first L bars (nothing decided yet) are left out and the last position is marked to market.
@@ -16,11 +17,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from sweeper.errors import SweepError
+from sweeper.metrics import direction_hits, move
 
 
 @dataclass(frozen=True)
 class TradingReadout:
-    directional_accuracy: float  # share of origins whose forecast return has the sign of the actual one
+    directional_accuracy: float  # metrics.direction_hits on the first step: a tie on either side scores 0.5
     sharpe: float  # mean / std of per-bar strategy returns, times sqrt(periods_per_year) when given
     max_drawdown: float  # largest fall of compounded equity from a running peak, as a positive fraction
     win_rate: float  # share of bars held in the market that made money after costs
@@ -57,7 +59,7 @@ def sign_strategy(
     if lag < 0 or pred.size <= lag:
         raise SweepError(f"trading read-out: need more origins ({pred.size}) than the execution lag ({lag})")
     pred_ret, real_ret = pred / last - 1.0, real / last - 1.0
-    signal = np.sign(pred_ret)
+    signal = move(pred_ret)
     position = signal[: pred.size - lag]  # held over bars lag, lag + 1, ...
     bar_ret = real_ret[lag:]
     turnover = np.abs(np.diff(position, prepend=0.0))
@@ -69,7 +71,7 @@ def sign_strategy(
     std = pnl.std(ddof=1) if pnl.size > 1 else 0.0
     sharpe = pnl.mean() / std * np.sqrt(periods_per_year or 1.0) if std > 0 else float("nan")
     return TradingReadout(
-        directional_accuracy=float(np.mean(np.sign(pred_ret) == np.sign(real_ret))),
+        directional_accuracy=float(np.mean(direction_hits(pred_ret, real_ret))),
         sharpe=float(sharpe),
         max_drawdown=float(np.max(1.0 - equity / peak)),
         win_rate=float(np.mean(pnl[held] > 0)) if held.any() else float("nan"),

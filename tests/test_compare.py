@@ -27,5 +27,11 @@ def test_interval_covers_true_mean_difference_of_correlated_series() -> None:
     assert covered >= 45  # nominal 95%; blocks keep the autocorrelation, iid resampling would cover far less
 
 
-def test_block_length_grows_with_origins_and_horizon() -> None:
-    assert block_length(1000, 1) == 10 and block_length(1000, 24) == 24
+def test_block_length_follows_the_dependence_and_keeps_the_horizon() -> None:
+    rng = np.random.default_rng(2)
+    iid = rng.normal(size=1000)
+    ar = np.zeros(1000)
+    for t in range(1, 1000):
+        ar[t] = 0.8 * ar[t - 1] + iid[t]
+    assert block_length(iid, 1) <= 3 < block_length(ar, 1)  # Politis-White: longer blocks for persistence
+    assert block_length(iid, 24) == 24  # never shorter than one horizon's overlap

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
+import polars as pl
 import pytest
 
-from sweeper import atomic
+from sweeper import atomic, metric
 from sweeper.promote import history
 from tests.helpers import SHARED_LAKE
 
@@ -31,8 +33,8 @@ RUN = [
 @pytest.fixture
 def out(tmp_path: Path, sweep) -> Path:
     """Two runs: `bad` searches only seasonal_naive, `good` only naive (clearly better on BTCUSD daily)."""
-    for run_id, backend in (("bad", "seasonal_naive"), ("good", "naive")):
-        r = sweep("run", *RUN, "--backends", backend, "--run-id", run_id, "--out", tmp_path)
+    for run_id, backend in (("bad", "seasonal_naive"), ("good", "naive")):  # `best`: bad keeps seasonal_naive
+        r = sweep("run", *RUN, "--backends", backend, "--select", "best", "--run-id", run_id, "--out", tmp_path)
         assert r.exit_code == 0, r.output
     return tmp_path
 
@@ -69,14 +71,28 @@ def test_eval_check_passes_untouched_and_fails_tampered(out: Path, sweep) -> Non
     assert r.exit_code == 0, r.output
     reports = sorted((out / "results" / "eval").glob("*.json"))
     assert reports and reports[0].with_suffix(".md").is_file()
+    for m in metric.NAMES:  # every metric is printed, latency as not checked
+        assert m in r.stdout
+    assert "not checked" in r.stdout
     cfg = best(out)
     chosen = cfg["chosen"]["backend"]
-    cfg["backends"][chosen]["test"]["crps"] *= 0.95  # claim a better score than the config really has
+    cfg["backends"][chosen]["test"]["mse"] *= 0.95  # claim a better score than the config really has
     (out / "hyperparams" / "best" / "BTCUSD.json").write_text(json.dumps(cfg))
     r = sweep("eval", "--check", "--out", out)
-    assert r.exit_code == 1 and "REGRESSION" in r.stdout
+    assert r.exit_code == 1
+    flagged = [line for line in r.stdout.splitlines() if "REGRESSION" in line]
+    assert len(flagged) == 1 and "mse" in flagged[0]  # the row that fails is printed, and only it
     # without --check the table still shows it, but the exit code is 0
     assert sweep("eval", "--out", out).exit_code == 0
+
+
+def test_eval_refuses_configs_scored_under_older_definitions(out: Path, sweep) -> None:
+    assert sweep("promote", "good", "--out", out).exit_code == 0
+    cfg = best(out)
+    cfg["schema_version"] = 1
+    (out / "hyperparams" / "best" / "BTCUSD.json").write_text(json.dumps(cfg))
+    r = sweep("eval", "--check", "--out", out)
+    assert r.exit_code == 2 and "config schema 1" in " ".join(r.stdout.split())
 
 
 def test_eval_missing_data_is_an_error_not_a_pass(out: Path, sweep, tmp_path: Path) -> None:
@@ -121,3 +137,39 @@ def test_runs_and_show_list_what_the_runs_wrote(out: Path, sweep) -> None:
     assert f"{cfg['backends']['naive']['validation']['crps']:.4g}" in r.stdout
     r = sweep("show", "nope", "--out", out)
     assert r.exit_code == 2 and "run nope has no configs" in r.stderr
+
+
+def test_promotion_counts_reuse_of_test_origins_and_refuses_past_the_limit(out: Path, sweep) -> None:
+    assert sweep("promote", "bad", "--out", out).exit_code == 0
+    r = sweep("promote", "good", "--out", out, "--max-reuse", 1)
+    assert "promoted" in r.stdout and "used by 0 earlier promotions (limit 1)" in " ".join(r.stdout.split())
+    arena = history(out)[-1]["arena"]
+    assert arena["origins"] == "candidate test" and arena["count"] == 80 and arena["earlier_decisions"] == 0
+    # bad and good share their test origins: they have now decided one promotion, the limit
+    r = sweep("promote", "bad", "--out", out, "--max-reuse", 1)
+    assert "refused" in r.stdout and "already decided 1 promotions (limit 1)" in " ".join(r.stdout.split())
+    assert best(out)["run_id"] == "good" and len(history(out)) == 2
+
+
+def test_promotion_decides_on_fresh_origins_once_the_lake_has_grown(small_lake: Path, sweep, tmp_path: Path) -> None:
+    old = tmp_path / "old-lake"
+    shutil.copytree(small_lake, old)
+    for month in ("07", "08", "09", "10"):  # the runs see BTCUSD daily up to June 2019
+        shutil.rmtree(old / "asset_class=crypto/freq=1d/symbol=BTCUSD/year=2019" / f"month={month}")
+    run = [a if a != SHARED_LAKE else old for a in RUN]
+    for run_id, backend in (("bad", "seasonal_naive"), ("good", "naive")):
+        r = sweep("run", *run, "--backends", backend, "--select", "best", "--run-id", run_id, "--out", tmp_path)
+        assert r.exit_code == 0, r.output
+    assert sweep("promote", "bad", "--out", tmp_path, "--lake", small_lake).exit_code == 0
+    r = sweep("promote", "good", "--out", tmp_path, "--lake", small_lake)
+    assert r.exit_code == 0 and "after both test windows" in " ".join(r.stdout.split())
+    arena = history(tmp_path)[-1]["arena"]
+    cfg = json.loads((tmp_path / "hyperparams" / "good" / "BTCUSD.json").read_text())
+    assert arena["origins"] == "fresh" and arena["first_ts"] > cfg["protocol"]["test_origins"]["last_ts"]
+    assert arena["last_ts"].startswith("2019-10-17") and arena["count"] >= 100
+    # a lake whose recorded bars changed is an error, not a comparison on other data
+    part = next((small_lake / "asset_class=crypto/freq=1d/symbol=BTCUSD/year=2016/month=03").glob("*.parquet"))
+    frame = pl.read_parquet(part)
+    frame.with_columns(pl.col("close") * 1.01, pl.col("high") * 1.01).write_parquet(part)
+    r = sweep("promote", "good", "--out", tmp_path, "--lake", small_lake)
+    assert r.exit_code == 2 and "data changed" in r.stderr

@@ -48,12 +48,15 @@ def test_daily_sweep_writes_valid_configs(tmp_path: Path, sweep) -> None:
     assert [r["symbol"] for r in summary["symbols"]] == ["BTCUSD", "ETHUSD"]
     for sym in ("BTCUSD", "ETHUSD"):
         cfg = json.loads((tmp_path / "hyperparams" / "daily" / f"{sym}.json").read_text())
-        assert cfg["schema_version"] == 1 and cfg["symbol"] == sym and cfg["freq"] == "1d"
+        assert cfg["schema_version"] == 2 and cfg["symbol"] == sym and cfg["freq"] == "1d"
         assert cfg["chosen"]["backend"] in ("naive", "drift", "seasonal_naive")
         chosen = cfg["backends"][cfg["chosen"]["backend"]]
         assert chosen["params"] == cfg["chosen"]["params"]
-        # the chosen backend has the best validation CRPS of all backends tried
-        assert chosen["validation"]["crps"] == min(b["validation"]["crps"] for b in cfg["backends"].values())
+        # beats-naive (the default): naive, unless the chosen one beats it beyond noise on validation
+        assert cfg["selection"]["rule"] == "beats-naive"
+        if cfg["chosen"]["backend"] != "naive":
+            vs_val = cfg["comparisons"]["chosen_vs_naive"]["val"]
+            assert not vs_val["within_noise"] and vs_val["diff"] < 0
         assert set(cfg["backends"]) == {"naive", "drift", "seasonal_naive"}
         assert all(b["trials"] == 6 for b in cfg["backends"].values())
         assert cfg["protocol"]["val_origins"]["count"] == 120 and cfg["protocol"]["test_origins"]["count"] == 40
@@ -65,7 +68,7 @@ def test_daily_sweep_writes_valid_configs(tmp_path: Path, sweep) -> None:
             vs = cfg["comparisons"]["chosen_vs_naive"]["test"]
             assert vs["low"] <= vs["diff"] <= vs["high"]
         runner = cfg["comparisons"]["chosen_vs_runner_up"]["val"]
-        assert runner["diff"] <= 0 and runner["low"] <= runner["diff"] <= runner["high"]
+        assert runner["low"] <= runner["diff"] <= runner["high"] and 0 <= runner["p_value"] <= 1
         assert len(cfg["data"]["fingerprint"]) == 16 and cfg["versions"]["optuna"]
     run = tmp_path / "results" / "daily"
     assert json.loads((run / "manifest.json").read_text())["status"] == "complete"
@@ -234,6 +237,8 @@ def test_other_selection_metrics(metric: str, tmp_path: Path, sweep) -> None:
         3,
         "--metric",
         metric,
+        "--select",
+        "best",
         "--backends",
         "naive",
         "drift",
@@ -241,6 +246,7 @@ def test_other_selection_metrics(metric: str, tmp_path: Path, sweep) -> None:
         tmp_path,
         "--run-id",
         "m",
+        "--json",
         *SMALL,
     )
     assert result.exit_code == 0, result.output
@@ -248,6 +254,18 @@ def test_other_selection_metrics(metric: str, tmp_path: Path, sweep) -> None:
     vals = {b: r["validation"][metric] for b, r in cfg["backends"].items()}
     pick = max(vals, key=vals.get) if metric == "directional_accuracy" else min(vals, key=vals.get)
     assert cfg["chosen"]["backend"] == pick and cfg["selection_metric"] == metric
+    assert cfg["selection"]["rule"] == "best"
+    row = json.loads(result.stdout)["symbols"][0]
+    assert json.loads(result.stdout)["select"] == "best" and row["selection"]["rule"] == "best"
+    # skill is positive when the chosen one is better on test, whichever way the metric points
+    chosen_test, naive_test = cfg["backends"][pick]["test"][metric], cfg["baseline"]["test"][metric]
+    if pick != "naive":
+        better = chosen_test > naive_test if metric == "directional_accuracy" else chosen_test < naive_test
+        assert (row["test_skill_vs_naive"] > 0) == better
+    # the ensemble is compared on the selection metric, not on CRPS
+    assert cfg["comparisons"]["ensemble_vs_chosen"]["test"]["metric"] == metric
+    ens = row["ensemble"]
+    assert ens["vs_chosen"]["test"]["mean_a"] == pytest.approx(ens["test"][metric])
 
 
 def test_pareto_search_and_latency_budget(tmp_path: Path, sweep) -> None:

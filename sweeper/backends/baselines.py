@@ -1,8 +1,14 @@
 """Baselines that every comparison is measured against. They return samples like any model.
 
-Each bootstraps one-bar log returns of its own context: naive centres them (a driftless random walk
-from the last close), drift keeps their mean, seasonal naive repeats the last season and adds
-bootstrapped seasonal differences.
+Each bootstraps one-bar log returns of its own context. Naive is the no-change forecast: its draws come
+in mirrored pairs last * exp(S) and 2 * last - last * exp(S) (S a path of bootstrapped, demeaned log
+returns), so at every step they are symmetric about the last close: their mean, median and every
+symmetric trim are the last close (to float rounding), and a point forecast from them predicts no move.
+Where a path more than doubles (S >= ln 2) the mirror would be a price at or below zero, so that pair is
+mirrored in log space instead (last * exp(-S)), which keeps the median. Pairs are adjacent, so any even
+number of first draws (what a trial takes from the cache) is balanced; the space's sample counts are even.
+Drift keeps the returns' mean; seasonal naive repeats the last season and adds bootstrapped seasonal
+differences.
 """
 
 from __future__ import annotations
@@ -23,24 +29,35 @@ def _bootstrap(increments: np.ndarray, num_samples: int, horizon: int, rng: np.r
     return np.take_along_axis(increments[:, None, :], idx.reshape(b, 1, -1), axis=2).reshape(idx.shape)
 
 
+def _paths(ctx: Contexts, horizon: int, num_samples: int, seed: int, demean: bool) -> np.ndarray:
+    """(B, N, H) cumulative log returns S of bootstrapped one-bar log returns of each context."""
+    returns = np.diff(np.log(ctx.close), axis=1)
+    if demean:
+        returns = returns - returns.mean(axis=1, keepdims=True)
+    return np.cumsum(_bootstrap(returns, num_samples, horizon, np.random.default_rng(seed)), axis=2)
+
+
 class Naive(Backend):
     name = "naive"
-    demean = True
 
     def forecast(
         self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: int
     ) -> np.ndarray:
-        log_close = np.log(ctx.close)
-        returns = np.diff(log_close, axis=1)
-        if self.demean:
-            returns = returns - returns.mean(axis=1, keepdims=True)
-        steps = _bootstrap(returns, num_samples, horizon, np.random.default_rng(seed))
-        return np.exp(log_close[:, -1, None, None] + np.cumsum(steps, axis=2))
+        last = ctx.close[:, -1, None, None]
+        s = _paths(ctx, horizon, -(-num_samples // 2), seed, demean=True)
+        up = last * np.exp(s)
+        mirror = np.where(s < np.log(2.0), 2.0 * last - up, last * np.exp(-s))
+        pairs = np.stack([up, mirror], axis=2)  # (B, N/2, 2, H): draw 2k and 2k + 1 mirror each other
+        return pairs.reshape(up.shape[0], -1, horizon)[:, :num_samples]
 
 
-class Drift(Naive):
+class Drift(Backend):
     name = "drift"
-    demean = False
+
+    def forecast(
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: int
+    ) -> np.ndarray:
+        return ctx.close[:, -1, None, None] * np.exp(_paths(ctx, horizon, num_samples, seed, demean=False))
 
 
 class SeasonalNaive(Backend):
