@@ -493,6 +493,41 @@ def _eval_rows(c: Check) -> list[dict[str, Any]]:
     ]
 
 
+@app.command(cls=Command, epilog=EXIT_CODES)
+@handled
+def forecast(
+    symbols: list[str] = typer.Option(None, "--symbols", help="Symbols to forecast (default: the --config's)."),
+    freq: str = typer.Option(None, help="Which promoted config when a symbol has several (e.g. 1h, 1d)."),
+    horizon: int = typer.Option(None, help="Which promoted config when a symbol has several horizons."),
+    config: Path = typer.Option(None, help="Forecast with this config instead of the promoted one."),
+    ensemble: bool = flag("--ensemble", "Forecast with the config's ensemble."),
+    lake: str = typer.Option(None, help="Lake to read the latest bars from (default: the config's)."),
+    out: Path = typer.Option(Path("."), help="Folder holding hyperparams/best/ and results/."),
+    write: Path = typer.Option(None, help="Also write the forecasts to this Parquet file."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    json: bool = json_flag(),
+) -> None:
+    """Forecast the bars after each symbol's latest bar: point and quantiles 5-95%."""
+    from sweeper.api import forecast_latest
+    from sweeper.evaluate import read_config
+    from sweeper.metrics import LEVELS
+    from sweeper.store import level_column, write_parquet
+
+    if not symbols and config is None:
+        raise SweepError("no symbols given: use --symbols SYMBOL [SYMBOL ...] (or --config PATH)")
+    symbols = symbols or [read_config(config)["symbol"]]
+    predictions = forecast_latest(out, symbols, freq, horizon, config, lake, ensemble, device)
+    if write:
+        import polars as pl
+
+        write_parquet(write, pl.concat([p.frame() for p in predictions]))
+    levels = [Column(level_column(q), level_column(q), numeric=True, digits=6) for q in LEVELS]
+    columns = [Column("symbol", "symbol"), Column("candidate", "candidate"), Column("ts", "ts")]
+    columns += [Column("step", "step", numeric=True), Column("point", "point", numeric=True, digits=6), *levels]
+    records = [r for p in predictions for r in p.records()]
+    Listing("forecast", columns, records, key="forecasts", notes=[f"written: {write}"] if write else ()).emit(json)
+
+
 @app.command("eval", cls=Command, epilog=EXIT_CODES)
 @handled
 def eval_(

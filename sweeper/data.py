@@ -214,9 +214,22 @@ def read_series(ref: SeriesRef) -> Series:
         if hits.len():
             row = int(hits[0])
             raise SweepError(f"data error: {df['_file'][row]} (ts {df['ts'][row]}): {rule} across files")
+    return _series(df, ref.symbol, ref.freq, ref.asset_class, str(ref.path))
+
+
+def _series(df: pl.DataFrame, symbol: str, freq: str, asset_class: str, source: str) -> Series:
     ts = df.get_column("ts").dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
     ohlcv = df.select(COLUMNS[1:]).to_numpy().astype(np.float64)
-    return Series(ref.symbol, ref.freq, ref.asset_class, ts, ohlcv, str(ref.path))
+    return Series(symbol, freq, asset_class, ts, ohlcv, source)
+
+
+def bars_series(df: pl.DataFrame, symbol: str, freq: str, asset_class: str, where: str) -> Series:
+    """Bars from outside the lake (a live feed, `sweeper.api`), checked by the lake's rules; naive
+    timestamps are UTC, as in the lake."""
+    problem = _frame_problem(df, f"data error: {where}")
+    if problem:
+        raise SweepError(problem)
+    return _series(_normalise(df), symbol, freq, asset_class, where)
 
 
 def load(lake: Path, symbols: list[str], freq: str | None) -> list[Series]:

@@ -23,7 +23,7 @@ from sweeper.metric import REGISTRY, checked
 from sweeper.objective import Candidate, SymbolTask, mean_scores
 from sweeper.output import Step
 from sweeper.plan import Plan, Protocol, make_plan
-from sweeper.store import SCHEMA_VERSION
+from sweeper.store import SCHEMA_VERSION, best_configs, best_dir
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -67,9 +67,13 @@ def task_on(
 ) -> SymbolTask:
     """A task that scores `config`'s candidates on `series` under `protocol` (or on `plan`'s origins), with
     the config's seed and checkpoints (and a run's forecast cache when given)."""
+    return SymbolTask(series, plan or make_plan(series, protocol), {}, config_forecaster(config, device, cache))
+
+
+def config_forecaster(config: dict[str, Any], device: str = "auto", cache: Path | None = None) -> Forecaster:
+    """A forecaster with the config's seed and checkpoints: the draws its numbers came from."""
     checkpoints = {b: r["checkpoint"] for b, r in config["backends"].items() if r.get("checkpoint")}
-    forecaster = Forecaster(ForecastCache(cache), seed=config["seed"], device=device, checkpoints=checkpoints)
-    return SymbolTask(series, plan or make_plan(series, protocol), {}, forecaster)
+    return Forecaster(ForecastCache(cache), seed=config["seed"], device=device, checkpoints=checkpoints)
 
 
 def recorded_task(
@@ -169,10 +173,11 @@ def run_eval(
 ) -> tuple[list[Check], Path]:
     """Check every promoted config; write results/eval/<timestamp>.json and .md. `step(label, done, total)`
     is told after each config (a progress bar: a model's configs take seconds each)."""
-    best = out / "hyperparams" / "best"
-    paths = sorted(best.glob("*.json")) if best.is_dir() else []
+    paths = best_configs(out)
     if not paths:
-        raise SweepError(f"nothing to evaluate: no promoted configs in {best} (run `sweep promote RUN_ID` first)")
+        raise SweepError(
+            f"nothing to evaluate: no promoted configs in {best_dir(out)} (run `sweep promote RUN_ID` first)"
+        )
     checks = []
     for i, p in enumerate(paths):
         if step:

@@ -1,7 +1,9 @@
 """Forecasts for a plan's origins: models loaded once, origins in batches, draws cached.
 
 This is the only place that calls a backend's `forecast`, and it counts the calls, so a test can prove a
-cached trial never reaches the model.
+cached trial never reaches the model. It is also what a live forecast (`sweeper.api`) calls, so both
+seed an origin the same way: from the configuration and the timestamp of the origin's last context bar,
+never from the data or the plan around it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,18 @@ def checkpoint_id(checkpoint: str | None) -> str | None:
     return f"sha256:{h.hexdigest()[:16]}"
 
 
+# The cache-key fields that seed the draws: what the configuration is, not which data or origins it ran on.
+SEED_FIELDS = ("backend", "checkpoint", "knobs", "num_samples")
+
+
+def origin_seeds(fields: Mapping[str, Any], seed: int, last_ts: np.ndarray) -> np.ndarray:
+    """One seed per origin (B,) from the configuration's fields, the run seed and each context's last
+    bar time: the same configuration forecasting the same bars gets the same draws, in a sweep or live."""
+    base = int(cache_key({k: fields[k] for k in SEED_FIELDS})[:8], 16) ^ seed
+    seconds = last_ts.astype("datetime64[s]").view(np.int64)
+    return (base * 1_000_003 + seconds) % 2**31
+
+
 class Forecaster:
     def __init__(
         self,
@@ -71,15 +85,12 @@ class Forecaster:
     ) -> Cached:
         """`num_samples` draws for every origin of `split`, from the cache when possible."""
         model = self.model(backend)
-        knobs = type(model).model_knobs(params)
         fields = {
-            "backend": backend,
-            "checkpoint": checkpoint_id(model.checkpoint),
-            "knobs": knobs,
+            "seeding": "per-origin",  # draws of older runs were seeded per batch: never mix them
+            **self._config_fields(model, params, num_samples),
             "data": series.fingerprint,
             "plan": plan.fingerprint(),
             "split": split,
-            "num_samples": num_samples,
             "seed": self.seed,
         }
         key = cache_key(fields)
@@ -89,6 +100,53 @@ class Forecaster:
         with self.cache.claim(key):  # another worker may be computing the same draws: wait, then reuse them
             hit = self.cache.get(key)
             return hit if hit is not None else self._compute(key, fields, model, series, plan, split, num_samples)
+
+    def draw(
+        self,
+        series: Series,
+        origins: np.ndarray,
+        horizon: int,
+        backend: str,
+        params: Mapping[str, Any],
+        num_samples: int,
+    ) -> np.ndarray:
+        """`num_samples` draws (B, N, H) for `origins` of `series` with `params`, straight from the model
+        (no cache): the draws the sweep cached for the same bars."""
+        model = self.model(backend)
+        return self._draw(self._config_fields(model, params, num_samples), model, series, origins, num_samples, horizon)
+
+    @staticmethod
+    def _config_fields(model: Backend, params: Mapping[str, Any], num_samples: int) -> dict[str, Any]:
+        """What the configuration is (the SEED_FIELDS): backend, checkpoint, model knobs, draws."""
+        return {
+            "backend": model.name,
+            "checkpoint": checkpoint_id(model.checkpoint),
+            "knobs": type(model).model_knobs(params),
+            "num_samples": num_samples,
+        }
+
+    def _draw(
+        self,
+        fields: Mapping[str, Any],
+        model: Backend,
+        series: Series,
+        idx: np.ndarray,
+        num_samples: int,
+        horizon: int,
+    ) -> np.ndarray:
+        ctx_len = int(fields["knobs"][CONTEXT_KNOB])
+        parts = []
+        for lo in range(0, idx.size, model.batch_size):
+            ctx = contexts(series, idx[lo : lo + model.batch_size], ctx_len)
+            self.model_calls += 1
+            seeds = origin_seeds(fields, self.seed, ctx.ts[:, -1])
+            out = model.forecast(ctx, horizon, num_samples, fields["knobs"], seeds)
+            parts.append(np.asarray(out, dtype=np.float32))
+        samples = np.concatenate(parts)
+        expected = (idx.size, num_samples, horizon)
+        if samples.shape != expected:
+            raise RuntimeError(f"{fields['backend']} returned samples of shape {samples.shape}, expected {expected}")
+        return samples
 
     def _compute(
         self,
@@ -100,21 +158,9 @@ class Forecaster:
         split: str,
         num_samples: int,
     ) -> Cached:
-        knobs, backend = fields["knobs"], fields["backend"]
         idx = plan.origins(split)
-        ctx_len = int(knobs[CONTEXT_KNOB])
-        seed = (int(key[:8], 16) ^ self.seed) & 0x7FFFFFFF
-        parts = []
         start = time.perf_counter()
-        for lo in range(0, idx.size, model.batch_size):
-            batch = idx[lo : lo + model.batch_size]
-            self.model_calls += 1
-            out = model.forecast(contexts(series, batch, ctx_len), plan.protocol.horizon, num_samples, knobs, seed + lo)
-            parts.append(np.asarray(out, dtype=np.float32))
-        seconds = time.perf_counter() - start
-        result = Cached(np.concatenate(parts), seconds / max(idx.size, 1))
-        expected = (idx.size, num_samples, plan.protocol.horizon)
-        if result.samples.shape != expected:
-            raise RuntimeError(f"{backend} returned samples of shape {result.samples.shape}, expected {expected}")
+        samples = self._draw(fields, model, series, idx, num_samples, plan.protocol.horizon)
+        result = Cached(samples, (time.perf_counter() - start) / max(idx.size, 1))
         self.cache.put(key, result, fields)
         return result

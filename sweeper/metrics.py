@@ -28,6 +28,7 @@ MSIS_ALPHA = 0.05
 # |change / last close| at or below this is no change: 0.01 bp, above the float32 resolution (6e-8) of
 # cached draws, so a no-change forecast read off them stays a tie
 TIE = 1e-6
+LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)  # the quantiles a forecast reports (origins.parquet, api)
 
 
 def default_season(freq: str, asset_class: str) -> int:
@@ -90,6 +91,17 @@ def weighted_quantile(samples: np.ndarray, weights: np.ndarray, q: float) -> np.
     return (x_lo + frac * (x_hi - x_lo))[:, 0, :]
 
 
+def quantiles(
+    samples: np.ndarray, weights: np.ndarray | None = None, levels: tuple[float, ...] = LEVELS, presorted: bool = False
+) -> np.ndarray:
+    """(B, len(levels), H) quantiles of the draws (MSIS's interval among them): numpy's linear rule for
+    equally weighted draws, the weighted inverse CDF for a mixture (`weights` (N,))."""
+    if weights is not None:
+        return np.stack([weighted_quantile(samples, weights, q) for q in levels], axis=1)
+    s = samples if presorted else np.sort(samples, axis=1)
+    return np.stack([quantile(s, q) for q in levels], axis=1)
+
+
 def msis(
     samples: np.ndarray,
     y: np.ndarray,
@@ -99,11 +111,8 @@ def msis(
     presorted: bool = False,
 ) -> np.ndarray:
     """Interval score of the central (1 - alpha) sample interval, divided by the seasonal scale."""
-    if weights is None:
-        s = samples if presorted else np.sort(samples, axis=1)
-        lo, hi = quantile(s, alpha / 2), quantile(s, 1 - alpha / 2)
-    else:
-        lo, hi = (weighted_quantile(samples, weights, q) for q in (alpha / 2, 1 - alpha / 2))
+    bounds = quantiles(samples, weights, (alpha / 2, 1 - alpha / 2), presorted)
+    lo, hi = bounds[:, 0], bounds[:, 1]
     score = (hi - lo) + (2 / alpha) * ((lo - y) * (y < lo) + (y - hi) * (y > hi))
     return score.mean(axis=1) / scale
 

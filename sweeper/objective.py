@@ -6,6 +6,7 @@ sample count of the backend's space); the trial's own sample count and aggregati
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,13 @@ class Forecast:
     latency_s: float
 
 
+def from_draws(name: str, draws: np.ndarray, params: Mapping[str, Any], latency_s: float = 0.0) -> Forecast:
+    """A candidate's forecast from its draws (B, draws, H): the first `num_samples` of them (sorted) and
+    their aggregation. The one rule for the sweep, eval and live forecasts (`sweeper.api`)."""
+    samples = np.sort(draws[:, : int(params["num_samples"])].astype(np.float64), axis=1)
+    return Forecast(name, samples, aggregate(samples, str(params["aggregation"]), presorted=True), latency_s)
+
+
 @dataclass
 class SymbolTask:
     """Everything needed to score candidates for one symbol: series, plan, spaces, forecaster."""
@@ -73,11 +81,9 @@ class SymbolTask:
     def forecast(self, cand: Candidate, split: str, name: str | None = None) -> Forecast:
         """The candidate's n draws (first n of the cached ones), its point forecast and latency."""
         n_max = cand.draws or self.spaces[cand.backend].max_samples
-        n = int(cand.params["num_samples"])
         cached = self.forecaster.samples(self.series, self.plan, split, cand.backend, cand.params, n_max)
-        samples = np.sort(cached.samples[:, :n].astype(np.float64), axis=1)
-        point = aggregate(samples, str(cand.params["aggregation"]), presorted=True)
-        return Forecast(name or cand.backend, samples, point, cached.seconds_per_origin * n / n_max)
+        latency = cached.seconds_per_origin * int(cand.params["num_samples"]) / n_max
+        return from_draws(name or cand.backend, cached.samples, cand.params, latency)
 
     def scores(self, cand: Candidate, split: str) -> dict[str, np.ndarray]:
         """Per-origin metrics of a candidate on `split` ("val" or "test")."""

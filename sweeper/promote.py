@@ -1,4 +1,4 @@
-"""Promotion: a run's winner replaces `hyperparams/best/<SYMBOL>.json` only when it is truly better.
+"""Promotion: a run's winner replaces `hyperparams/best/<SYMBOL>/<freq>-h<H>.json` only when it is truly better.
 
 Both the candidate and the current best are scored on the same origins and data (the current best is
 re-scored there with its own knobs, checkpoint and seed, so differing protocols do not matter). Which
@@ -32,6 +32,7 @@ from sweeper.errors import SweepError, check_name
 from sweeper.evaluate import chosen_candidate, protocol_of, read_config, task_on
 from sweeper.metric import get
 from sweeper.plan import MIN_TEST_ORIGINS, Plan, make_plan
+from sweeper.store import best_dir, best_path, legacy_best_path
 
 MAX_REUSE = 3  # promotions one set of origins may decide before it is refused as worn out
 
@@ -188,12 +189,10 @@ def promote(
     for s in wanted:
         if check_name("symbol", s) not in available:
             raise SweepError(f"run {run_id} has no config for {s} (it has: {', '.join(available) or 'none'})")
-    best = out / "hyperparams" / "best"
     decisions = []
     for s in wanted:
         candidate = read_config(available[s])
-        current_path = best / f"{s}.json"
-        current = read_config(current_path) if current_path.is_file() else None
+        current_path, current = current_best(out, candidate)
         d = decide(candidate, current, force, lake, history(out), max_reuse)
         decisions.append(d)
         if d.promote and not dry_run:
@@ -208,9 +207,24 @@ def promote(
                 "comparison": d.comparison.to_dict() if d.comparison else None,
                 "arena": d.arena,
             }
-            write_json(current_path, {**candidate, "promotion": entry})
-            _append_history(best / "history.jsonl", entry)
+            target = best_path(out, s, candidate["freq"], candidate["horizon"])
+            write_json(target, {**candidate, "promotion": entry})
+            if current_path != target:  # a config of the older layout, now replaced under its new name
+                current_path.unlink(missing_ok=True)
+            _append_history(best_dir(out) / "history.jsonl", entry)
     return decisions
+
+
+def current_best(out: Path, candidate: dict[str, Any]) -> tuple[Path, dict[str, Any] | None]:
+    """The promoted config a candidate competes with: same symbol, frequency and horizon (in the older
+    one-per-symbol layout too)."""
+    path = best_path(out, candidate["symbol"], candidate["freq"], candidate["horizon"])
+    legacy = legacy_best_path(out, candidate["symbol"])
+    if not path.is_file() and legacy.is_file():
+        old = read_config(legacy)
+        if (old["freq"], old["horizon"]) == (candidate["freq"], candidate["horizon"]):
+            return legacy, old
+    return path, read_config(path) if path.is_file() else None
 
 
 def _append_history(path: Path, entry: dict[str, Any]) -> None:
@@ -220,5 +234,5 @@ def _append_history(path: Path, entry: dict[str, Any]) -> None:
 
 
 def history(out: Path) -> list[dict[str, Any]]:
-    path = out / "hyperparams" / "best" / "history.jsonl"
+    path = best_dir(out) / "history.jsonl"
     return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.is_file() else []

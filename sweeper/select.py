@@ -79,11 +79,28 @@ class SymbolResult:
         if self.chosen == REFERENCE:
             return self.baseline
         return self.backends.get(self.chosen) if self.chosen else None
+    bands: dict[tuple[str, str], Band] = field(default_factory=dict)  # what was scored, for origins.parquet
 
 
-def _ensemble_scores(task: SymbolTask, members: list[Forecast], weights: dict[str, float], split: str) -> dict:
+@dataclass(frozen=True)
+class Band:
+    """A forecast as scored: point (B, H) and quantiles (B, len(metrics.LEVELS), H)."""
+
+    point: np.ndarray
+    quantiles: np.ndarray
+
+
+def _ensemble_scores(
+    task: SymbolTask, members: list[Forecast], weights: dict[str, float], split: str, bands: dict
+) -> dict:
     samples, w, point, latency = mixture(members, weights)
+    bands[(ENSEMBLE, split)] = Band(point, metrics.quantiles(samples, w))
     return metrics.score(samples, point, task.truth(split), latency, weights=w)
+
+
+def _score(task: SymbolTask, f: Forecast, split: str, bands: dict) -> dict[str, np.ndarray]:
+    bands[(f.name, split)] = Band(f.point, metrics.quantiles(f.samples, presorted=True))
+    return metrics.score(f.samples, f.point, task.truth(split), f.latency_s, presorted=True)
 
 
 def _trade(task: SymbolTask, f: Forecast, split: str, into: BackendResult) -> None:
@@ -132,9 +149,10 @@ def select(
     bucket = {**results, REFERENCE: baseline}
 
     per_origin: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    bands: dict[tuple[str, str], Band] = {}
     val = {name: task.forecast(c, "val", name) for name, c in cands.items()}
     for name, f in val.items():
-        per_origin[(name, "val")] = metrics.score(f.samples, f.point, task.truth("val"), f.latency_s, presorted=True)
+        per_origin[(name, "val")] = _score(task, f, "val", bands)
         bucket[name].val = mean_scores(per_origin[(name, "val")])
         _trade(task, f, "val", bucket[name])
     m, h = get(metric), task.plan.protocol.horizon
@@ -143,17 +161,17 @@ def select(
     chosen, why = choose(rule, ranked, val_metric, base_key, m, h, seed)
     ens = greedy(list(val.values()), task.truth("val").y) if len(val) > 1 else None
     if ens is not None:
-        per_origin[(ENSEMBLE, "val")] = _ensemble_scores(task, list(val.values()), ens.weights, "val")
+        per_origin[(ENSEMBLE, "val")] = _ensemble_scores(task, list(val.values()), ens.weights, "val", bands)
     del val
     # -- selection and weights are final here; test origins are touched from this line on --
     test = {name: task.forecast(c, "test", name) for name, c in cands.items()}
     for name, f in test.items():
-        per_origin[(name, "test")] = metrics.score(f.samples, f.point, task.truth("test"), f.latency_s, presorted=True)
+        per_origin[(name, "test")] = _score(task, f, "test", bands)
         bucket[name].test = mean_scores(per_origin[(name, "test")])
         _trade(task, f, "test", bucket[name])
     ensemble = None
     if ens is not None:
-        per_origin[(ENSEMBLE, "test")] = _ensemble_scores(task, list(test.values()), ens.weights, "test")
+        per_origin[(ENSEMBLE, "test")] = _ensemble_scores(task, list(test.values()), ens.weights, "test", bands)
         ensemble = EnsembleResult(
             ens.weights,
             mean_scores(per_origin[(ENSEMBLE, "val")]),
@@ -161,7 +179,7 @@ def select(
             ens.history,
         )
     out = SymbolResult(task.series.symbol, chosen, results, baseline, "tuned" if tuned else "defaults", ensemble)
-    out.per_origin, out.rule, out.why = per_origin, rule, why
+    out.per_origin, out.rule, out.why, out.bands = per_origin, rule, why, bands
     if chosen is None:
         return out
 

@@ -6,6 +6,8 @@
     results/<run_id>/trials.parquet     every trial of every study
     results/<run_id>/origins.parquet    per-origin metrics of each selected candidate, val and test
     hyperparams/<run_id>/<SYMBOL>.json  the per-symbol config (schema below, SCHEMA_VERSION)
+    hyperparams/best/<SYMBOL>/<freq>-h<H>.json   the promoted config of a symbol, frequency and horizon
+                                                (hyperparams/best/<SYMBOL>.json: the older layout, still read)
 
 Every file is written atomically.
 """
@@ -27,6 +29,7 @@ from sweeper import __version__
 from sweeper.atomic import read_json, write_with
 from sweeper.backends import random_init
 from sweeper.errors import SweepError, check_name
+from sweeper.metrics import LEVELS
 from sweeper.objective import VAL_MEANS, SymbolTask
 from sweeper.search import ERROR
 from sweeper.select import SymbolResult
@@ -67,6 +70,26 @@ class RunPaths:
         if not self.manifest.is_file():
             raise SweepError(f"run {self.run_id} not found: no {self.manifest}")
         return read_json(self.manifest)
+
+
+def best_dir(out: Path) -> Path:
+    return out / "hyperparams" / "best"
+
+
+def best_path(out: Path, symbol: str, freq: str, horizon: int) -> Path:
+    """Where the promoted config of a symbol, frequency and horizon lives: BTCUSDT 1h and 1d side by side."""
+    return best_dir(out) / check_name("symbol", symbol) / f"{check_name('freq', freq)}-h{int(horizon)}.json"
+
+
+def legacy_best_path(out: Path, symbol: str) -> Path:
+    """The older layout, one promoted config per symbol: read, and replaced when its key is promoted."""
+    return best_dir(out) / f"{check_name('symbol', symbol)}.json"
+
+
+def best_configs(out: Path) -> list[Path]:
+    """Every promoted config, both layouts."""
+    best = best_dir(out)
+    return sorted(best.glob("*/*.json")) + sorted(best.glob("*.json")) if best.is_dir() else []
 
 
 def versions() -> dict[str, str]:
@@ -208,10 +231,21 @@ def trials_frame(symbol: str, backend: str, study: optuna.Study) -> pl.DataFrame
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
+def level_column(q: float) -> str:
+    """q05, q10, ..., q95: the column of a quantile level."""
+    return f"q{round(q * 100):02d}"
+
+
 def origins_frame(task: SymbolTask, result: SymbolResult) -> pl.DataFrame:
+    """One row per origin and candidate: metrics, and what was scored. Timestamps are UTC; target_ts,
+    actual, point and each quantile are lists of the H forecast bars."""
+    h = task.plan.protocol.horizon
+    utc = pl.Datetime("us", "UTC")
     frames = []
     for (cand, split), scores in result.per_origin.items():
         idx = task.plan.origins(split)
+        band = result.bands[(cand, split)]
+        steps = idx[:, None] + np.arange(h)
         frames.append(
             pl.DataFrame(
                 {
@@ -219,10 +253,14 @@ def origins_frame(task: SymbolTask, result: SymbolResult) -> pl.DataFrame:
                     "candidate": cand,
                     "split": split,
                     "origin_row": idx,
-                    "origin_ts": task.series.ts[idx],
+                    "origin_ts": pl.Series(task.series.ts[idx]).dt.replace_time_zone("UTC"),
                     **{k: np.asarray(v, dtype=np.float64) for k, v in scores.items()},
+                    "target_ts": pl.Series(list(task.series.ts[steps]), dtype=pl.List(pl.Datetime("us"))),
+                    "actual": list(task.truth(split).y),
+                    "point": list(band.point),
+                    **{level_column(q): list(band.quantiles[:, i]) for i, q in enumerate(LEVELS)},
                 }
-            )
+            ).with_columns(pl.col("target_ts").cast(pl.List(utc)))
         )
     return pl.concat(frames)
 

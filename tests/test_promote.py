@@ -40,7 +40,7 @@ def out(tmp_path: Path, sweep) -> Path:
 
 
 def best(out: Path) -> dict:
-    return json.loads((out / "hyperparams" / "best" / "BTCUSD.json").read_text())
+    return json.loads((out / "hyperparams" / "best" / "BTCUSD" / "1d-h1.json").read_text())
 
 
 def test_promote_accepts_better_refuses_worse_and_equal(out: Path, sweep) -> None:
@@ -77,7 +77,7 @@ def test_eval_check_passes_untouched_and_fails_tampered(out: Path, sweep) -> Non
     cfg = best(out)
     chosen = cfg["chosen"]["backend"]
     cfg["backends"][chosen]["test"]["mse"] *= 0.95  # claim a better score than the config really has
-    (out / "hyperparams" / "best" / "BTCUSD.json").write_text(json.dumps(cfg))
+    (out / "hyperparams" / "best" / "BTCUSD" / "1d-h1.json").write_text(json.dumps(cfg))
     r = sweep("eval", "--check", "--out", out)
     assert r.exit_code == 1
     flagged = [line for line in r.stdout.splitlines() if "REGRESSION" in line]

@@ -21,6 +21,24 @@ from sweeper.plan import Contexts
 SCORING_KNOBS = frozenset({"num_samples", "aggregation"})
 # Knobs the caller applies before the model runs (it cuts the context to this many bars).
 CONTEXT_KNOB = "context_length"
+# One seed per origin (B,) from the forecaster, or one int for a whole batch (tests, direct calls).
+Seeds = int | np.ndarray
+
+
+def origin_rngs(seed: Seeds, count: int) -> list[np.random.Generator]:
+    """One generator per origin. With per-origin seeds an origin's draws depend on its own context and
+    seed alone, never on the other origins of its batch: what lets a live forecast of the same bars
+    (`sweeper.api`) reproduce the sweep's draws exactly."""
+    seeds = [[int(seed), i] for i in range(count)] if np.ndim(seed) == 0 else [int(s) for s in np.ravel(seed)]
+    if len(seeds) != count:
+        raise ValueError(f"{len(seeds)} seeds for {count} origins")
+    return [np.random.default_rng(s) for s in seeds]
+
+
+def batch_seed(seed: Seeds) -> int:
+    """The one seed of a backend that samples a whole batch from one torch generator: its draws depend
+    on the batch they were made in (the first origin's seed seeds the batch)."""
+    return int(seed) if np.ndim(seed) == 0 else int(np.ravel(seed)[0])
 
 
 class Backend(ABC):
@@ -38,12 +56,13 @@ class Backend(ABC):
 
     @abstractmethod
     def forecast(
-        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: int
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds
     ) -> np.ndarray:
         """Sample paths of the close for the `horizon` bars after each context: (B, num_samples, H).
 
         Draws must be independent, so the first n of them are a valid n-sample forecast (the cache
-        relies on it). `seed` makes the draws reproducible.
+        relies on it). `seed` makes the draws reproducible: per origin where the backend draws with
+        `origin_rngs`, per batch where it samples in torch (`batch_seed`).
         """
 
     @classmethod

@@ -18,30 +18,31 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.backends.base import Backend
+from sweeper.backends.base import Backend, Seeds, origin_rngs
 from sweeper.plan import Contexts
 
 
-def _bootstrap(increments: np.ndarray, num_samples: int, horizon: int, rng: np.random.Generator) -> np.ndarray:
-    """Draw (B, N, H) increments, each origin from its own row of `increments` (B, K)."""
+def _bootstrap(increments: np.ndarray, num_samples: int, horizon: int, seed: Seeds) -> np.ndarray:
+    """Draw (B, N, H) increments, each origin from its own row of `increments` (B, K) with its own seed
+    (row-major: the first n draws never depend on N)."""
     b, k = increments.shape
-    idx = rng.integers(0, k, size=(b, num_samples, horizon))
+    idx = np.stack([rng.integers(0, k, size=(num_samples, horizon)) for rng in origin_rngs(seed, b)])
     return np.take_along_axis(increments[:, None, :], idx.reshape(b, 1, -1), axis=2).reshape(idx.shape)
 
 
-def _paths(ctx: Contexts, horizon: int, num_samples: int, seed: int, demean: bool) -> np.ndarray:
+def _paths(ctx: Contexts, horizon: int, num_samples: int, seed: Seeds, demean: bool) -> np.ndarray:
     """(B, N, H) cumulative log returns S of bootstrapped one-bar log returns of each context."""
     returns = np.diff(np.log(ctx.close), axis=1)
     if demean:
         returns = returns - returns.mean(axis=1, keepdims=True)
-    return np.cumsum(_bootstrap(returns, num_samples, horizon, np.random.default_rng(seed)), axis=2)
+    return np.cumsum(_bootstrap(returns, num_samples, horizon, seed), axis=2)
 
 
 class Naive(Backend):
     name = "naive"
 
     def forecast(
-        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: int
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds
     ) -> np.ndarray:
         last = ctx.close[:, -1, None, None]
         s = _paths(ctx, horizon, -(-num_samples // 2), seed, demean=True)
@@ -55,7 +56,7 @@ class Drift(Backend):
     name = "drift"
 
     def forecast(
-        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: int
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds
     ) -> np.ndarray:
         return ctx.close[:, -1, None, None] * np.exp(_paths(ctx, horizon, num_samples, seed, demean=False))
 
@@ -64,7 +65,7 @@ class SeasonalNaive(Backend):
     name = "seasonal_naive"
 
     def forecast(
-        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: int
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds
     ) -> np.ndarray:
         m = int(knobs["season"])
         log_close = np.log(ctx.close)
@@ -74,7 +75,7 @@ class SeasonalNaive(Backend):
             )
         diffs = log_close[:, m:] - log_close[:, :-m]
         diffs = diffs - diffs.mean(axis=1, keepdims=True)
-        noise = _bootstrap(diffs, num_samples, horizon, np.random.default_rng(seed))
+        noise = _bootstrap(diffs, num_samples, horizon, seed)
         b = log_close.shape[0]
         path = np.empty((b, num_samples, horizon + m))
         path[:, :, :m] = log_close[:, None, -m:]

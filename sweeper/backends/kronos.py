@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from sweeper.backends.base import Backend
+from sweeper.backends.base import Backend, Seeds, batch_seed
 from sweeper.backends.pretrained import checkpoint_dir, seeded, torch_device
 from sweeper.errors import SweepError
 from sweeper.plan import Contexts
@@ -165,7 +165,7 @@ class KronosBackend(Backend):
         return knobs
 
     def forecast(
-        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: int
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds
     ) -> np.ndarray:
         import torch
 
@@ -188,7 +188,7 @@ class KronosBackend(Backend):
         rows = b * num_samples  # origin-major: row r is draw r % num_samples of origin r // num_samples
         per_pass = max(1, self.tokens_per_pass // (c + horizon))
         close = np.empty((rows, horizon), dtype=np.float64)
-        with seeded(seed, self.device), torch.inference_mode():
+        with seeded(batch_seed(seed), self.device), torch.inference_mode():
             for lo in range(0, rows, per_pass):
                 origin = np.arange(lo, min(lo + per_pass, rows)) // num_samples
                 close[lo : lo + origin.size] = (

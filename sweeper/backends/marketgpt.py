@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.backends.base import Backend
+from sweeper.backends.base import Backend, Seeds, batch_seed
 from sweeper.errors import SweepError
 from sweeper.plan import Contexts
 
@@ -60,7 +60,7 @@ class MarketGPTBackend(Backend):
             )
 
     def forecast(
-        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: int
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds
     ) -> np.ndarray:
         from sweeper.marketgpt.finetune import FinetuneSettings, walk_forward
         from sweeper.marketgpt.sampling import SamplingSettings, close_paths
@@ -69,12 +69,13 @@ class MarketGPTBackend(Backend):
         sampling = SamplingSettings.from_knobs(knobs)
         tuning = FinetuneSettings.from_knobs(knobs)
         model, tokenizer = self.pretrained.model, self.pretrained.tokenizer
+        first = batch_seed(seed)
         if tuning.epochs == 0:
-            return close_paths(model, tokenizer, ctx, horizon, num_samples, sampling, seed)
+            return close_paths(model, tokenizer, ctx, horizon, num_samples, sampling, first)
         out = np.empty((ctx.values.shape[0], num_samples, horizon))
-        for block, tuned in walk_forward(model, tokenizer, ctx, tuning, self.alpha, seed):
+        for block, tuned in walk_forward(model, tokenizer, ctx, tuning, self.alpha, first):
             part = Contexts(ctx.values[block], ctx.ts[block], ctx.freq)
-            out[block] = close_paths(tuned, tokenizer, part, horizon, num_samples, sampling, seed + block.start)
+            out[block] = close_paths(tuned, tokenizer, part, horizon, num_samples, sampling, first + block.start)
         return out
 
     @classmethod

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.backends.base import Backend
+from sweeper.backends.base import Backend, Seeds, batch_seed
 from sweeper.backends.pretrained import checkpoint_dir, preset_config, quiet, seeded, torch_device, write_checkpoint
 from sweeper.plan import Contexts
 
@@ -65,7 +65,7 @@ class MoiraiBackend(Backend):
         self._module = module.to(self._device).eval()
 
     def forecast(
-        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: int
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds
     ) -> np.ndarray:
         import torch
 
@@ -84,7 +84,7 @@ class MoiraiBackend(Backend):
                 np.ascontiguousarray(ctx.values[:, :, COVARIATES]), dtype=torch.float32, device=self._device
             )
         out = np.empty((b, num_samples, horizon), dtype=np.float32)
-        with seeded(seed, self._device), torch.inference_mode():
+        with seeded(batch_seed(seed), self._device), torch.inference_mode():
             chosen = np.full(b, patch) if patch != AUTO else self._best_patches(close, covariates, context, horizon)
             for p in sorted(set(chosen.tolist())):
                 rows = np.flatnonzero(chosen == p)

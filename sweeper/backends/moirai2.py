@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.backends.base import Backend
+from sweeper.backends.base import Backend, Seeds, origin_rngs
 from sweeper.backends.pretrained import checkpoint_dir, preset_config, quiet, seeded, torch_device, write_checkpoint
 from sweeper.plan import Contexts
 
@@ -47,9 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def sample_quantile_function(
-    quantiles: np.ndarray, levels: np.ndarray, num_samples: int, rng: np.random.Generator
-) -> np.ndarray:
+def sample_quantile_function(quantiles: np.ndarray, levels: np.ndarray, num_samples: int, seed: Seeds) -> np.ndarray:
     """(B, N, H) draws from the quantile function through `quantiles` (B, K, H) at `levels` (K,).
 
     Piecewise linear between the levels, exponential tails outside them (see the module docstring).
@@ -57,7 +55,7 @@ def sample_quantile_function(
     q = np.sort(np.asarray(quantiles, dtype=np.float64), axis=1)
     a = np.asarray(levels, dtype=np.float64)
     b = q.shape[0]
-    u = rng.random((num_samples, b)).T  # sample-major, so the first n draws never depend on N
+    u = np.stack([rng.random(num_samples) for rng in origin_rngs(seed, b)])  # the first n never depend on N
     u = np.clip(u, 1e-12, 1.0 - 1e-12)[:, :, None]  # (B, N, 1): one rank per path
     # interior: linear interpolation between the two levels around u
     j = np.clip(np.searchsorted(a, u, side="right") - 1, 0, a.size - 2)  # (B, N, 1)
@@ -118,10 +116,10 @@ class Moirai2Backend(Backend):
         return out.reshape(b, self.levels.size, horizon).double().cpu().numpy()
 
     def forecast(
-        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: int
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds
     ) -> np.ndarray:
         q = self.quantiles(ctx, horizon)  # deterministic; the draws come from `seed` alone
-        return sample_quantile_function(q, self.levels, num_samples, np.random.default_rng(seed))
+        return sample_quantile_function(q, self.levels, num_samples, seed)
 
     @classmethod
     def init_checkpoint(cls, preset: str, out: Path) -> Path:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.backends.base import Backend
+from sweeper.backends.base import Backend, Seeds, batch_seed
 from sweeper.backends.pretrained import (
     CONFIG,
     WEIGHTS,
@@ -119,7 +119,7 @@ class TotoBackend(Backend):
         self._forecaster = lib.inference.forecaster.TotoForecaster(model.model)
 
     def forecast(
-        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: int
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds
     ) -> np.ndarray:
         import torch
 
@@ -138,7 +138,7 @@ class TotoBackend(Backend):
             num_exogenous_variables=0,
         )
         target = columns.index(CLOSE)
-        with seeded(seed, self._device), torch.inference_mode():
+        with seeded(batch_seed(seed), self._device), torch.inference_mode():
             if horizon <= self._forecaster.model.patch_embed.patch_size:
                 paths = self._next_patch(inputs, target, horizon, num_samples)
             else:

@@ -1,0 +1,183 @@
+"""From a config to a forecast: what a trading script calls.
+
+    from sweeper import load_config
+
+    predictor = load_config("hyperparams/best/BTCUSDT/1h-h1.json")   # ensemble=True: the ensemble
+    f = predictor.forecast(bars)          # polars or pandas frame: ts, open, high, low, close, volume
+    f.point, f.quantiles[0.9], f.frame()
+
+A forecast here is the sweep's forecast of the same bars, not a re-implementation of it: the draws come
+from the same `Forecaster` (seeded per origin from the configuration and the last bar's time), a
+candidate keeps the first `num_samples` of the config's `draws` and aggregates them (`from_draws`), an
+ensemble is the weighted mixture of its members (`ensemble.mixture`), and the quantiles are read as the
+scores read them (`metrics.quantiles`). So a forecast made from the bars before a recorded origin equals
+that origin's row of `origins.parquet`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from sweeper import metrics
+from sweeper.data import Series, bars_series, load, resolve_lake
+from sweeper.ensemble import mixture
+from sweeper.errors import SweepError
+from sweeper.evaluate import config_forecaster, read_config
+from sweeper.forecast import Forecaster
+from sweeper.objective import Candidate, Forecast, from_draws
+from sweeper.plan import contexts
+from sweeper.select import ENSEMBLE, REFERENCE
+from sweeper.store import best_configs, level_column
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The next H bars after `last_ts`: point and quantiles per bar; the draws when asked for."""
+
+    symbol: str
+    freq: str
+    candidate: str  # the chosen backend, or "ensemble"
+    last_ts: np.datetime64  # the last bar the forecast saw (UTC)
+    ts: np.ndarray  # (H,) open times of the forecast bars: the bar length stepped, closed weekdays skipped
+    point: np.ndarray  # (H,)
+    quantiles: dict[float, np.ndarray]  # level (metrics.LEVELS) -> (H,)
+    draws: np.ndarray | None = None  # (N, H), sorted per bar
+    weights: np.ndarray | None = None  # (N,) per-draw weights of an ensemble's mixture; None: equal
+
+    def frame(self) -> pl.DataFrame:
+        """One row per forecast bar: symbol, candidate, ts (UTC), step, point, q05 ... q95."""
+        return pl.DataFrame(
+            {
+                "symbol": self.symbol,
+                "candidate": self.candidate,
+                "ts": pl.Series(self.ts.astype("datetime64[us]")).dt.replace_time_zone("UTC"),
+                "step": np.arange(1, self.ts.size + 1),
+                "point": self.point,
+                **{level_column(q): v for q, v in self.quantiles.items()},
+            }
+        )
+
+    def records(self) -> list[dict[str, Any]]:
+        """The frame's rows with ISO timestamps, and the frequency and last bar seen (`sweep forecast --json`)."""
+        last = f"{self.last_ts.astype('datetime64[s]')}Z"
+        return [
+            {**r, "ts": r["ts"].isoformat(), "freq": self.freq, "last_ts": last}
+            for r in self.frame().iter_rows(named=True)
+        ]
+
+
+def _candidate(config: dict[str, Any], name: str) -> Candidate:
+    """An ensemble member or the chosen backend by its name in the config."""
+    entry = config["baseline"] if name == REFERENCE else config["backends"].get(name)
+    if not entry or entry.get("params") is None:
+        raise SweepError(f"config for {config['symbol']} has no configuration for {name!r}")
+    return Candidate(entry.get("backend", name), entry["params"], entry["draws"])
+
+
+class Predictor:
+    """A config ready to forecast: its members (one, or an ensemble's) and their weights, and one
+    forecaster with the config's seed and checkpoints (each model is loaded once)."""
+
+    def __init__(self, config: dict[str, Any], ensemble: bool = False, device: str = "auto") -> None:
+        self.config = config
+        if ensemble:
+            if not config.get("ensemble"):
+                raise SweepError(f"config for {config['symbol']} has no ensemble")
+            self.name, self.weights = ENSEMBLE, dict(config["ensemble"]["weights"])
+        else:
+            if not config.get("chosen"):
+                raise SweepError(f"config for {config['symbol']} has no chosen configuration")
+            self.name = config["chosen"]["backend"]
+            self.weights = {self.name: 1.0}
+        self.members = {name: _candidate(config, name) for name in self.weights}
+        self.forecaster: Forecaster = config_forecaster(config, device)
+
+    @property
+    def context_length(self) -> int:
+        """Bars a forecast needs: the longest context of its members."""
+        return max(int(c.params["context_length"]) for c in self.members.values())
+
+    def forecast(self, bars: Any, draws: bool = False) -> Prediction:
+        """Forecast the H bars after the last row of `bars` (a polars or pandas frame with columns ts
+        (or a ts index), open, high, low, close, volume; naive timestamps are UTC)."""
+        if not isinstance(bars, pl.DataFrame):
+            bars = pl.from_pandas(bars if "ts" in bars.columns else bars.reset_index())
+        c = self.config
+        return self.forecast_series(bars_series(bars, c["symbol"], c["freq"], c["asset_class"], "bars"), draws)
+
+    def forecast_series(self, series: Series, draws: bool = False) -> Prediction:
+        horizon = int(self.config["horizon"])
+        origin = np.array([len(series)])
+        ctx = contexts(series, origin, min(len(series), self.context_length))
+        members: list[Forecast] = [
+            from_draws(name, self.forecaster.draw(series, origin, horizon, c.backend, c.params, int(c.draws)), c.params)
+            for name, c in self.members.items()
+        ]
+        if self.name == ENSEMBLE:
+            samples, w, point, _ = mixture(members, self.weights)
+        else:
+            samples, w, point = members[0].samples, None, members[0].point
+        q = metrics.quantiles(samples, w, presorted=w is None)[0]
+        return Prediction(
+            series.symbol,
+            series.freq,
+            self.name,
+            series.ts[-1],
+            ctx.future_ts(horizon)[0],
+            point[0],
+            {level: q[i] for i, level in enumerate(metrics.LEVELS)},
+            samples[0] if draws else None,
+            w if draws else None,
+        )
+
+
+def load_config(path: str | Path, ensemble: bool = False, device: str = "auto") -> Predictor:
+    """The predictor of a config written by `sweep run` or `sweep promote`; `ensemble` forecasts with
+    the config's ensemble instead of its chosen backend."""
+    return Predictor(read_config(Path(path)), ensemble, device)
+
+
+def promoted_config(out: Path, symbol: str, freq: str | None = None, horizon: int | None = None) -> Path:
+    """The promoted config of a symbol in `out/hyperparams/best`; `freq` and `horizon` pick among several."""
+    found = [
+        (p, cfg)
+        for p in best_configs(out)
+        if (cfg := read_config(p))["symbol"] == symbol
+        and freq in (None, cfg["freq"])
+        and horizon in (None, cfg["horizon"])
+    ]
+    keys = [f"{cfg['freq']} h{cfg['horizon']}" for _, cfg in found]
+    if not found:
+        want = " ".join(x for x in (freq, None if horizon is None else f"h{horizon}") if x)
+        raise SweepError(f"no promoted config for {symbol} {want}".rstrip() + f" in {out / 'hyperparams' / 'best'}")
+    if len(found) > 1:
+        raise SweepError(f"{symbol} has promoted configs for {', '.join(keys)}: choose one with --freq (and --horizon)")
+    return found[0][0]
+
+
+def forecast_latest(
+    out: Path,
+    symbols: list[str],
+    freq: str | None = None,
+    horizon: int | None = None,
+    config: Path | None = None,
+    lake: str | None = None,
+    ensemble: bool = False,
+    device: str = "auto",
+) -> list[Prediction]:
+    """Forecast the bars after each symbol's latest bar in the lake (the config's lake unless `lake`),
+    from its promoted config, or from `config` for the symbol that config was made for."""
+    predictions = []
+    for symbol in symbols:
+        predictor = load_config(config or promoted_config(out, symbol, freq, horizon), ensemble, device)
+        c = predictor.config
+        if c["symbol"] != symbol:
+            raise SweepError(f"config {config} is for {c['symbol']}, not {symbol}")
+        series = load(resolve_lake(lake or c["data"]["lake"]), [symbol], c["freq"])[0]
+        predictions.append(predictor.forecast_series(series))
+    return predictions
