@@ -48,7 +48,7 @@ def _ctx(series, n: int, length: int = KNOBS["context_length"]):
 def test_samples_reproduce_the_quantiles_in_between() -> None:
     q = np.array([[[90.0, 9.0], [94, 9.4], [97, 9.7], [99, 9.9], [100, 10], [101, 10.1], [103, 10.3], [106, 10.6],
                    [110, 11]]])  # fmt: skip
-    draws = sample_quantile_function(q, LEVELS, 200_000, np.random.default_rng(0))
+    draws = sample_quantile_function(q, LEVELS, 200_000, 0)
     assert draws.shape == (1, 200_000, 2)
     np.testing.assert_allclose(np.quantile(draws[0], LEVELS, axis=0), q[0], rtol=2e-3)
     # halfway between two levels the quantile function is halfway between their quantiles
@@ -57,7 +57,7 @@ def test_samples_reproduce_the_quantiles_in_between() -> None:
 
 def test_tails_are_exponential_through_the_neighbouring_quantile() -> None:
     q = np.array([[[90.0], [94], [97], [99], [100], [101], [103], [106], [110]]])
-    draws = sample_quantile_function(q, LEVELS, 400_000, np.random.default_rng(1))[0, :, 0]
+    draws = sample_quantile_function(q, LEVELS, 400_000, 1)[0, :, 0]
     left = 90 + (94 - 90) / np.log(2) * np.log(0.01 / 0.1)  # Q(0.01)
     right = 110 - (110 - 106) / np.log(2) * np.log(0.01 / 0.1)  # Q(0.99)
     np.testing.assert_allclose(np.quantile(draws, [0.01, 0.99]), [left, right], rtol=2e-3)
@@ -66,7 +66,7 @@ def test_tails_are_exponential_through_the_neighbouring_quantile() -> None:
 
 def test_crossing_quantiles_are_sorted_and_paths_keep_their_rank() -> None:
     q = np.array([[[100.0, 200.0]] * 9]) + np.array([0, 2, 1, 3, 4, 6, 5, 7, 8])[None, :, None]  # crossing
-    draws = sample_quantile_function(q, LEVELS, 1000, np.random.default_rng(2))
+    draws = sample_quantile_function(q, LEVELS, 1000, 2)
     ranks = np.argsort(np.argsort(draws[0], axis=0), axis=0)
     np.testing.assert_array_equal(ranks[:, 0], ranks[:, 1])  # one quantile rank per path
     inner = draws[0][(draws[0, :, 0] > 100) & (draws[0, :, 0] < 108)]
@@ -75,9 +75,9 @@ def test_crossing_quantiles_are_sorted_and_paths_keep_their_rank() -> None:
 
 def test_draws_are_seeded_and_prefix_consistent() -> None:
     q = np.sort(np.random.default_rng(3).normal(100, 5, size=(4, 9, 5)), axis=1)
-    many = sample_quantile_function(q, LEVELS, 64, np.random.default_rng(9))
-    np.testing.assert_array_equal(many, sample_quantile_function(q, LEVELS, 64, np.random.default_rng(9)))
-    np.testing.assert_array_equal(sample_quantile_function(q, LEVELS, 10, np.random.default_rng(9)), many[:, :10])
+    many = sample_quantile_function(q, LEVELS, 64, 9)
+    np.testing.assert_array_equal(many, sample_quantile_function(q, LEVELS, 64, 9))
+    np.testing.assert_array_equal(sample_quantile_function(q, LEVELS, 10, 9), many[:, :10])
 
 
 # --- the backend -----------------------------------------------------------------------------------------------
