@@ -86,7 +86,7 @@ def naive_loop(task: SymbolTask, backend: str, checkpoint: str | None, trials: i
     space = task.spaces[backend]
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed), direction=get(metric).direction)
     if space.defaults() is not None:
-        study.enqueue_trial(space.defaults())
+        study.enqueue_trial(space.optuna_params(space.defaults()))
     origins, horizon, truth = task.plan.origins("val"), task.plan.protocol.horizon, task.truth("val")
     start = time.perf_counter()
     done = 0

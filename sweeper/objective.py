@@ -91,7 +91,17 @@ class SymbolTask:
         return metrics.score(f.samples, f.point, self.truth(split), f.latency_s, presorted=True)
 
 
-VAL_MEANS = "val_means"
+VAL_PREFIX = "val_"  # one trial user attribute per validation mean (val_crps, val_mae, ...), as dashboards show them
+
+
+def record_means(trial: optuna.Trial, means: dict[str, float]) -> None:
+    for k, v in means.items():
+        trial.set_user_attr(f"{VAL_PREFIX}{k}", v)
+
+
+def recorded_means(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
+    """The validation means a trial recorded (empty for one that did not complete)."""
+    return {k.removeprefix(VAL_PREFIX): v for k, v in trial.user_attrs.items() if k.startswith(VAL_PREFIX)}
 
 
 def mean_scores(scores: dict[str, np.ndarray]) -> dict[str, float]:
@@ -103,6 +113,6 @@ def objective(trial: optuna.Trial, task: SymbolTask, backend: str, objectives: t
     """The plain function Optuna calls: suggest knobs, score on validation origins, return the mean(s)."""
     params = task.spaces[backend].suggest(trial)
     means = mean_scores(task.scores(Candidate(backend, params), "val"))
-    trial.set_user_attr(VAL_MEANS, means)  # one write: each attribute is a storage round trip
+    record_means(trial, means)
     values = tuple(means[m] for m in objectives)
     return values[0] if len(values) == 1 else values

@@ -44,7 +44,7 @@ from sweeper.data import Series
 from sweeper.errors import SweepError
 from sweeper.forecast import Forecaster
 from sweeper.metric import get
-from sweeper.objective import VAL_MEANS, Candidate, SymbolTask, mean_scores
+from sweeper.objective import Candidate, SymbolTask, mean_scores, record_means
 from sweeper.parallel import set_threads
 from sweeper.plan import Plan
 from sweeper.search import StudySettings, finished, prepare_study, storage_for
@@ -122,7 +122,7 @@ def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
     """One Tune trial: score the knobs on every validation origin, report the running mean chunk by chunk."""
     task = _task(spec)
     try:
-        scores = task.scores(Candidate(spec.backend, dict(config)), "val")
+        scores = task.scores(Candidate(spec.backend, spec.spaces[spec.backend].values(config)), "val")
     except (ValueError, FloatingPointError) as exc:
         tune.report({SCORE: math.nan, FAILED: str(exc)})
         return
@@ -146,7 +146,7 @@ class Searcher(OptunaSearch):
         if ot is None or not result or error or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         if FAILED not in result and result.get(CHUNK) == self.chunks:
-            ot.set_user_attr(VAL_MEANS, {k[len(MEAN) :]: v for k, v in result.items() if k.startswith(MEAN)})
+            record_means(ot, {k[len(MEAN) :]: v for k, v in result.items() if k.startswith(MEAN)})
             return super().on_trial_complete(trial_id, result, error)
         if FAILED in result:
             self._ot_study.tell(ot, state=TrialState.FAIL)

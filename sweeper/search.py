@@ -10,9 +10,10 @@ import functools
 import importlib.util
 import os
 import socket
+import warnings
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,7 +22,8 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 
 from sweeper.metric import get
-from sweeper.objective import VAL_MEANS, SymbolTask, objective
+from sweeper.objective import SymbolTask, objective, recorded_means
+from sweeper.space import Space
 
 # A failed trial is recorded (user attribute `error`, trials.parquet, the config's `error`) and reported once
 # per backend in one line; Optuna's own warning, a traceback per failed trial, would bury that line.
@@ -48,6 +50,7 @@ class StudySettings:
     budget: Budget
     seed: int
     namespace: str = ""
+    attrs: dict[str, Any] = field(default_factory=dict)  # study user attributes: run, metric, lake
 
 
 def study_name(symbol: str, backend: str, namespace: str = "") -> str:
@@ -117,13 +120,18 @@ def open_study(
         )
     else:
         sampler = optuna.samplers.NSGAIISampler(seed=study_seed)
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=name,
         storage=storage_for(storage),
         sampler=sampler,
         directions=[get(m).direction for m in objectives],
         load_if_exists=True,
     )
+    if study.metric_names != list(objectives):  # what optuna-dashboard and the Optuna CLI name the values
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and still so in 5.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(objectives))
+    return study
 
 
 def owner_id() -> str:
@@ -173,10 +181,15 @@ def prepare_study(task: SymbolTask, backend: str, s: StudySettings) -> optuna.St
     """Open the study, recover trials of dead processes, and queue the defaults as trial 0 of a new study."""
     study = open_study(s.storage, task.series.symbol, backend, s.objectives, s.seed, s.namespace)
     recover(study)
+    protocol = task.plan.protocol
+    attrs = {**s.attrs, "symbol": task.series.symbol, "freq": task.series.freq, "horizon": protocol.horizon}
+    for k, v in {**attrs, "backend": backend}.items():
+        if study.user_attrs.get(k) != v:  # a resumed study has them: no writes
+            study.set_user_attr(k, v)
     if not study.trials:
         defaults = task.spaces[backend].defaults()
         if defaults is not None:
-            study.enqueue_trial(defaults)
+            study.enqueue_trial(task.spaces[backend].optuna_params(defaults))
     return study
 
 
@@ -189,9 +202,10 @@ def run_study(
     seed: int,
     on_trial: Callable[[optuna.Study], None] | None = None,
     namespace: str = "",
+    attrs: dict[str, Any] | None = None,
 ) -> optuna.Study:
     """Run the trials still missing from the study's budget."""
-    study = prepare_study(task, backend, StudySettings(storage, objectives, budget, seed, namespace))
+    study = prepare_study(task, backend, StudySettings(storage, objectives, budget, seed, namespace, attrs or {}))
     remaining = budget.trials - finished(study)
     if remaining > 0:
         callbacks = [lambda s, _t: on_trial(s)] if on_trial else None
@@ -246,18 +260,19 @@ class OptunaEngine:
         self, task: SymbolTask, backend: str, on_trial: Callable[[optuna.Study], None] | None = None
     ) -> optuna.Study:
         s = self.settings
-        return run_study(task, backend, s.storage, s.objectives, s.budget, s.seed, on_trial, s.namespace)
+        return run_study(task, backend, s.storage, s.objectives, s.budget, s.seed, on_trial, s.namespace, s.attrs)
 
 
-def best_params(study: optuna.Study, metric: str, latency_budget: float | None = None) -> dict | None:
+def best_params(study: optuna.Study, space: Space, metric: str, latency_budget: float | None = None) -> dict | None:
     """The most accurate completed trial on `metric`, among those within the latency budget if one is set."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if VAL_MEANS in t.user_attrs]
+    done = [(t, recorded_means(t)) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    done = [(t, m) for t, m in done if metric in m]
     if latency_budget is not None:
-        done = [t for t in done if t.user_attrs[VAL_MEANS]["latency_s"] <= latency_budget]
+        done = [(t, m) for t, m in done if m["latency_s"] <= latency_budget]
     if not done:
         return None
     sign = get(metric).sign
-    return dict(min(done, key=lambda t: (sign * t.user_attrs[VAL_MEANS][metric], t.number)).params)
+    return space.values(min(done, key=lambda tm: (sign * tm[1][metric], tm[0].number))[0].params)
 
 
 def no_completed_trial(study: optuna.Study) -> str:
@@ -268,6 +283,6 @@ def no_completed_trial(study: optuna.Study) -> str:
     return f"no trial completed ({len(failed)} of {len(trials)} failed{why})"
 
 
-def pareto(study: optuna.Study) -> list[dict]:
+def pareto(study: optuna.Study, space: Space) -> list[dict]:
     """The Pareto front of a multi-objective study: knobs and objective values."""
-    return [{"number": t.number, "params": t.params, "values": t.values} for t in study.best_trials]
+    return [{"number": t.number, "params": space.values(t.params), "values": t.values} for t in study.best_trials]

@@ -11,10 +11,16 @@
 
 Every backend needs num_samples, aggregation and context_length. When every knob has a default, that
 configuration is the first trial, so the documented default is always among the candidates.
+
+Categorical numbers are searched in their order, so TPE (and the dashboard's axes) can use it: evenly
+spaced integers become an int knob with that step; other numbers (16, 32, 64, ...) an ordered knob, whose
+Optuna parameter is the index `<name>_index` into the sorted choices. Everything the sweep records (trials,
+configs) holds the real values (`Space.values`).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,8 @@ from sweeper.errors import SweepError
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 TYPES = ("int", "float", "log-float", "categorical")
+ORDERED = "ordered"  # not a YAML type: categorical numbers that are not evenly spaced integers
+INDEX_SUFFIX = "_index"
 REQUIRED = ("num_samples", "aggregation", "context_length")
 Value = int | float | str | bool
 
@@ -42,7 +50,31 @@ class Param:
     choices: tuple[Value, ...] = ()
     default: Value | None = None
 
+    @property
+    def optuna_name(self) -> str:
+        """The parameter's name in the study: an ordered knob's is its index's."""
+        return self.name + INDEX_SUFFIX if self.type == ORDERED else self.name
+
+    def value(self, optuna_value: Value) -> Value:
+        """The real value of the study's parameter."""
+        return self.choices[int(optuna_value)] if self.type == ORDERED else optuna_value
+
+    def optuna_value(self, value: Value) -> Value:
+        return self.choices.index(value) if self.type == ORDERED else value
+
+    @property
+    def dtype(self) -> type:
+        """The Python type of the knob's values: int, float, bool, or str (strings and mixed choices)."""
+        if self.type in ("float", "log-float"):
+            return float
+        kinds = {type(v) for v in (self.choices or (self.low, self.high))}
+        if len(kinds) == 1:
+            return kinds.pop()
+        return float if kinds == {int, float} else str
+
     def distribution(self) -> optuna.distributions.BaseDistribution:
+        if self.type == ORDERED:
+            return optuna.distributions.IntDistribution(0, len(self.choices) - 1)
         if self.type == "categorical":
             return optuna.distributions.CategoricalDistribution(self.choices)
         if self.type == "int":
@@ -52,6 +84,8 @@ class Param:
         return optuna.distributions.FloatDistribution(self.low, self.high, log=self.type == "log-float", step=self.step)
 
     def suggest(self, trial: optuna.Trial) -> Value:
+        if self.type == ORDERED:
+            return self.choices[trial.suggest_int(self.optuna_name, 0, len(self.choices) - 1)]
         if self.type == "categorical":
             return trial.suggest_categorical(self.name, self.choices)  # type: ignore[arg-type]
         if self.type == "int":
@@ -59,7 +93,7 @@ class Param:
         return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.type == "log-float")
 
     def values_max(self) -> Value:
-        return max(self.choices) if self.type == "categorical" else self.high  # type: ignore[return-value,type-var]
+        return max(self.choices) if self.choices else self.high  # type: ignore[return-value,type-var]
 
 
 @dataclass(frozen=True)
@@ -70,7 +104,17 @@ class Space:
     checkpoint: str | None = None
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
-        return {name: p.distribution() for name, p in self.params.items()}
+        """The study's parameters (ordered knobs under their index names)."""
+        return {p.optuna_name: p.distribution() for p in self.params.values()}
+
+    def values(self, optuna_params: dict[str, Value]) -> dict[str, Value]:
+        """A trial's knobs with their real values, from the study's parameters (those it has)."""
+        have = {name: p for name, p in self.params.items() if p.optuna_name in optuna_params}
+        return {name: p.value(optuna_params[p.optuna_name]) for name, p in have.items()}
+
+    def optuna_params(self, values: dict[str, Value]) -> dict[str, Value]:
+        """The study's parameters for knobs with real values (to queue a trial)."""
+        return {p.optuna_name: p.optuna_value(values[name]) for name, p in self.params.items()}
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Value]:
         return {name: p.suggest(trial) for name, p in self.params.items()}
@@ -102,6 +146,19 @@ def _number(path: Path, key: str, spec: dict, field: str, integer: bool) -> floa
     return value
 
 
+def _ordered(name: str, choices: tuple[Value, ...], default: Value | None) -> Param | None:
+    """Numeric choices as a knob searched in order: an int knob when they are evenly spaced integers,
+    else an ordered (index) knob; None for anything else (strings, booleans, one choice, repeats)."""
+    numbers = [c for c in choices if isinstance(c, int | float) and not isinstance(c, bool)]
+    if len(numbers) != len(choices) or len(set(choices)) != len(choices) or len(choices) < 2:
+        return None
+    ordered = tuple(sorted(numbers))
+    steps = {b - a for a, b in itertools.pairwise(ordered)}
+    if all(isinstance(c, int) for c in ordered) and len(steps) == 1:
+        return Param(name, "int", ordered[0], ordered[-1], steps.pop(), default=default)
+    return Param(name, ORDERED, choices=ordered, default=default)
+
+
 def _param(path: Path, name: str, spec: Any) -> Param:
     key = f"params.{name}"
     if not isinstance(spec, dict):
@@ -121,7 +178,7 @@ def _param(path: Path, name: str, spec: Any) -> Param:
             raise _fail(path, f"{key}.choices", "must hold numbers, strings or booleans")
         if default is not None and default not in choices:
             raise _fail(path, f"{key}.default", f"{default!r} is not one of the choices")
-        return Param(name, kind, choices=tuple(choices), default=default)
+        return _ordered(name, tuple(choices), default) or Param(name, kind, choices=tuple(choices), default=default)
     integer = kind == "int"
     low, high = _number(path, key, spec, "low", integer), _number(path, key, spec, "high", integer)
     step = _number(path, key, spec, "step", integer)
@@ -149,8 +206,8 @@ def _check_knobs(path: Path, params: dict[str, Param]) -> None:
             raise _fail(path, f"params.{name}", "is required for every backend")
     ns, ctx = params["num_samples"], params["context_length"]
     for p in (ns, ctx):
-        values = p.choices if p.type == "categorical" else (p.low, p.high)
-        if p.type not in ("int", "categorical") or any(
+        values = p.choices or (p.low, p.high)
+        if p.type not in ("int", "categorical", ORDERED) or any(
             isinstance(v, bool) or not isinstance(v, int) or v < (2 if p is ctx else 1) for v in values
         ):
             raise _fail(path, f"params.{p.name}", f"must be integers >= {2 if p is ctx else 1}")

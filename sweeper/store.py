@@ -24,15 +24,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import optuna
 import polars as pl
+from optuna.trial import TrialState
 
 from sweeper import __version__
 from sweeper.atomic import read_json, write_with
 from sweeper.backends import random_init
 from sweeper.errors import SweepError, check_name
 from sweeper.metrics import LEVELS
-from sweeper.objective import VAL_MEANS, SymbolTask
+from sweeper.objective import SymbolTask, recorded_means
 from sweeper.search import ERROR
 from sweeper.select import SymbolResult
+from sweeper.space import Space
 
 if TYPE_CHECKING:
     from sweeper.sweep import RunRequest
@@ -213,7 +215,18 @@ def config_record(
     }
 
 
-def trials_frame(symbol: str, backend: str, study: optuna.Study) -> pl.DataFrame:
+def _utc(t: dt.datetime | None) -> dt.datetime | None:
+    """Optuna records naive local times; as UTC."""
+    return None if t is None else t.astimezone(dt.UTC)
+
+
+_DTYPES = {int: pl.Int64, float: pl.Float64, bool: pl.Boolean, str: pl.String}
+
+
+def trials_frame(symbol: str, backend: str, study: optuna.Study, space: Space) -> pl.DataFrame:
+    """Every trial of a study, as Optuna's `trials_dataframe` lays it out: one typed `params_<knob>` column
+    per knob (real values), state, times, duration, the step a pruned trial stopped at, validation means."""
+    trials = study.get_trials(deepcopy=False)
     rows = [
         {
             "symbol": symbol,
@@ -221,14 +234,28 @@ def trials_frame(symbol: str, backend: str, study: optuna.Study) -> pl.DataFrame
             "number": t.number,
             "state": t.state.name,
             "value": t.values[0] if t.values else None,  # the first objective; all are in the val_ columns
-            "params": str(t.params),
+            "datetime_start": _utc(t.datetime_start),
+            "datetime_complete": _utc(t.datetime_complete),
             "duration_s": t.duration.total_seconds() if t.duration else None,
+            "prune_step": t.last_step if t.state == TrialState.PRUNED else None,
             "error": t.user_attrs.get(ERROR),
-            **{f"val_{k}": v for k, v in t.user_attrs.get(VAL_MEANS, {}).items()},
+            **{f"val_{k}": v for k, v in recorded_means(t).items()},
         }
-        for t in study.get_trials(deepcopy=False)
+        for t in trials
     ]
-    return pl.DataFrame(rows, infer_schema_length=None)
+    utc = pl.Datetime("us", "UTC")
+    frame = pl.DataFrame(rows, infer_schema_length=None).with_columns(
+        pl.col("datetime_start", "datetime_complete").cast(utc)
+    )
+    knobs = [space.values(t.params) for t in trials]
+    return frame.with_columns(
+        pl.Series(
+            f"params_{name}",
+            [None if name not in k else p.dtype(k[name]) for k in knobs],
+            dtype=_DTYPES[p.dtype],
+        )
+        for name, p in space.params.items()
+    ).with_columns(pl.col("prune_step").cast(pl.Int64))
 
 
 def level_column(q: float) -> str:
@@ -260,7 +287,10 @@ def origins_frame(task: SymbolTask, result: SymbolResult) -> pl.DataFrame:
                     "point": list(band.point),
                     **{level_column(q): list(band.quantiles[:, i]) for i, q in enumerate(LEVELS)},
                 }
-            ).with_columns(pl.col("target_ts").cast(pl.List(utc)))
+            ).with_columns(
+                pl.col("target_ts").cast(pl.List(utc)),
+                pl.col("actual", "point", *map(level_column, LEVELS)).cast(pl.List(pl.Float64)),
+            )
         )
     return pl.concat(frames)
 

@@ -169,6 +169,7 @@ def engine_for(prep: Prepared, paths: RunPaths, progress: Progress | None) -> En
         Budget(req.trials, req.timeout),
         req.seed,
         namespace_for(paths.run_id, req.storage),
+        {"run": paths.run_id, "metric": req.metric, "lake": lake_label(prep.lake)},
     )
     if req.engine == "ray":
         from sweeper.ray_engine import RayEngine, RayOptions
@@ -207,7 +208,7 @@ def execute(prep: Prepared, paths: RunPaths, progress: Progress | None = None) -
                     continue
                 tick(study)
                 complete = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
-                params = best_params(study, req.metric, req.latency_budget)
+                params = best_params(study, task.spaces[backend], req.metric, req.latency_budget)
                 if not complete:
                     errors[backend] = no_completed_trial(study)
                 elif params is None and req.latency_budget is not None:
@@ -216,8 +217,8 @@ def execute(prep: Prepared, paths: RunPaths, progress: Progress | None = None) -
                     )
                 best[backend] = (params, complete)
                 if len(req.search_objectives()) > 1:
-                    fronts[backend] = pareto(study)
-                trial_frames.append(trials_frame(task.series.symbol, backend, study))
+                    fronts[backend] = pareto(study, task.spaces[backend])
+                trial_frames.append(trials_frame(task.series.symbol, backend, study, task.spaces[backend]))
             result = select(task, best, req.metric, req.seed, errors, req.select)
             results.append(result)
             origin_frames.append(origins_frame(task, result))

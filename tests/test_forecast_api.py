@@ -16,19 +16,20 @@ from sweeper.metrics import LEVELS
 from sweeper.store import level_column
 from tests.helpers import SHARED_LAKE
 
-RUN = ["--lake", SHARED_LAKE, "--symbols", "BTCUSDT", "--trials", 4, "--val-origins", 60, "--test-origins", 20]
+RUN = ["--lake", SHARED_LAKE, "--trials", 4, "--val-origins", 60, "--test-origins", 20]
 
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One 1d run with an ensemble of naive, drift and seasonal_naive at horizon 3, and one 1h run."""
+    """A 1d run at horizon 3 (SOLUSDT's ensemble mixes naive, drift and seasonal_naive) and a 1h run."""
     from typer.testing import CliRunner
 
     from sweeper.cli import app, expand_list_options
 
     out = tmp_path_factory.mktemp("out")
     runner = CliRunner()
-    for run_id, extra in (("daily", ["--freq", "1d", "--horizon", 3]), ("hourly", ["--freq", "1h"])):
+    daily = ["--symbols", "BTCUSDT", "SOLUSDT", "--freq", "1d", "--horizon", 3]
+    for run_id, extra in (("daily", daily), ("hourly", ["--symbols", "BTCUSDT", "--freq", "1h"])):
         args = expand_list_options([str(a) for a in ["run", *RUN, *extra, "--run-id", run_id, "--out", out]])
         r = runner.invoke(app, args, catch_exceptions=False)
         assert r.exit_code == 0, r.output
@@ -39,19 +40,19 @@ def _bars(series: Series) -> pl.DataFrame:
     return pl.DataFrame({"ts": series.ts, **{c: series.ohlcv[:, i] for i, c in enumerate(COLUMNS[1:])}})
 
 
-def _recorded(out: Path, run_id: str, candidate: str) -> pl.DataFrame:
+def _recorded(out: Path, run_id: str, symbol: str, candidate: str) -> pl.DataFrame:
     origins = pl.read_parquet(out / "results" / run_id / "origins.parquet")
-    return origins.filter(pl.col("candidate") == candidate).sort("origin_row")
+    return origins.filter(symbol=symbol, candidate=candidate).sort("origin_row")
 
 
 @pytest.mark.parametrize("ensemble", [False, True], ids=["chosen", "ensemble"])
 def test_live_forecast_equals_the_sweeps_recorded_forecast(swept: Path, ensemble: bool) -> None:
-    config = swept / "hyperparams" / "daily" / "BTCUSDT.json"
+    config = swept / "hyperparams" / "daily" / "SOLUSDT.json"
     predictor = load_config(config, ensemble=ensemble)
     cfg = json.loads(config.read_text())
-    assert ensemble is False or len(cfg["ensemble"]["weights"]) > 1  # a real mixture, not one member
-    recorded = _recorded(swept, "daily", "ensemble" if ensemble else cfg["chosen"]["backend"])
-    series = load(SHARED_LAKE, ["BTCUSDT"], "1d")[0]
+    assert len(cfg["ensemble"]["weights"]) == 3  # a real mixture, not one member
+    recorded = _recorded(swept, "daily", "SOLUSDT", "ensemble" if ensemble else cfg["chosen"]["backend"])
+    series = load(SHARED_LAKE, ["SOLUSDT"], "1d")[0]
     bars = _bars(series)
     # the first validation and the last test origin; the second as a pandas frame with a ts index
     for row, frame in ((recorded.row(0, named=True), "polars"), (recorded.row(-1, named=True), "pandas")):
@@ -72,7 +73,7 @@ def test_origins_table_holds_utc_times_actuals_points_and_quantiles(swept: Path)
     origins = pl.read_parquet(swept / "results" / "daily" / "origins.parquet")
     assert origins.schema["origin_ts"] == pl.Datetime("us", "UTC")
     assert origins.schema["target_ts"].inner == pl.Datetime("us", "UTC")  # type: ignore[union-attr]
-    row = origins.row(0, named=True)
+    row = origins.filter(symbol="BTCUSDT").row(0, named=True)
     assert len(row["actual"]) == len(row["point"]) == len(row["q05"]) == 3
     assert row["target_ts"][0] == row["origin_ts"]  # the first target bar is the origin
     q = np.array([row[level_column(x)] for x in LEVELS])

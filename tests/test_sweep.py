@@ -171,7 +171,8 @@ def test_stale_running_trial_is_requeued(tmp_path: Path) -> None:
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1
     assert study.trials[0].user_attrs[INTERRUPTED] is True
-    assert study.trials[1].params["context_length"] == ctx  # its knobs were queued again
+    space = prep.tasks[0].spaces["naive"]
+    assert space.values(study.trials[1].params)["context_length"] == ctx  # its knobs were queued again
 
 
 def test_cached_trials_never_call_the_model(tmp_path: Path) -> None:
