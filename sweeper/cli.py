@@ -66,6 +66,10 @@ app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
 app.add_typer(cache_app, name="cache")
+export_app = typer.Typer(
+    no_args_is_help=True, help="Log runs to the tools researchers keep their sweeps in.", epilog=EXIT_CODES, cls=Group
+)
+app.add_typer(export_app, name="export")
 
 err = stderr_console()
 F = TypeVar("F", bound=Callable[..., Any])
@@ -526,6 +530,26 @@ def forecast(
     columns += [Column("step", "step", numeric=True), Column("point", "point", numeric=True, digits=6), *levels]
     records = [r for p in predictions for r in p.records()]
     Listing("forecast", columns, records, key="forecasts", notes=[f"written: {write}"] if write else ()).emit(json)
+
+
+@export_app.command("mlflow", cls=Command, epilog=EXIT_CODES)
+@handled
+def export_mlflow(
+    run_id: str = typer.Argument(..., help="Run to export."),
+    tracking_uri: str = typer.Option(
+        None, help="MLflow tracking URI, e.g. sqlite:///mlflow.db (default: $MLFLOW_TRACKING_URI or MLflow's)."
+    ),
+    experiment: str = typer.Option("sweep", help="MLflow experiment to log into (created when missing)."),
+    out: Path = typer.Option(Path("."), help="Folder holding results/ and hyperparams/."),
+    json: bool = json_flag(),
+) -> None:
+    """One MLflow run per symbol (config, report) with one nested run per study (knobs, metrics, trials)."""
+    from sweeper.export import export_mlflow as do_export
+
+    made = do_export(out, run_id, tracking_uri, experiment)
+    columns = [Column("MLflow run", "name"), Column("kind", "kind"), Column("id", "mlflow_run_id")]
+    title = f"run {run_id} exported to MLflow experiment {experiment!r}: {len(made)} MLflow runs"
+    Listing(title, columns, made, key="mlflow_runs", meta={"run_id": run_id, "experiment": experiment}).emit(json)
 
 
 @app.command("eval", cls=Command, epilog=EXIT_CODES)

@@ -91,6 +91,8 @@ def test_every_json_output_parses(workspace: Path, cli, tmp_path: Path) -> None:
         "eval": ("eval", *out),
         "report": ("report", "zeta", *out),
         "cache clean": ("cache", "clean", "zeta", *out),
+        "forecast": ("forecast", "--symbols", "BTCUSD", "ETHUSD", *out),
+        "export mlflow": ("export", "mlflow", "zeta", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *out),
         "data check": ("data", "check", "--symbols", "BTCUSD", "ETHUSD", "--lake", SHARED_LAKE, "--freq", "1d"),
         "models init": ("models", "init", "marketgpt", "--preset", "tiny", "--out", ck),
         "train marketgpt": (
@@ -110,6 +112,8 @@ def test_every_json_output_parses(workspace: Path, cli, tmp_path: Path) -> None:
     assert Path(docs["train marketgpt"]["checkpoints"][0]["out_dir"]) == workspace / "models" / "marketgpt" / "t"
     assert {c["candidate"] for c in docs["show"]["candidates"]} == {"naive", "drift", "ensemble"}
     assert docs["eval"]["checks"][0]["status"] == "ok"
+    assert [f["symbol"] for f in docs["forecast"]["forecasts"]] == ["BTCUSD", "ETHUSD"]
+    assert [m["kind"] for m in docs["export mlflow"]["mlflow_runs"]] == ["symbol", "study", "study"]
 
 
 def test_runs_are_listed_by_creation_time_with_freq_trials_duration(workspace: Path, cli) -> None:

@@ -11,7 +11,7 @@ import optuna
 import polars as pl
 import pytest
 
-from sweeper.objective import Candidate, mean_scores
+from sweeper.objective import Candidate, mean_scores, recorded_means
 from sweeper.ray_engine import chunk_ends
 from sweeper.sweep import RunRequest, prepare
 from tests.helpers import SHARED_LAKE
@@ -81,9 +81,9 @@ def test_ray_sweep_matches_the_optuna_engine_in_form(tmp_path: Path, sweep) -> N
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert done
     for t in done:
-        means = mean_scores(task.scores(Candidate("naive", t.params), "val"))
+        means = mean_scores(task.scores(Candidate("naive", task.spaces["naive"].values(t.params)), "val"))
         assert t.value == means["crps"]
-        recorded = t.user_attrs["val_means"]
+        recorded = recorded_means(t)
         assert set(recorded) == set(means)
         del recorded["latency_s"], means["latency_s"]  # wall time
         np.testing.assert_equal(recorded, means)  # exactly equal, NaN included
