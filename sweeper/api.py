@@ -41,7 +41,7 @@ class Prediction:
 
     symbol: str
     freq: str
-    candidate: str  # the chosen backend, or "ensemble"
+    candidate: str  # the backend forecasting, or "ensemble"
     last_ts: np.datetime64  # the last bar the forecast saw (UTC)
     ts: np.ndarray  # (H,) open times of the forecast bars: the bar length stepped, closed weekdays skipped
     point: np.ndarray  # (H,)
@@ -83,9 +83,15 @@ class Predictor:
     """A config ready to forecast: its members (one, or an ensemble's) and their weights, and one
     forecaster with the config's seed and checkpoints (each model is loaded once)."""
 
-    def __init__(self, config: dict[str, Any], ensemble: bool = False, device: str = "auto") -> None:
+    def __init__(
+        self, config: dict[str, Any], ensemble: bool = False, backend: str | None = None, device: str = "auto"
+    ) -> None:
         self.config = config
-        if ensemble:
+        if ensemble and backend:
+            raise SweepError("forecast with the ensemble or with one backend, not both")
+        if backend:
+            self.name, self.weights = backend, {backend: 1.0}
+        elif ensemble:
             if not config.get("ensemble"):
                 raise SweepError(f"config for {config['symbol']} has no ensemble")
             self.name, self.weights = ENSEMBLE, dict(config["ensemble"]["weights"])
@@ -136,10 +142,12 @@ class Predictor:
         )
 
 
-def load_config(path: str | Path, ensemble: bool = False, device: str = "auto") -> Predictor:
-    """The predictor of a config written by `sweep run` or `sweep promote`; `ensemble` forecasts with
-    the config's ensemble instead of its chosen backend."""
-    return Predictor(read_config(Path(path)), ensemble, device)
+def load_config(
+    path: str | Path, ensemble: bool = False, backend: str | None = None, device: str = "auto"
+) -> Predictor:
+    """The predictor of a config written by `sweep run` or `sweep promote`: its chosen backend, or with
+    `ensemble` its ensemble, or with `backend` that backend's best knobs in the config."""
+    return Predictor(read_config(Path(path)), ensemble, backend, device)
 
 
 def promoted_config(out: Path, symbol: str, freq: str | None = None, horizon: int | None = None) -> Path:
@@ -174,7 +182,7 @@ def forecast_latest(
     from its promoted config, or from `config` for the symbol that config was made for."""
     predictions = []
     for symbol in symbols:
-        predictor = load_config(config or promoted_config(out, symbol, freq, horizon), ensemble, device)
+        predictor = load_config(config or promoted_config(out, symbol, freq, horizon), ensemble, device=device)
         c = predictor.config
         if c["symbol"] != symbol:
             raise SweepError(f"config {config} is for {c['symbol']}, not {symbol}")

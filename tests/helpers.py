@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from sweeper.backends.base import Backend
-from sweeper.data import Series, load
+from sweeper.data import COLUMNS, Series, load
 from sweeper.plan import contexts
 
 SHARED_LAKE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ohlcv"
@@ -21,6 +22,11 @@ def shared_series(symbol: str, freq: str, last: int | None = None) -> Series:
     if last is None:
         return s
     return Series(s.symbol, s.freq, s.asset_class, s.ts[-last:].copy(), s.ohlcv[-last:].copy(), s.source)
+
+
+def bars_frame(series: Series) -> pl.DataFrame:
+    """A series as the frame of bars a trading script holds (the lake's columns)."""
+    return pl.DataFrame({"ts": series.ts, **{c: series.ohlcv[:, i] for i, c in enumerate(COLUMNS[1:])}})
 
 
 def assert_no_leak(

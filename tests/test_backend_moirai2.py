@@ -6,14 +6,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
+from sweeper import load_config
 from sweeper.backends import backend_class
 from sweeper.backends.moirai2 import PRESETS, Moirai2Backend, sample_quantile_function
 from sweeper.errors import SweepError
 from sweeper.plan import contexts
 from sweeper.space import load_space
-from tests.helpers import SHARED_LAKE, assert_no_leak, shared_series
+from tests.helpers import SHARED_LAKE, assert_no_leak, bars_frame, shared_series
 from tests.pretrained_support import assert_imports_stay_light
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("moirai2")]
@@ -145,3 +147,10 @@ def test_sweep_run_end_to_end(sweep, tiny_dir: Path, tmp_path: Path) -> None:
         assert "error" not in moirai2 and moirai2["trials"] == 3 and moirai2["checkpoint"] == str(tiny_dir)
         assert set(moirai2["params"]) == knobs
         assert np.isfinite(moirai2["validation"]["crps"]) and np.isfinite(moirai2["test"]["crps"])
+    # a live forecast from the bars before a recorded origin is the sweep's forecast there, exactly
+    origins = pl.read_parquet(tmp_path / "results" / "e2e" / "origins.parquet")
+    row = origins.filter(symbol="BTCUSDT", candidate="moirai2", split="test").sort("origin_row").row(-1, named=True)
+    bars = bars_frame(shared_series("BTCUSDT", "1h")).head(row["origin_row"])
+    f = load_config(tmp_path / "hyperparams" / "e2e" / "BTCUSDT.json", backend="moirai2").forecast(bars)
+    np.testing.assert_array_equal(f.point, row["point"])
+    np.testing.assert_array_equal(f.quantiles[0.05], row["q05"])

@@ -10,11 +10,11 @@ import polars as pl
 import pytest
 
 from sweeper import load_config
-from sweeper.data import COLUMNS, Series, load
+from sweeper.data import load
 from sweeper.errors import SweepError
 from sweeper.metrics import LEVELS
 from sweeper.store import level_column
-from tests.helpers import SHARED_LAKE
+from tests.helpers import SHARED_LAKE, bars_frame
 
 RUN = ["--lake", SHARED_LAKE, "--trials", 4, "--val-origins", 60, "--test-origins", 20]
 
@@ -36,10 +36,6 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _bars(series: Series) -> pl.DataFrame:
-    return pl.DataFrame({"ts": series.ts, **{c: series.ohlcv[:, i] for i, c in enumerate(COLUMNS[1:])}})
-
-
 def _recorded(out: Path, run_id: str, symbol: str, candidate: str) -> pl.DataFrame:
     origins = pl.read_parquet(out / "results" / run_id / "origins.parquet")
     return origins.filter(symbol=symbol, candidate=candidate).sort("origin_row")
@@ -53,7 +49,7 @@ def test_live_forecast_equals_the_sweeps_recorded_forecast(swept: Path, ensemble
     assert len(cfg["ensemble"]["weights"]) == 3  # a real mixture, not one member
     recorded = _recorded(swept, "daily", "SOLUSDT", "ensemble" if ensemble else cfg["chosen"]["backend"])
     series = load(SHARED_LAKE, ["SOLUSDT"], "1d")[0]
-    bars = _bars(series)
+    bars = bars_frame(series)
     # the first validation and the last test origin; the second as a pandas frame with a ts index
     for row, frame in ((recorded.row(0, named=True), "polars"), (recorded.row(-1, named=True), "pandas")):
         past = bars.head(row["origin_row"])
@@ -129,4 +125,4 @@ def test_forecast_of_too_few_bars_is_one_line(swept: Path) -> None:
     predictor = load_config(swept / "hyperparams" / "hourly" / "BTCUSDT.json")
     series = load(SHARED_LAKE, ["BTCUSDT"], "1h")[0]
     with pytest.raises(SweepError, match="does not fit"):
-        predictor.forecast(_bars(series).head(5))
+        predictor.forecast(bars_frame(series).head(5))
