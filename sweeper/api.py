@@ -27,11 +27,11 @@ from sweeper import metrics
 from sweeper.data import Series, bars_series, load, resolve_lake
 from sweeper.ensemble import mixture
 from sweeper.errors import SweepError
-from sweeper.evaluate import config_forecaster, read_config
+from sweeper.evaluate import config_candidate, config_forecaster, read_config
 from sweeper.forecast import Forecaster
-from sweeper.objective import Candidate, Forecast, from_draws
+from sweeper.objective import Forecast, from_draws
 from sweeper.plan import contexts
-from sweeper.select import ENSEMBLE, REFERENCE
+from sweeper.select import ENSEMBLE
 from sweeper.store import best_configs, level_column
 
 
@@ -71,14 +71,6 @@ class Prediction:
         ]
 
 
-def _candidate(config: dict[str, Any], name: str) -> Candidate:
-    """An ensemble member or the chosen backend by its name in the config."""
-    entry = config["baseline"] if name == REFERENCE else config["backends"].get(name)
-    if not entry or entry.get("params") is None:
-        raise SweepError(f"config for {config['symbol']} has no configuration for {name!r}")
-    return Candidate(entry.get("backend", name), entry["params"], entry["draws"])
-
-
 class Predictor:
     """A config ready to forecast: its members (one, or an ensemble's) and their weights, and one
     forecaster with the config's seed and checkpoints (each model is loaded once)."""
@@ -100,7 +92,7 @@ class Predictor:
                 raise SweepError(f"config for {config['symbol']} has no chosen configuration")
             self.name = config["chosen"]["backend"]
             self.weights = {self.name: 1.0}
-        self.members = {name: _candidate(config, name) for name in self.weights}
+        self.members = {name: config_candidate(config, name) for name in self.weights}
         self.forecaster: Forecaster = config_forecaster(config, device)
 
     @property

@@ -23,6 +23,7 @@ from sweeper.metric import REGISTRY, checked
 from sweeper.objective import Candidate, SymbolTask, mean_scores
 from sweeper.output import Step
 from sweeper.plan import Plan, Protocol, make_plan
+from sweeper.select import REFERENCE
 from sweeper.store import SCHEMA_VERSION, best_configs, best_dir
 
 
@@ -84,6 +85,15 @@ def recorded_task(
     if task.plan.fingerprint() != config["data"]["plan_fingerprint"]:
         raise SweepError(f"{config['symbol']}: the recorded protocol no longer gives the recorded origins")
     return task
+
+
+def config_candidate(config: dict[str, Any], name: str) -> Candidate:
+    """A candidate by its name in the config (an ensemble member): a backend's best knobs, or the untuned
+    naive reference (`baseline`)."""
+    entry = config["baseline"] if name == REFERENCE else config["backends"].get(name)
+    if not entry or entry.get("params") is None:
+        raise SweepError(f"config for {config.get('symbol')} has no configuration for {name!r}")
+    return Candidate(entry.get("backend", name), entry["params"], entry["draws"])
 
 
 def chosen_candidate(config: dict[str, Any]) -> Candidate:

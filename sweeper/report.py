@@ -37,9 +37,9 @@ from sweeper.compare import paired_bootstrap
 from sweeper.data import Series
 from sweeper.ensemble import mixture
 from sweeper.errors import SweepError
-from sweeper.evaluate import chosen_candidate, read_config, recorded_task
+from sweeper.evaluate import chosen_candidate, config_candidate, read_config, recorded_task
 from sweeper.metrics import weighted_quantile
-from sweeper.objective import Candidate, SymbolTask
+from sweeper.objective import SymbolTask
 from sweeper.output import Step
 from sweeper.search import namespace_for, storage_for, study_name
 from sweeper.select import ENSEMBLE, REFERENCE
@@ -74,16 +74,6 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 # --- forecasts ---------------------------------------------------------------------------------------
 
 
-def _record(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """A candidate's entry in the config: a backend's best, or the untuned naive reference."""
-    return config["baseline"] if name == REFERENCE else config["backends"][name]
-
-
-def _candidate(config: dict[str, Any], name: str) -> Candidate:
-    rec = _record(config, name)
-    return Candidate(rec.get("backend", name), rec["params"], rec["draws"])
-
-
 def _weights(config: dict[str, Any]) -> dict[str, float]:
     return (config.get("ensemble") or {}).get("weights") or {}
 
@@ -100,7 +90,7 @@ def fan_bands(config: dict[str, Any], task: SymbolTask) -> Bands:
     bands = {f"chosen: {chosen.name}": (COLORS["chosen"], quantiles(chosen.samples, np.full(n, 1 / n)))}
     weights = _weights(config)
     if weights:
-        members = [task.forecast(_candidate(config, name), "test", name) for name in weights]
+        members = [task.forecast(config_candidate(config, name), "test", name) for name in weights]
         samples, w, _, _ = mixture(members, weights)
         mix = ", ".join(f"{k} {v:.2f}" for k, v in weights.items())
         bands[f"ensemble: {mix}"] = (COLORS[ENSEMBLE], quantiles(samples, w))
