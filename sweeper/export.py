@@ -6,7 +6,8 @@ report when `sweep report` wrote one, as artifacts), with one nested run per stu
 as params, their validation and test means as metrics, every trial's objective as a metric history by
 trial number, the study's trials as a Parquet artifact). Everything comes from the run's own files
 (configs, trials.parquet), so a run on any Optuna storage exports the same way. A run is exported once per
-experiment: exporting it again is refused, so the experiment never holds it twice.
+experiment: exporting it again is refused, so the experiment never holds it twice. With a local
+`sqlite:///PATH` store the artifacts of an experiment this creates go to `mlartifacts/` beside PATH.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def export_mlflow(
     trials = pl.read_parquet(paths.results / "trials.parquet")
     client = MlflowClient(tracking_uri=tracking_uri or mlflow.get_tracking_uri())
     found = client.get_experiment_by_name(experiment)
-    exp_id = found.experiment_id if found else client.create_experiment(experiment)
+    exp_id = found.experiment_id if found else client.create_experiment(experiment, _artifact_root(client))
     done = client.search_runs([exp_id], filter_string=f"tags.`{RUN_TAG}` = '{run_id}'", max_results=1)
     if done:
         raise SweepError(
@@ -154,6 +155,15 @@ def _export_symbol(
         made.append({"name": run.info.run_name, "kind": "study", "mlflow_run_id": run.info.run_id})
     client.set_terminated(pid, "FINISHED")
     return made
+
+
+def _artifact_root(client: Any) -> str | None:
+    """Artifacts of a local sqlite store go beside its database file (`mlartifacts/`), not into the folder
+    the command happens to run in (MLflow's `./mlruns`); any other store keeps its own default."""
+    uri = client.tracking_uri
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+    return None
 
 
 def _error(entry: dict[str, Any]) -> dict[str, str]:

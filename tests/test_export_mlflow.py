@@ -36,6 +36,7 @@ def test_export_is_read_back_through_mlflows_client(tmp_path: Path, sweep) -> No
     assert parent.data.metrics["test_crps"] == chosen["test"]["crps"]
     assert parent.data.metrics["ensemble_val_crps"] == cfg["ensemble"]["validation"]["crps"]
     assert sorted(a.path for a in client.list_artifacts(parent.info.run_id)) == ["ETHUSD.json", "report.html"]
+    assert exp.artifact_location == (tmp_path / "mlartifacts").as_uri()  # beside the store, not in the cwd
     local = client.download_artifacts(parent.info.run_id, "ETHUSD.json", str(tmp_path / "dl"))
     assert json.loads(Path(local).read_text()) == cfg
 
