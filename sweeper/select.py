@@ -73,13 +73,13 @@ class SymbolResult:
     per_origin: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict)
     rule: str = BEATS_NAIVE
     why: str = ""  # how the rule picked `chosen`
+    bands: dict[tuple[str, str], Band] = field(default_factory=dict)  # what was scored, for origins.parquet
 
     def chosen_result(self) -> BackendResult | None:
         """The chosen candidate's result: a searched backend's, or the naive defaults' (REFERENCE)."""
         if self.chosen == REFERENCE:
             return self.baseline
         return self.backends.get(self.chosen) if self.chosen else None
-    bands: dict[tuple[str, str], Band] = field(default_factory=dict)  # what was scored, for origins.parquet
 
 
 @dataclass(frozen=True)
