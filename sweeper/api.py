@@ -27,7 +27,7 @@ from sweeper import metrics
 from sweeper.data import Series, bars_series, load, resolve_lake
 from sweeper.ensemble import mixture
 from sweeper.errors import SweepError
-from sweeper.evaluate import config_candidate, config_forecaster, read_config
+from sweeper.evaluate import chosen_candidate, config_candidate, config_forecaster, read_config
 from sweeper.forecast import Forecaster
 from sweeper.objective import Forecast, from_draws
 from sweeper.plan import contexts
@@ -81,18 +81,15 @@ class Predictor:
         self.config = config
         if ensemble and backend:
             raise SweepError("forecast with the ensemble or with one backend, not both")
-        if backend:
-            self.name, self.weights = backend, {backend: 1.0}
-        elif ensemble:
+        if ensemble:
             if not config.get("ensemble"):
                 raise SweepError(f"config for {config['symbol']} has no ensemble")
             self.name, self.weights = ENSEMBLE, dict(config["ensemble"]["weights"])
+            self.members = {name: config_candidate(config, name) for name in self.weights}
         else:
-            if not config.get("chosen"):
-                raise SweepError(f"config for {config['symbol']} has no chosen configuration")
-            self.name = config["chosen"]["backend"]
-            self.weights = {self.name: 1.0}
-        self.members = {name: config_candidate(config, name) for name in self.weights}
+            cand = config_candidate(config, backend) if backend else chosen_candidate(config)
+            self.name = backend or cand.backend
+            self.weights, self.members = {self.name: 1.0}, {self.name: cand}
         self.forecaster: Forecaster = config_forecaster(config, device)
 
     @property

@@ -103,13 +103,15 @@ def chosen_candidate(config: dict[str, Any]) -> Candidate:
     return Candidate(c["backend"], c["params"], c["draws"])
 
 
+def chosen_entry(config: dict[str, Any]) -> dict[str, Any]:
+    """The chosen candidate's entry (validation and test means, trading): its backend's, or the naive
+    defaults' when the rule fell back to a naive baseline that was not searched."""
+    return config["backends"].get(config["chosen"]["backend"]) or config["baseline"]
+
+
 def recorded_test(config: dict[str, Any]) -> dict[str, float | None]:
-    """The chosen candidate's recorded test means: its backend's, or the naive defaults' when the rule fell
-    back to a naive baseline that was not searched."""
-    backend = config["chosen"]["backend"]
-    if backend in config["backends"]:
-        return config["backends"][backend]["test"]
-    return config["baseline"]["test"]
+    """The chosen candidate's recorded test means."""
+    return chosen_entry(config)["test"]
 
 
 @dataclass

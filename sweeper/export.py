@@ -21,7 +21,7 @@ from typing import Any
 import polars as pl
 
 from sweeper.errors import SweepError
-from sweeper.evaluate import read_config
+from sweeper.evaluate import chosen_entry, read_config
 from sweeper.store import RunPaths
 
 EXPERIMENT = "sweep"
@@ -118,7 +118,7 @@ def _export_symbol(
     )
     pid = parent.info.run_id
     ensemble = cfg.get("ensemble") or {}
-    chosen_means = cfg["backends"][chosen["backend"]] if chosen else {}
+    chosen_means = chosen_entry(cfg) if chosen else {}
     _log(
         client,
         pid,
