@@ -126,3 +126,18 @@ def test_forecast_of_too_few_bars_is_one_line(swept: Path) -> None:
     series = load(SHARED_LAKE, ["BTCUSDT"], "1h")[0]
     with pytest.raises(SweepError, match="does not fit"):
         predictor.forecast(bars_frame(series).head(5))
+
+
+def test_live_forecast_of_the_naive_fallback_equals_the_recorded_one(sweep, tmp_path: Path) -> None:
+    """Naive not searched and nothing beats it: the chosen config is the naive defaults ("baseline")."""
+    args = ["--symbols", "ETHUSD", "--freq", "1d", "--backends", "seasonal_naive", "--run-id", "fb"]
+    r = sweep("run", *RUN, *args, "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    config = tmp_path / "hyperparams" / "fb" / "ETHUSD.json"
+    cfg = json.loads(config.read_text())
+    assert "naive" not in cfg["backends"] and cfg["chosen"]["backend"] == "naive"
+    row = _recorded(tmp_path, "fb", "ETHUSD", "baseline").row(-1, named=True)
+    f = load_config(config).forecast(bars_frame(load(SHARED_LAKE, ["ETHUSD"], "1d")[0]).head(row["origin_row"]))
+    assert f.candidate == "naive"
+    np.testing.assert_array_equal(f.point, row["point"])
+    np.testing.assert_array_equal(f.quantiles[0.5], row["q50"])
