@@ -74,7 +74,7 @@ app.add_typer(export_app, name="export")
 err = stderr_console()
 F = TypeVar("F", bound=Callable[..., Any])
 # options that take several values after one flag: `--symbols BTCUSD ETHUSD`
-LIST_OPTIONS = ("--symbols", "--backends", "--checkpoint", "--objectives")
+LIST_OPTIONS = ("--symbols", "--backends", "--checkpoint", "--objectives", "--finetune-on", "--set")
 _state = {"debug": False}
 _METRIC_ALIASES = {"latency": "latency_s"}
 
@@ -287,6 +287,9 @@ def run(
     workers: int = typer.Option(None, help="Ray: trials at once (default: every CPU of the cluster)."),
     ray_address: str = typer.Option(None, "--ray-address", help="Ray: auto or HOST:PORT (default: start one here)."),
     gpus_per_trial: float = typer.Option(None, "--gpus-per-trial", help="Ray: GPUs per trial (default 0)."),
+    finetune_on: list[str] = typer.Option(
+        None, "--finetune-on", help="Fine-tuning trains on these symbols (same freq) too, with each swept one."
+    ),
     out: Path = typer.Option(Path("."), help="Where results/ and hyperparams/ go."),
     run_id: str = typer.Option(None, "--run-id", help="Name of the run (default: timestamp)."),
     resume: str = typer.Option(None, "--resume", help="Continue the stopped run RUN_ID."),
@@ -326,6 +329,7 @@ def run(
         "ray_address": ray_address,
         "gpus_per_trial": gpus_per_trial,
         "scheduler": scheduler,
+        "finetune_on": finetune_on,
     }
     if objectives and not metric:
         given["metric"] = given["objectives"][0]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,7 +21,14 @@ from sweeper.backends import backend_class
 from sweeper.backends.base import CONTEXT_KNOB, Backend
 from sweeper.cache import Cached, ForecastCache, cache_key
 from sweeper.data import Series
+from sweeper.finetune.settings import FinetuneSettings, is_finetune_knob
 from sweeper.plan import Plan, contexts
+
+if TYPE_CHECKING:
+    from sweeper.finetune.fit import FinetuneJob
+    from sweeper.finetune.tuner import Tuner
+
+RungScores = Callable[[int, Cached], None]  # (training step, the split's draws from that step's weights)
 
 
 @functools.cache
@@ -59,20 +66,33 @@ class Forecaster:
         seed: int = 0,
         device: str = "cpu",
         checkpoints: Mapping[str, str] | None = None,
+        tuner: Tuner | None = None,
     ) -> None:
+        from sweeper.finetune.fit import FinetuneStore
+        from sweeper.finetune.tuner import Tuner
+
         self.cache = cache
         self.seed = seed
         self.device = device
         self.checkpoints = dict(checkpoints or {})
         self.model_calls = 0
         self._models: dict[tuple[str, str | None], Backend] = {}
+        self.tuner = tuner or Tuner(FinetuneStore.beside(cache.root), seed, device)
 
-    def model(self, backend: str) -> Backend:
-        """Load a backend once per process (per checkpoint)."""
-        key = (backend, self.checkpoints.get(backend))
+    def model(self, backend: str, checkpoint: str | None = None) -> Backend:
+        """Load a backend once per process per checkpoint (`checkpoint`: fine-tuned weights instead of the
+        base; only the latest of those stays loaded)."""
+        key = (backend, checkpoint or self.checkpoints.get(backend))
         if key not in self._models:
+            if checkpoint is not None:
+                base = (backend, self.checkpoints.get(backend))
+                for old in [k for k in self._models if k[0] == backend and k != base]:
+                    del self._models[old]
             self._models[key] = backend_class(backend)(checkpoint=key[1], device=self.device)
         return self._models[key]
+
+    def base_checkpoint(self, backend: str) -> str:
+        return self.checkpoints.get(backend) or str(backend_class(backend).default_checkpoint)
 
     def samples(
         self,
@@ -82,9 +102,49 @@ class Forecaster:
         backend: str,
         params: Mapping[str, Any],
         num_samples: int,
+        on_rung: RungScores | None = None,
     ) -> Cached:
-        """`num_samples` draws for every origin of `split`, from the cache when possible."""
-        model = self.model(backend)
+        """`num_samples` draws for every origin of `split`, from the cache when possible. With fine-tuning
+        knobs (`ft_steps` > 0) the draws come from fine-tuned weights (see `finetune_jobs`); `on_rung`
+        then gets the split's draws at each rung of the training steps (multi-fidelity)."""
+        if not FinetuneSettings.from_knobs(params).active:
+            return self._samples(series, plan, split, backend, params, num_samples)
+        jobs = self.finetune_jobs(series, plan, split, backend, params)
+        blocks = self.tuner.blocks(jobs[0].settings, plan.origins(split))
+        parts = []
+        for job, block in zip(jobs, blocks, strict=True):
+
+            def hook(step: int, path: Path, block: np.ndarray = block) -> None:
+                assert on_rung is not None
+                on_rung(step, self._samples(series, plan, split, backend, params, num_samples, str(path), block))
+
+            path = self.tuner.checkpoint(job, hook if on_rung is not None and len(blocks) == 1 else None)
+            parts.append(self._samples(series, plan, split, backend, params, num_samples, str(path), block))
+        seconds = sum(p.seconds_per_origin * b.size for p, b in zip(parts, blocks, strict=True))
+        return Cached(np.concatenate([p.samples for p in parts]), seconds / max(plan.origins(split).size, 1))
+
+    def finetune_jobs(
+        self, series: Series, plan: Plan, split: str, backend: str, params: Mapping[str, Any]
+    ) -> list[FinetuneJob]:
+        """The fine-tuning behind a split: one job per block of origins, each cut at its first origin."""
+        base = self.base_checkpoint(backend)
+        settings = FinetuneSettings.from_knobs(params)
+        blocks = self.tuner.blocks(settings, plan.origins(split))
+        return [self.tuner.job(backend, base, checkpoint_id(base), series, int(b[0]), params) for b in blocks]
+
+    def _samples(
+        self,
+        series: Series,
+        plan: Plan,
+        split: str,
+        backend: str,
+        params: Mapping[str, Any],
+        num_samples: int,
+        checkpoint: str | None = None,
+        origins: np.ndarray | None = None,
+    ) -> Cached:
+        model = self.model(backend, checkpoint)
+        idx = plan.origins(split) if origins is None else origins
         fields = {
             "seeding": "per-origin",  # draws of older runs were seeded per batch: never mix them
             **self._config_fields(model, params, num_samples),
@@ -92,6 +152,7 @@ class Forecaster:
             "plan": plan.fingerprint(),
             "split": split,
             "seed": self.seed,
+            **({} if origins is None else {"origins": [int(idx[0]), int(idx[-1])]}),
         }
         key = cache_key(fields)
         hit = self.cache.get(key)
@@ -99,7 +160,7 @@ class Forecaster:
             return hit
         with self.cache.claim(key):  # another worker may be computing the same draws: wait, then reuse them
             hit = self.cache.get(key)
-            return hit if hit is not None else self._compute(key, fields, model, series, plan, split, num_samples)
+            return hit if hit is not None else self._compute(key, fields, model, series, plan, idx, num_samples)
 
     def draw(
         self,
@@ -155,7 +216,7 @@ class Forecaster:
         model: Backend,
         series: Series,
         plan: Plan,
-        split: str,
+        idx: np.ndarray,
         num_samples: int,
     ) -> Cached:
         idx = plan.origins(split)

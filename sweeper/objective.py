@@ -15,8 +15,10 @@ import optuna
 
 from sweeper import metrics
 from sweeper.aggregate import aggregate
+from sweeper.cache import Cached
 from sweeper.data import Series
-from sweeper.forecast import Forecaster
+from sweeper.finetune.settings import FinetuneSettings
+from sweeper.forecast import Forecaster, RungScores
 from sweeper.metric import get
 from sweeper.plan import Plan, targets
 from sweeper.space import Space
@@ -78,16 +80,24 @@ class SymbolTask:
             self._truth[split] = metrics.truth(y, self.series.close[idx - 1], self.scale())
         return self._truth[split]
 
-    def forecast(self, cand: Candidate, split: str, name: str | None = None) -> Forecast:
+    def forecast(
+        self, cand: Candidate, split: str, name: str | None = None, on_rung: RungScores | None = None
+    ) -> Forecast:
         """The candidate's n draws (first n of the cached ones), its point forecast and latency."""
         n_max = cand.draws or self.spaces[cand.backend].max_samples
-        cached = self.forecaster.samples(self.series, self.plan, split, cand.backend, cand.params, n_max)
+        cached = self.forecaster.samples(self.series, self.plan, split, cand.backend, cand.params, n_max, on_rung)
+        return self.forecast_from(cand, cached, n_max, name)
+
+    def forecast_from(self, cand: Candidate, cached: Cached, n_max: int, name: str | None = None) -> Forecast:
+        """A forecast from draws already made (the cache holds `n_max` per origin; the candidate uses its n)."""
         latency = cached.seconds_per_origin * int(cand.params["num_samples"]) / n_max
         return from_draws(name or cand.backend, cached.samples, cand.params, latency)
 
-    def scores(self, cand: Candidate, split: str) -> dict[str, np.ndarray]:
+    def scores(self, cand: Candidate, split: str, on_rung: RungScores | None = None) -> dict[str, np.ndarray]:
         """Per-origin metrics of a candidate on `split` ("val" or "test")."""
-        f = self.forecast(cand, split)
+        return self.score(self.forecast(cand, split, on_rung=on_rung), split)
+
+    def score(self, f: Forecast, split: str) -> dict[str, np.ndarray]:
         return metrics.score(f.samples, f.point, self.truth(split), f.latency_s, presorted=True)
 
 
@@ -112,7 +122,27 @@ def mean_scores(scores: dict[str, np.ndarray]) -> dict[str, float]:
 def objective(trial: optuna.Trial, task: SymbolTask, backend: str, objectives: tuple[str, ...]) -> float | tuple:
     """The plain function Optuna calls: suggest knobs, score on validation origins, return the mean(s)."""
     params = task.spaces[backend].suggest(trial)
-    means = mean_scores(task.scores(Candidate(backend, params), "val"))
+    cand = Candidate(backend, params)
+    means = mean_scores(task.scores(cand, "val", rung_reporter(trial, task, cand, objectives)))
     record_means(trial, means)
     values = tuple(means[m] for m in objectives)
     return values[0] if len(values) == 1 else values
+
+
+def rung_reporter(
+    trial: optuna.Trial, task: SymbolTask, cand: Candidate, objectives: tuple[str, ...]
+) -> RungScores | None:
+    """Multi-fidelity for fine-tuning trials: report the validation mean at each rung of the training steps
+    and let the study's pruner stop a trial that is behind (a bad learning rate) before it trains on."""
+    steps = FinetuneSettings.from_knobs(cand.params).steps
+    if not steps or len(objectives) > 1:  # Optuna prunes single-objective studies only
+        return None
+    n_max = cand.draws or task.spaces[cand.backend].max_samples
+
+    def report(step: int, cached: Cached) -> None:
+        value = float(np.nanmean(task.score(task.forecast_from(cand, cached, n_max), "val")[objectives[0]]))
+        trial.report(value, step)
+        if step < steps and trial.should_prune():
+            raise optuna.TrialPruned(f"{objectives[0]} {value:.6g} after {step} of {steps} fine-tuning steps")
+
+    return report

@@ -200,6 +200,24 @@ def _param(path: Path, name: str, spec: Any) -> Param:
     return Param(name, kind, low, high, step, log, default=default)
 
 
+def _check_finetune_knobs(path: Path, params: dict[str, Param]) -> None:
+    """ft_ knobs: known names, a backend that can be fine-tuned, every categorical choice valid on its own."""
+    from sweeper.finetune.base import FINETUNERS
+    from sweeper.finetune.settings import FinetuneSettings, is_finetune_knob
+
+    backend = path.stem
+    for p in params.values():
+        if not is_finetune_knob(p.name):
+            continue
+        if backend not in FINETUNERS:
+            raise _fail(path, f"params.{p.name}", f"{backend} has no fine-tuning (backends with it: {', '.join(FINETUNERS)})")
+        for value in p.choices if p.type == "categorical" else (p.low, p.high):
+            try:
+                FinetuneSettings.from_knobs({p.name: value})
+            except SweepError as exc:
+                raise _fail(path, f"params.{p.name}", str(exc)) from exc
+
+
 def _check_knobs(path: Path, params: dict[str, Param]) -> None:
     for name in REQUIRED:
         if name not in params:
@@ -211,6 +229,7 @@ def _check_knobs(path: Path, params: dict[str, Param]) -> None:
             isinstance(v, bool) or not isinstance(v, int) or v < (2 if p is ctx else 1) for v in values
         ):
             raise _fail(path, f"params.{p.name}", f"must be integers >= {2 if p is ctx else 1}")
+    _check_finetune_knobs(path, params)
     agg = params["aggregation"]
     if agg.type != "categorical":
         raise _fail(path, "params.aggregation", "must be categorical")

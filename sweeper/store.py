@@ -30,6 +30,7 @@ from sweeper import __version__
 from sweeper.atomic import read_json, write_with
 from sweeper.backends import random_init
 from sweeper.errors import SweepError, check_name
+from sweeper.finetune.settings import FinetuneSettings
 from sweeper.metrics import LEVELS
 from sweeper.objective import SymbolTask, recorded_means
 from sweeper.search import ERROR
@@ -109,15 +110,26 @@ def _clean(d: dict[str, float] | None) -> dict[str, float | None] | None:
     return None if d is None else {k: (v if np.isfinite(v) else None) for k, v in d.items()}
 
 
-def _model_source(task: SymbolTask, backend: str) -> dict[str, Any]:
+def _model_source(task: SymbolTask, backend: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
     """What re-creates a backend's draws: its checkpoint and the number of draws cached; `random_init` when
-    the checkpoint is one `sweep models init` wrote."""
+    the checkpoint is one `sweep models init` wrote; for fine-tuned knobs the weights behind each split
+    (key, training cut, folder)."""
     checkpoint = task.forecaster.model(backend).checkpoint
-    return {
+    source = {
         "checkpoint": checkpoint,
         "draws": task.spaces[backend].max_samples,
         **({"random_init": True} if random_init(checkpoint) else {}),
     }
+    if params is not None and FinetuneSettings.from_knobs(params).active:
+        fc, tuner = task.forecaster, task.forecaster.tuner
+        source["finetune"] = {
+            "knobs": FinetuneSettings.from_knobs(params).knobs(),
+            **{
+                split: tuner.record(fc.finetune_jobs(task.series, task.plan, split, backend, params))
+                for split in ("val", "test")
+            },
+        }
+    return source
 
 
 def random_weights(config: dict[str, Any]) -> list[str]:
@@ -159,11 +171,11 @@ def config_record(
         },
         "chosen": None
         if chosen is None
-        else {"backend": chosen.backend, "params": chosen.params, **_model_source(task, chosen.backend)},
+        else {"backend": chosen.backend, "params": chosen.params, **_model_source(task, chosen.backend, chosen.params)},
         "backends": {
             b: {
                 "params": r.params,
-                **({} if r.params is None else _model_source(task, b)),
+                **({} if r.params is None else _model_source(task, b, r.params)),
                 "trials": r.trials,
                 "validation": _clean(r.val),
                 "test": _clean(r.test),
@@ -177,7 +189,7 @@ def config_record(
             "backend": result.baseline.backend,
             "source": result.baseline_source,
             "params": result.baseline.params,
-            **_model_source(task, result.baseline.backend),
+            **_model_source(task, result.baseline.backend, result.baseline.params),
             "validation": _clean(result.baseline.val),
             "test": _clean(result.baseline.test),
             "trading": {split: _clean(x) for split, x in result.baseline.trading.items()},

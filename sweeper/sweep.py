@@ -19,6 +19,8 @@ from sweeper.backends import BASELINE, check_backend
 from sweeper.cache import ForecastCache
 from sweeper.data import Series, lake_label, load, resolve_lake
 from sweeper.errors import SweepError
+from sweeper.finetune.fit import FinetuneStore
+from sweeper.finetune.tuner import Tuner
 from sweeper.forecast import Forecaster
 from sweeper.metric import get as metric_named
 from sweeper.objective import SymbolTask
@@ -74,6 +76,7 @@ class RunRequest:
     ray_address: str | None = None  # ray engine: "auto" or HOST:PORT of a running cluster; None starts one here
     gpus_per_trial: float = 0.0  # ray engine
     scheduler: str | None = None  # ray engine: asha (the default: early stopping) or fifo (every trial runs out)
+    finetune_on: list[str] = field(default_factory=list)  # more symbols (same freq) fine-tuning trains on too
 
     def search_objectives(self) -> tuple[str, ...]:
         return tuple(self.objectives or (self.metric,))
@@ -118,11 +121,14 @@ def prepare(req: RunRequest, cache: ForecastCache | None = None) -> Prepared:
     max_context = max(s.max_context for s in spaces.values())
     protocol = Protocol(req.horizon, max_context, req.val_origins, req.test_origins, req.stride, req.season)
     checkpoints = {b: req.checkpoints.get(b) or spaces[b].checkpoint for b in req.backends}
+    cache = cache or ForecastCache(None)
+    extra = load(lake, [s for s in req.finetune_on if s not in req.symbols], series[0].freq) if req.finetune_on else []
     forecaster = Forecaster(
-        cache or ForecastCache(None),
+        cache,
         seed=req.seed,
         device=req.device,
         checkpoints={b: c for b, c in checkpoints.items() if c},
+        tuner=Tuner(FinetuneStore.beside(cache.root), req.seed, req.device, extra),
     )
     longest = max(spaces.values(), key=lambda sp: sp.max_context)
     try:

@@ -103,9 +103,16 @@ class Finetuner(ABC):
     def parts(self) -> tuple[list[torch.nn.Module], list[torch.nn.Module], list[torch.nn.Module]]:
         """(input layers, transformer blocks in order, output head) of the trainable model."""
 
-    @abstractmethod
+    default_prediction: ClassVar[int] = 16
+
+    @classmethod
+    def window_prediction(cls, checkpoint: str, s: FinetuneSettings) -> int:
+        """Bars each window is trained to forecast (ft_prediction, or the backend's natural target), known
+        before any weights are loaded: the training windows and the key depend on it."""
+        return s.prediction or cls.default_prediction
+
     def prediction(self, s: FinetuneSettings) -> int:
-        """Bars each window is trained to forecast (ft_prediction, or the backend's natural target)."""
+        return self.window_prediction(self.checkpoint, s)
 
     def check(self, s: FinetuneSettings) -> None:
         """Refuse settings this model cannot train (one line naming the knob and the rule)."""

@@ -18,6 +18,7 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -70,7 +71,19 @@ class FinetuneStore:
     """Fine-tuned checkpoints by key under `root` (a run's `results/<run_id>/finetuned/`)."""
 
     def __init__(self, root: Path | None) -> None:
-        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="sweep-finetuned-"))
+        self._root = None if root is None else Path(root)
+
+    @classmethod
+    def beside(cls, cache_root: Path | None) -> FinetuneStore:
+        """The store of a run: `results/<run_id>/finetuned/`, next to its forecast cache."""
+        return cls(None if cache_root is None else Path(cache_root).parent / "finetuned")
+
+    @property
+    def root(self) -> Path:
+        """The folder; without one, a temporary folder made on first use (weights live for this process)."""
+        if self._root is None:
+            self._root = Path(tempfile.mkdtemp(prefix="sweep-finetuned-"))
+        return self._root
 
     def path(self, key: str) -> Path:
         return self.root / key
@@ -188,14 +201,17 @@ def fit(
             if on_rung is not None:
                 on_rung(r, done[r])  # type: ignore[arg-type]
         return done[s.steps]  # type: ignore[return-value]
+    tuner = finetuner_class(job.backend)(job.base, device)
+    tuner.check(job.settings)  # before anything is written: a knob this model cannot train is bad input
     with store.claim(keys[s.steps]):
         final = store.get(keys[s.steps])
         if final is not None and on_rung is None:
             return final
-        return _train(job, store, device, rungs, keys, on_rung, progress)
+        return _train(tuner, job, store, device, rungs, keys, on_rung, progress)
 
 
 def _train(
+    tuner: Finetuner,
     job: FinetuneJob,
     store: FinetuneStore,
     device: Any,
@@ -212,8 +228,6 @@ def _train(
 
     _quiet_lightning()
     s = job.settings
-    tuner = finetuner_class(job.backend)(job.base, device)
-    tuner.check(s)
     module = tuner.module(s)
     module.train()  # from_pretrained loads in eval mode; a frozen Kronos tokenizer goes back to eval per step
     _freeze(tuner, s)
@@ -268,9 +282,13 @@ def _train(
             callbacks=callbacks,
             default_root_dir=scratch,
         )
+        previous = signal.getsignal(signal.SIGINT)
         try:
             with seeded(job.seed, device):
                 trainer.fit(module, loader)
+        except SystemExit as exc:  # Lightning turns Ctrl-C into sys.exit(1) and ignores later SIGINTs
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt from exc
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _out_of_memory(exc):
                 raise

@@ -21,9 +21,6 @@ from sweeper.backends.kronos import KNOB_DEFAULTS, KronosBackend, _features, _kr
 from sweeper.finetune.base import Finetuner
 from sweeper.finetune.settings import FinetuneSettings
 
-DEFAULT_PREDICTION = 16
-
-
 class KronosFinetuner(Finetuner):
     backend = "kronos"
 
@@ -40,9 +37,6 @@ class KronosFinetuner(Finetuner):
     def parts(self) -> tuple[list[Any], list[Any], list[Any]]:
         m = self.model
         return [m.embedding, m.time_emb], list(m.transformer), [m.norm, m.dep_layer, m.head]
-
-    def prediction(self, s: FinetuneSettings) -> int:
-        return s.prediction or DEFAULT_PREDICTION
 
     @classmethod
     def train_knobs(cls, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,9 +22,6 @@ from sweeper.errors import SweepError
 from sweeper.finetune.base import Finetuner
 from sweeper.finetune.settings import FinetuneSettings
 
-DEFAULT_PREDICTION = 16
-
-
 class MoiraiFinetuner(Finetuner):
     backend = "moirai"
 
@@ -43,9 +40,6 @@ class MoiraiFinetuner(Finetuner):
     def parts(self) -> tuple[list[Any], list[Any], list[Any]]:
         m = self.module_
         return [m.in_proj, m.mask_encoding], list(m.encoder.layers), [m.param_proj]
-
-    def prediction(self, s: FinetuneSettings) -> int:
-        return s.prediction or DEFAULT_PREDICTION
 
     @classmethod
     def train_knobs(cls, params: Mapping[str, Any]) -> dict[str, Any]:

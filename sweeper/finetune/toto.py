@@ -11,6 +11,7 @@ must be a multiple of it. Training reads the close only (as the backend does wit
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,8 +45,10 @@ class TotoFinetuner(Finetuner):
         b = self.model.model
         return [b.patch_embed], list(b.transformer.layers), [b.unembed, b.output_distribution]
 
-    def prediction(self, s: FinetuneSettings) -> int:
-        return self.patch
+    @classmethod
+    def window_prediction(cls, checkpoint: str, s: FinetuneSettings) -> int:
+        """One patch, read from the checkpoint's config.json."""
+        return int(json.loads((checkpoint_dir(cls.backend, checkpoint) / CONFIG).read_text())["patch_size"])
 
     def check(self, s: FinetuneSettings) -> None:
         super().check(s)

@@ -1,0 +1,63 @@
+"""Which fine-tuned weights forecast which origins: the Forecaster's side of fine-tuning.
+
+A split's origins are scored by weights trained only on bars strictly before its first origin; with
+`ft_refit_every K` (walk-forward) the origins are cut into blocks of K and each block is scored by
+weights trained on the bars before that block's first origin. Training symbols are the scored symbol
+plus any `--finetune-on` symbols of the same frequency, each cut at the same timestamp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sweeper.data import Series
+from sweeper.finetune.base import Windows, finetuner_class
+from sweeper.finetune.fit import FinetuneJob, FinetuneStore, RungHook, fit
+from sweeper.finetune.settings import FinetuneSettings
+
+
+class Tuner:
+    def __init__(self, store: FinetuneStore, seed: int = 0, device: str = "cpu", extra: Sequence[Series] = ()) -> None:
+        self.store = store
+        self.seed = seed
+        self.device = device
+        self.extra = list(extra)
+        self.trained = 0  # jobs this process trained (a test proves a repeated trial trains nothing)
+
+    def training_series(self, series: Series) -> list[Series]:
+        return [series, *(s for s in self.extra if s.symbol != series.symbol and s.freq == series.freq)]
+
+    @staticmethod
+    def blocks(s: FinetuneSettings, origins: np.ndarray) -> list[np.ndarray]:
+        if not s.refit_every:
+            return [origins]
+        return [origins[lo : lo + s.refit_every] for lo in range(0, origins.size, s.refit_every)]
+
+    def job(
+        self, backend: str, base: str, base_id: str | None, series: Series, first_origin: int, params: Mapping[str, Any]
+    ) -> FinetuneJob:
+        s = FinetuneSettings.from_knobs(params)
+        length = s.context + finetuner_class(backend).window_prediction(base, s)
+        windows = Windows.before(self.training_series(series), series.ts[first_origin], length)
+        return FinetuneJob(backend, base, base_id, s, windows, dict(params), self.seed)
+
+    def checkpoint(self, job: FinetuneJob, on_rung: RungHook | None = None) -> Path:
+        from sweeper.backends.pretrained import torch_device
+
+        before = self.store.get(job.key())
+        path = fit(job, self.store, torch_device(self.device), on_rung)
+        self.trained += before is None
+        return path
+
+    def record(self, jobs: Sequence[FinetuneJob]) -> list[dict[str, Any]]:
+        """What a config keeps of the weights behind a split: per block the key, cut and folder."""
+        out = []
+        for job in jobs:
+            folder = self.store.path(job.key())
+            out.append({"key": job.key(), "cut": str(job.windows.cut), "symbols": list(job.windows.symbols),
+                        "data": job.windows.fingerprint(), "weights": str(folder)})  # fmt: skip
+        return out
