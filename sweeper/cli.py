@@ -450,6 +450,50 @@ def models_init(
     Listing("models init (random weights)", columns, [record], key="checkpoints").emit(json)
 
 
+def _parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """`--set ft_steps=200 ft_lr=1e-4`: values read as YAML scalars (numbers, strings, booleans)."""
+    import yaml
+
+    knobs = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SweepError(f"--set {item!r}: use KNOB=VALUE, e.g. --set ft_steps=200")
+        knobs[name] = yaml.safe_load(value)
+    return knobs
+
+
+@app.command()
+@handled
+def finetune(
+    backend: str = typer.Argument(..., help="toto, moirai or kronos."),
+    symbols: list[str] = typer.Option(..., "--symbols", help="Symbols to train on together (one freq)."),
+    lake: str = typer.Option(None, help="Lake root (default: $SWEEP_LAKE, else the demo lake)."),
+    freq: str = typer.Option(None, help="Bar size, e.g. 1h (default: finest available for every symbol)."),
+    knob: list[str] = typer.Option(None, "--set", help="Fine-tuning knobs, e.g. --set ft_steps=200 ft_lr=1e-4."),
+    checkpoint: str = typer.Option(None, help="Base checkpoint: a folder or hub id (default: the backend's)."),
+    out: Path = typer.Option(None, help="Folder for the fine-tuned checkpoint (default models/BACKEND/finetuned-KEY)."),
+    horizon: int = typer.Option(1, help="The sweep's horizon: training stops before its first validation origin."),
+    val_origins: int = typer.Option(None, help="The sweep's validation origins (default: up to 500)."),
+    test_origins: int = typer.Option(None, help="The sweep's test origins (default: up to 200)."),
+    stride: int = typer.Option(1, help="The sweep's bars between origins."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Fine-tune one checkpoint outside a sweep, on bars before the sweep's first validation origin."""
+    from sweeper.data import load, resolve_lake
+    from sweeper.finetune.base import finetuner_class
+    from sweeper.finetune.tuner import make_checkpoint
+    from sweeper.plan import Protocol
+
+    finetuner_class(backend)
+    series = load(resolve_lake(lake), symbols, freq)
+    protocol = Protocol(horizon, val_origins=val_origins, test_origins=test_origins, stride=stride)
+    target = out or Path("models") / backend / f"finetuned-{'-'.join(symbols)}-{series[0].freq}"
+    path = make_checkpoint(backend, series, protocol, _parse_sets(knob), target, checkpoint, device, seed)
+    _console().print(f"wrote a fine-tuned {backend} checkpoint to {path} (use --checkpoint {backend}={path})")
+
+
 # --- sweep promote / eval / runs / show -------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ plus any `--finetune-on` symbols of the same frequency, each cut at the same tim
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from sweeper.data import Series
+from sweeper.errors import SweepError
 from sweeper.finetune.base import Windows, finetuner_class
 from sweeper.finetune.fit import FinetuneJob, FinetuneStore, RungHook, fit
 from sweeper.finetune.settings import FinetuneSettings
+from sweeper.plan import Protocol
 
 
 class Tuner:
@@ -61,3 +64,48 @@ class Tuner:
             out.append({"key": job.key(), "cut": str(job.windows.cut), "symbols": list(job.windows.symbols),
                         "data": job.windows.fingerprint(), "weights": str(folder)})  # fmt: skip
         return out
+
+
+def make_checkpoint(
+    backend: str,
+    series: Sequence[Series],
+    protocol: Protocol,
+    knobs: Mapping[str, Any],
+    out: Path,
+    checkpoint: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """One fine-tuned checkpoint outside a sweep (`sweep finetune`): trained on the bars of every symbol
+    before the earliest first validation origin of their sweep plans, written to `out` in the backend's
+    format (with finetune.json). Bad knobs or data raise before anything is written."""
+    import shutil
+    import tempfile
+
+    from sweeper.backends import backend_class
+    from sweeper.backends.pretrained import torch_device
+    from sweeper.forecast import checkpoint_id
+    from sweeper.marketgpt.corpus import training_cut
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SweepError(f"{out} already exists and is not an empty directory: choose a new --out")
+    settings = FinetuneSettings.from_knobs(knobs)
+    if not settings.active:
+        raise SweepError("nothing to fine-tune: set ft_steps > 0 (--set ft_steps=N)")
+    base = checkpoint or str(backend_class(backend).default_checkpoint)
+    length = settings.context + finetuner_class(backend).window_prediction(base, settings)
+    windows = Windows.before(series, training_cut(series, protocol), length)
+    job = FinetuneJob(backend, base, checkpoint_id(base), settings, windows, dict(knobs), seed)
+    dev = torch_device(device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        trained = fit(job, FinetuneStore(scratch), dev, progress=progress)
+        if out.exists():
+            out.rmdir()
+        os.replace(trained, out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return out
