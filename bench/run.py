@@ -28,6 +28,7 @@ import optuna
 import orjson
 
 from bench.backends import LIBRARIES, print_table
+from bench.finetune import print_table as finetune_table
 from sweeper import metrics
 from sweeper.aggregate import aggregate
 from sweeper.backends import REGISTRY, backend_class
@@ -255,6 +256,10 @@ def main() -> None:
         section(
             "5. model backends, tiny presets on CPU, one torch thread, 64 origins, each in a fresh process",
             lambda: print_table(list(LIBRARIES)),
+        )
+        section(
+            "6. fine-tuning: steps/s and peak memory per backend, tiny and small (published) shapes, CPU",
+            finetune_table,
         )
 
 

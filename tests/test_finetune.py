@@ -1,0 +1,211 @@
+"""Fine-tuning as searched knobs: tiny random checkpoints of Toto, Moirai and Kronos on real candles.
+
+One store of fine-tuned weights is shared by the whole module, so a job trained by one test is loaded,
+not retrained, by the next (which is itself one of the rules tested).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from sweeper.backends import backend_class
+from sweeper.cache import ForecastCache
+from sweeper.data import Series
+from sweeper.finetune.base import Windows
+from sweeper.finetune.fit import FinetuneStore
+from sweeper.finetune.settings import FinetuneSettings
+from sweeper.finetune.tuner import Tuner
+from sweeper.forecast import Forecaster
+from sweeper.objective import Candidate, SymbolTask, mean_scores, objective
+from sweeper.plan import Protocol, make_plan
+from sweeper.space import load_space
+from tests.helpers import SHARED_LAKE, shared_series
+from tests.test_sweep import SWEEP_BIN, count_trials
+
+BACKENDS = ("toto", "moirai", "kronos")
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces" / "cpu-tiny"
+PROTOCOL = Protocol(horizon=1, max_context=128, val_origins=30, test_origins=10)
+BASE = {"num_samples": 16, "aggregation": "median", "context_length": 64}
+TUNE = {"ft_steps": 24, "ft_lr": 3e-3, "ft_warmup": 0.0, "ft_schedule": "constant", "ft_context": 64, "ft_batch_size": 8}
+MODEL_KNOBS = {"moirai": {"patch_size": 16}, "toto": {}, "kronos": {}}
+# Moirai's random mixture starts near the naive spread; it needs more (smaller) steps to improve on it
+PER_BACKEND = {"moirai": {"ft_steps": 96, "ft_lr": 1e-3}, "toto": {}, "kronos": {}}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("ck")
+    return {b: str(backend_class(b).init_checkpoint("tiny", root / b)) for b in BACKENDS}
+
+
+@pytest.fixture(scope="module")
+def series() -> Series:
+    return shared_series("BTCUSDT", "1h", last=600)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("run")
+
+
+def task_for(series: Series, checkpoints: dict[str, str], run_dir: Path) -> SymbolTask:
+    """A fresh process's view of one run folder: new forecaster, same forecast cache and weights store."""
+    cache = ForecastCache(run_dir / "cache")
+    fc = Forecaster(cache, seed=0, device="cpu", checkpoints=checkpoints)
+    spaces = {b: load_space(b, SPACES) for b in BACKENDS}
+    return SymbolTask(series, make_plan(series, PROTOCOL), spaces, fc)
+
+
+def cand(backend: str, **tune: object) -> Candidate:
+    return Candidate(backend, {**BASE, **MODEL_KNOBS[backend], **tune}, draws=16)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_finetuning_lowers_validation_crps_of_a_random_checkpoint(backend, series, checkpoints, run_dir) -> None:
+    task = task_for(series, checkpoints, run_dir)
+    pretrained = mean_scores(task.scores(cand(backend), "val"))["crps"]
+    tune = {**TUNE, **PER_BACKEND[backend]}
+    tuned = mean_scores(task.scores(cand(backend, **tune), "val"))["crps"]
+    assert tuned < pretrained, f"{backend}: fine-tuned {tuned:.2f} vs pretrained {pretrained:.2f}"
+    folder = task.forecaster.finetune_jobs(series, task.plan, "val", backend, cand(backend, **tune).params)[0]
+    assert (run_dir / "finetuned" / folder.key() / "finetune.json").is_file()
+    # the weights are a real checkpoint of the backend: it loads them like any other
+    backend_class(backend)(str(run_dir / "finetuned" / folder.key()), "cpu")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_second_trial_with_the_same_finetuning_knobs_trains_nothing(backend, series, checkpoints, run_dir) -> None:
+    tune = {**TUNE, **PER_BACKEND[backend]}
+    first = task_for(series, checkpoints, run_dir)
+    first.scores(cand(backend, **tune), "val")  # trained by the test above, or now
+    again = task_for(series, checkpoints, run_dir)
+    again.scores(cand(backend, **tune), "val")
+    assert again.forecaster.tuner.trained == 0 and again.forecaster.model_calls == 0
+    # a knob that changes training is a new job
+    again.scores(cand(backend, **{**tune, "ft_steps": 4}), "val")
+    assert again.forecaster.tuner.trained == 1
+
+
+def test_no_training_window_reaches_the_origin_it_is_scored_on(series, checkpoints, tmp_path) -> None:
+    plan = make_plan(series, PROTOCOL)
+    first = int(plan.val[0])
+    windows = Windows.before([series], series.ts[first], 80)
+    assert all(t.max() < series.ts[first] for t in windows.ts)
+    drawn = [windows.draw(0, i)[1] for i in range(200)]
+    assert max(t.max() for t in drawn) < series.ts[first]
+
+    def weights(s: Series, store: Path) -> tuple[str, bytes]:
+        tuner = Tuner(FinetuneStore(store), seed=0, device="cpu")
+        job = tuner.job("toto", checkpoints["toto"], "tiny", s, first, {**BASE, **TUNE, "ft_steps": 6})
+        return job.key(), (tuner.checkpoint(job) / "model.safetensors").read_bytes()
+
+    def with_bars(rows: slice) -> Series:
+        values = series.ohlcv.copy()
+        values[rows, :4] *= 10.0
+        return Series(series.symbol, series.freq, series.asset_class, series.ts, values, series.source)
+
+    key, real = weights(series, tmp_path / "a")
+    poisoned_key, poisoned = weights(with_bars(slice(first, None)), tmp_path / "b")
+    assert (key, real) == (poisoned_key, poisoned)  # bars at or after the origin change nothing
+    moved_key, moved = weights(with_bars(slice(first - 1, first)), tmp_path / "c")
+    assert moved_key != key and moved != real  # and the check can fail: the last bar before it is trained on
+
+
+def test_walk_forward_refits_each_block_on_bars_before_it(series, checkpoints, run_dir) -> None:
+    task = task_for(series, checkpoints, run_dir)
+    params = cand("toto", **TUNE, ft_refit_every=10).params
+    jobs = task.forecaster.finetune_jobs(series, task.plan, "val", "toto", params)
+    firsts = task.plan.val[::10]
+    assert [j.windows.cut for j in jobs] == [series.ts[o] for o in firsts]
+    assert len({j.key() for j in jobs}) == 3
+    f = task.forecast(Candidate("toto", params, 16), "val")
+    assert f.samples.shape == (30, 16, 1)
+
+
+def test_a_finetuning_trial_reports_validation_at_each_rung_and_can_be_pruned(series, checkpoints, run_dir) -> None:
+    task = task_for(series, checkpoints, run_dir)
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=1e-9))  # prunes any report
+    fixed = {**cand("kronos", **TUNE).params}
+    study.enqueue_trial(fixed)
+    task.spaces = {"kronos": load_space("kronos", SPACES)}
+    study.optimize(lambda t: objective(t, task, "kronos", ("crps",)), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state.name == "PRUNED"
+    assert list(trial.intermediate_values) == [FinetuneSettings.from_knobs(fixed).rungs()[0]]
+    kept = optuna.create_study()
+    kept.enqueue_trial(fixed)
+    kept.optimize(lambda t: objective(t, task, "kronos", ("crps",)), n_trials=1)
+    assert list(kept.trials[0].intermediate_values) == FinetuneSettings.from_knobs(fixed).rungs() == [6, 12, 24]
+    assert kept.trials[0].state.name == "COMPLETE"
+
+
+@pytest.mark.parametrize(
+    ("knob", "why"),
+    [("ft_freeze=first_9", "has only 2 blocks"), ("ft_context=100000", "longer than the data before the cut")],
+)
+def test_untrainable_finetuning_knobs_are_one_line_and_write_nothing(knob, why, sweep, checkpoints, tmp_path) -> None:
+    out = tmp_path / "ft"
+    result = sweep("finetune", "kronos", "--symbols", "BTCUSDT", "--lake", SHARED_LAKE, "--freq", "1h",
+                   "--checkpoint", checkpoints["kronos"], "--set", "ft_steps=4", knob, "--out", out)  # fmt: skip
+    assert result.exit_code == 2 and why in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_sweep_finetune_writes_a_checkpoint_the_backend_loads(sweep, checkpoints, tmp_path) -> None:
+    out = tmp_path / "ft"
+    result = sweep("finetune", "moirai", "--symbols", "BTCUSDT", "ETHUSDT", "--lake", SHARED_LAKE, "--freq", "1h",
+                   "--checkpoint", checkpoints["moirai"], "--set", "ft_steps=4", "ft_context=64", "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    meta = json.loads((out / "finetune.json").read_text())
+    assert meta["symbols"] == ["BTCUSDT", "ETHUSDT"] and meta["settings"]["ft_steps"] == 4
+    backend_class("moirai")(str(out), "cpu")
+
+
+def test_killed_finetuning_sweep_resumes_and_its_promoted_config_reproduces(sweep, checkpoints, tmp_path) -> None:
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    (spaces / "naive.yaml").write_text((SPACES / "naive.yaml").read_text())
+    toto = (SPACES / "toto.yaml").read_text().replace("choices: [0, 20, 40], default: 0", "choices: [12], default: 12")
+    (spaces / "toto.yaml").write_text(toto)
+    run = ["run", "--symbols", "BTCUSDT", "--lake", str(SHARED_LAKE), "--freq", "1h", "--backends", "toto",
+           "--checkpoint", f"toto={checkpoints['toto']}", "--spaces", str(spaces), "--val-origins", "30",
+           "--test-origins", "10", "--trials", "3", "--run-id", "ft", "--out", str(tmp_path)]  # fmt: skip
+    proc = subprocess.Popen([*SWEEP_BIN, *run], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    db, store = tmp_path / "results" / "ft" / "study.db", tmp_path / "results" / "ft" / "finetuned"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not db.exists() or count_trials(db) < 1):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the next trial is fine-tuning by now (each one trains)
+    proc.communicate(timeout=60)
+    before = {t.number: t.params for t in optuna.load_study(study_name="BTCUSDT--toto", storage=f"sqlite:///{db}").trials
+              if t.state.name == "COMPLETE"}  # fmt: skip
+    assert 1 <= len(before) < 3
+    resumed = subprocess.run([*SWEEP_BIN, "run", "--resume", "ft", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    study = optuna.load_study(study_name="BTCUSDT--toto", storage=f"sqlite:///{db}")
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 3
+    assert all(study.trials[n].params == p and study.trials[n].state.name == "COMPLETE" for n, p in before.items())
+    cfg = json.loads((tmp_path / "hyperparams" / "ft" / "BTCUSDT.json").read_text())
+    tuned = cfg["backends"]["toto"]["finetune"]
+    assert tuned["knobs"]["ft_steps"] == 12 and (Path(tuned["test"][0]["weights"]) / "model.safetensors").is_file()
+    assert np.datetime64(tuned["test"][0]["cut"]) > np.datetime64(tuned["val"][0]["cut"])
+
+    home = tmp_path / "ci"
+    home.mkdir()
+    os.chdir(home)
+    try:
+        promoted = sweep("promote", "ft", "--out", tmp_path, "--force", "--symbols", "BTCUSDT")
+        assert promoted.exit_code == 0, promoted.stderr
+        check = sweep("eval", "--check")
+        assert check.exit_code == 0, check.stdout + check.stderr
+    finally:
+        os.chdir(Path(__file__).resolve().parents[1])
