@@ -468,20 +468,25 @@ def _parse_sets(items: list[str] | None) -> dict[str, Any]:
 def finetune(
     backend: str = typer.Argument(..., help="toto, moirai or kronos."),
     symbols: list[str] = typer.Option(..., "--symbols", help="Symbols to train on together (one freq)."),
-    lake: str = typer.Option(None, help="Lake root (default: $SWEEP_LAKE, else the demo lake)."),
-    freq: str = typer.Option(None, help="Bar size, e.g. 1h (default: finest available for every symbol)."),
+    lake: str = typer.Option(None, "--lake", help="Lake root (default: $SWEEP_LAKE, else the demo lake)."),
+    freq: str = typer.Option(None, "--freq", help="Bar size, e.g. 1h (default: finest available for every symbol)."),
     knob: list[str] = typer.Option(None, "--set", help="Fine-tuning knobs, e.g. --set ft_steps=200 ft_lr=1e-4."),
     checkpoint: str = typer.Option(None, help="Base checkpoint: a folder or hub id (default: the backend's)."),
-    out: Path = typer.Option(None, help="Folder for the fine-tuned checkpoint (default models/BACKEND/finetuned-KEY)."),
-    horizon: int = typer.Option(1, help="The sweep's horizon: training stops before its first validation origin."),
-    val_origins: int = typer.Option(None, help="The sweep's validation origins (default: up to 500)."),
-    test_origins: int = typer.Option(None, help="The sweep's test origins (default: up to 200)."),
-    stride: int = typer.Option(1, help="The sweep's bars between origins."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("."), help="Folder holding models/ (and results/, hyperparams/ of sweeps)."),
+    name: str = typer.Option(
+        None, "--name", help="Checkpoint name under models/BACKEND/ (default finetuned-SYMS-FREQ)."
+    ),
+    horizon: int = typer.Option(1, "--horizon", help="The sweep's horizon: training stops before its origins."),
+    val_origins: int = typer.Option(None, "--val-origins", help="The sweep's validation origins."),
+    test_origins: int = typer.Option(None, "--test-origins", help="The sweep's test origins."),
+    stride: int = typer.Option(1, "--stride", help="The sweep's bars between origins."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Fine-tune one checkpoint outside a sweep, on bars before the sweep's first validation origin."""
+    """Fine-tune one checkpoint outside a sweep, on bars before the sweep's first validation origin; writes
+    OUT/models/BACKEND/NAME in the backend's format."""
     from sweeper.data import load, resolve_lake
+    from sweeper.errors import check_name
     from sweeper.finetune.base import finetuner_class
     from sweeper.finetune.tuner import make_checkpoint
     from sweeper.plan import Protocol
@@ -489,9 +494,10 @@ def finetune(
     finetuner_class(backend)
     series = load(resolve_lake(lake), symbols, freq)
     protocol = Protocol(horizon, val_origins=val_origins, test_origins=test_origins, stride=stride)
-    target = out or Path("models") / backend / f"finetuned-{'-'.join(symbols)}-{series[0].freq}"
+    label = check_name("model name", name or f"finetuned-{'-'.join(symbols)}-{series[0].freq}")
+    target = out / "models" / backend / label
     path = make_checkpoint(backend, series, protocol, _parse_sets(knob), target, checkpoint, device, seed)
-    _console().print(f"wrote a fine-tuned {backend} checkpoint to {path} (use --checkpoint {backend}={path})")
+    stdout_console().print(f"wrote a fine-tuned {backend} checkpoint to {path} (use --checkpoint {backend}={path})")
 
 
 # --- sweep promote / eval / runs / show -------------------------------------------------------------------
@@ -749,6 +755,9 @@ def train_marketgpt(
     name: str | None = typer.Option(None, "--name", help="Checkpoint name under models/marketgpt/."),
     resume: bool = flag("--resume", "Continue the checkpoint of --name."),
     horizon: int = typer.Option(1, "--horizon", help="The sweep's horizon: training stops before its origins."),
+    val_origins: int | None = typer.Option(None, "--val-origins", help="The sweep's validation origins."),
+    test_origins: int | None = typer.Option(None, "--test-origins", help="The sweep's test origins."),
+    stride: int = typer.Option(1, "--stride", help="The sweep's bars between origins."),
     vocab_size: int | None = typer.Option(None, "--vocab-size", help="Bins per OHLC component (preset: 1024)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     seed: int = typer.Option(0, "--seed"),
@@ -770,7 +779,7 @@ def train_marketgpt(
         max_steps,
         max_minutes,
         resume=resume,
-        protocol=Protocol(horizon=horizon),
+        protocol=Protocol(horizon, val_origins=val_origins, test_origins=test_origins, stride=stride),
         vocab_size=vocab_size,
         device=device,
         seed=seed,

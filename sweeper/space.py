@@ -210,7 +210,9 @@ def _check_finetune_knobs(path: Path, params: dict[str, Param]) -> None:
         if not is_finetune_knob(p.name):
             continue
         if backend not in FINETUNERS:
-            raise _fail(path, f"params.{p.name}", f"{backend} has no fine-tuning (backends with it: {', '.join(FINETUNERS)})")
+            raise _fail(
+                path, f"params.{p.name}", f"{backend} has no fine-tuning (backends with it: {', '.join(FINETUNERS)})"
+            )
         for value in p.choices if p.type == "categorical" else (p.low, p.high):
             try:
                 FinetuneSettings.from_knobs({p.name: value})

@@ -119,7 +119,9 @@ class Finetuner(ABC):
         k = s.frozen_blocks()
         blocks = len(self.parts()[1])
         if k is not None and k > blocks:
-            raise SweepError(f"ft_freeze {s.freeze}: {self.backend} checkpoint {self.checkpoint} has only {blocks} blocks")
+            raise SweepError(
+                f"ft_freeze {s.freeze}: {self.backend} checkpoint {self.checkpoint} has only {blocks} blocks"
+            )
 
     @classmethod
     def train_knobs(cls, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -131,7 +133,9 @@ class Finetuner(ABC):
         """The library's LightningModule around the loaded weights (its loss and optimizer groups)."""
 
     @abstractmethod
-    def collate(self, windows: list[tuple[np.ndarray, np.ndarray]], s: FinetuneSettings, knobs: Mapping[str, Any]) -> Any:
+    def collate(
+        self, windows: list[tuple[np.ndarray, np.ndarray]], s: FinetuneSettings, knobs: Mapping[str, Any]
+    ) -> Any:
         """The library's training batch from windows of (context + prediction) bars."""
 
     @abstractmethod

@@ -167,7 +167,15 @@ def _quiet_lightning() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    for text in ("self.trainer", "no `val_dataloader`", "LeafSpec", "GPU available", "TPU available", "in eval mode", "no logger configured"):
+    for text in (
+        "self.trainer",
+        "no `val_dataloader`",
+        "LeafSpec",
+        "GPU available",
+        "TPU available",
+        "in eval mode",
+        "no logger configured",
+    ):
         warnings.filterwarnings("ignore", message=f".*{text}.*")
 
 

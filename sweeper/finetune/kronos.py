@@ -21,6 +21,7 @@ from sweeper.backends.kronos import KNOB_DEFAULTS, KronosBackend, _features, _kr
 from sweeper.finetune.base import Finetuner
 from sweeper.finetune.settings import FinetuneSettings
 
+
 class KronosFinetuner(Finetuner):
     backend = "kronos"
 
@@ -45,7 +46,9 @@ class KronosFinetuner(Finetuner):
     def module(self, s: FinetuneSettings) -> Any:
         return _module_class()(self.model, self.tokenizer, s.lr, s.weight_decay, self.prediction(s))
 
-    def collate(self, windows: list[tuple[np.ndarray, np.ndarray]], s: FinetuneSettings, knobs: Mapping[str, Any]) -> Any:
+    def collate(
+        self, windows: list[tuple[np.ndarray, np.ndarray]], s: FinetuneSettings, knobs: Mapping[str, Any]
+    ) -> Any:
         import torch
 
         clip = self.train_knobs(knobs)["clip"]

@@ -22,6 +22,7 @@ from sweeper.errors import SweepError
 from sweeper.finetune.base import Finetuner
 from sweeper.finetune.settings import FinetuneSettings
 
+
 class MoiraiFinetuner(Finetuner):
     backend = "moirai"
 
@@ -57,7 +58,9 @@ class MoiraiFinetuner(Finetuner):
 
     def check(self, s: FinetuneSettings) -> None:
         super().check(s)
-        tokens = -(-s.context // min(self.module_.patch_sizes)) + -(-self.prediction(s) // min(self.module_.patch_sizes))
+        tokens = -(-s.context // min(self.module_.patch_sizes)) + -(
+            -self.prediction(s) // min(self.module_.patch_sizes)
+        )
         if tokens > self.module_.max_seq_len:
             raise SweepError(
                 f"ft_context {s.context} + ft_prediction {self.prediction(s)} make {tokens} tokens at the smallest "
@@ -80,7 +83,9 @@ class MoiraiFinetuner(Finetuner):
             prediction_length=self.prediction(s),
         )
 
-    def collate(self, windows: list[tuple[np.ndarray, np.ndarray]], s: FinetuneSettings, knobs: Mapping[str, Any]) -> Any:
+    def collate(
+        self, windows: list[tuple[np.ndarray, np.ndarray]], s: FinetuneSettings, knobs: Mapping[str, Any]
+    ) -> Any:
         import torch
 
         pred = self.prediction(s)

@@ -72,7 +72,9 @@ class TotoFinetuner(Finetuner):
             val_prediction_len=self.patch,
         )
 
-    def collate(self, windows: list[tuple[np.ndarray, np.ndarray]], s: FinetuneSettings, knobs: Mapping[str, Any]) -> Any:
+    def collate(
+        self, windows: list[tuple[np.ndarray, np.ndarray]], s: FinetuneSettings, knobs: Mapping[str, Any]
+    ) -> Any:
         import torch
 
         series = torch.from_numpy(np.stack([v[:, CLOSE] for v, _ in windows]).astype(np.float32))[:, None, :]

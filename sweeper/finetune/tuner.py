@@ -99,13 +99,18 @@ def make_checkpoint(
     windows = Windows.before(series, training_cut(series, protocol), length)
     job = FinetuneJob(backend, base, checkpoint_id(base), settings, windows, dict(knobs), seed)
     dev = torch_device(device)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    scratch = Path(tempfile.mkdtemp(prefix="sweep-finetune-"))  # nothing lands beside `out` until it is done
     try:
         trained = fit(job, FinetuneStore(scratch), dev, progress=progress)
-        if out.exists():
-            out.rmdir()
-        os.replace(trained, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            shutil.copytree(trained, staged, dirs_exist_ok=True)
+            if out.exists():
+                out.rmdir()
+            os.replace(staged, out)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return out
