@@ -3,7 +3,8 @@
 Each (backend, preset) runs in a fresh interpreter (its peak memory is its own): a random checkpoint in
 the real format, then the sweep's fine-tuning driver (`sweeper.finetune.fit`) on real BTCUSDT 1h windows
 before a cut, twice: `warm` steps and `warm + steps` steps. Steps per second is `steps` over the
-difference of the two wall times, so loading, imports and the Trainer's start-up cancel out.
+difference of the two wall times, so loading and the Trainer's start-up cancel out (a one-step fit before
+them pays the imports).
 `python -m bench.finetune` prints a table; `make bench` (bench/run.py) calls `print_table`.
 """
 
@@ -40,7 +41,7 @@ def bench_finetune(backend: str, preset: str, warm: int = 2) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = str(backend_class(backend).init_checkpoint(preset, Path(tmp) / "base"))
         seconds = []
-        for steps in (warm, warm + STEPS[preset]):
+        for steps in (1, warm, warm + STEPS[preset]):  # the first pays the imports, and is not counted
             s = FinetuneSettings.from_knobs({**KNOBS, "ft_steps": steps})
             length = s.context + finetuner_class(backend).window_prediction(ckpt, s)
             windows = Windows.before(series, series[0].ts[-1000], length)
@@ -48,7 +49,7 @@ def bench_finetune(backend: str, preset: str, warm: int = 2) -> dict[str, Any]:
             start = time.perf_counter()
             fit(job, FinetuneStore(Path(tmp) / f"store{steps}"), torch.device("cpu"))
             seconds.append(time.perf_counter() - start)
-    rate = STEPS[preset] / max(seconds[1] - seconds[0], 1e-9)
+    rate = STEPS[preset] / (seconds[2] - seconds[1])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"backend": backend, "preset": preset, "steps_per_s": float(np.round(rate, 3)), "peak_mib": round(peak)}
 

@@ -463,7 +463,7 @@ def _parse_sets(items: list[str] | None) -> dict[str, Any]:
     return knobs
 
 
-@app.command()
+@app.command(cls=Command, epilog=EXIT_CODES)
 @handled
 def finetune(
     backend: str = typer.Argument(..., help="toto, moirai or kronos."),

@@ -21,7 +21,7 @@ from sweeper.backends import backend_class
 from sweeper.backends.base import CONTEXT_KNOB, Backend
 from sweeper.cache import Cached, ForecastCache, cache_key
 from sweeper.data import Series
-from sweeper.finetune.settings import FinetuneSettings, is_finetune_knob
+from sweeper.finetune.settings import FinetuneSettings
 from sweeper.plan import Plan, contexts
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from tests.helpers import SHARED_LAKE
 
 SMALL = ["--lake", SHARED_LAKE, "--val-origins", 60, "--test-origins", 20]
 # commands that print one line rather than a table
-NO_TABLE = {"data import"}
+NO_TABLE = {"data import", "finetune"}  # one line each, like the import it is
 
 
 def commands(group: Any = typer.main.get_command(app), prefix: str = "") -> Iterator[tuple[str, Any]]:

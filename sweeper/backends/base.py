@@ -21,6 +21,7 @@ from sweeper.plan import Contexts
 SCORING_KNOBS = frozenset({"num_samples", "aggregation"})
 # Knobs the caller applies before the model runs (it cuts the context to this many bars).
 CONTEXT_KNOB = "context_length"
+FINETUNE_PREFIX = "ft_"  # fine-tuning knobs (sweeper.finetune.settings)
 # One seed per origin (B,) from the forecaster, or one int for a whole batch (tests, direct calls).
 Seeds = int | np.ndarray
 
@@ -72,5 +73,10 @@ class Backend(ABC):
 
     @classmethod
     def model_knobs(cls, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The knobs that change the samples: everything but scoring and speed knobs."""
-        return {k: v for k, v in params.items() if k not in SCORING_KNOBS and k not in cls.speed_knobs}
+        """The knobs that change the samples: everything but scoring and speed knobs, and the fine-tuning
+        knobs, which change the weights (the checkpoint's id) and never reach `forecast`."""
+        return {
+            k: v
+            for k, v in params.items()
+            if k not in SCORING_KNOBS and k not in cls.speed_knobs and not k.startswith(FINETUNE_PREFIX)
+        }
