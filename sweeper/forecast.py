@@ -219,7 +219,6 @@ class Forecaster:
         idx: np.ndarray,
         num_samples: int,
     ) -> Cached:
-        idx = plan.origins(split)
         start = time.perf_counter()
         samples = self._draw(fields, model, series, idx, num_samples, plan.protocol.horizon)
         result = Cached(samples, (time.perf_counter() - start) / max(idx.size, 1))
