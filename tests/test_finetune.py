@@ -29,6 +29,7 @@ from sweeper.forecast import Forecaster
 from sweeper.objective import Candidate, SymbolTask, mean_scores, objective
 from sweeper.plan import Protocol, make_plan
 from sweeper.space import load_space
+from sweeper.store import best_configs
 from tests.helpers import SHARED_LAKE, shared_series
 from tests.test_sweep import SWEEP_BIN, count_trials
 
@@ -253,6 +254,6 @@ def test_killed_finetuning_sweep_resumes_and_its_promoted_config_reproduces(swee
     assert np.datetime64(tuned["test"][0]["cut"]) > np.datetime64(tuned["val"][0]["cut"])
 
     promoted = sweep("promote", "ft", "--out", tmp_path, "--symbols", "BTCUSDT")
-    assert promoted.exit_code == 0 and (tmp_path / "hyperparams" / "best" / "BTCUSDT.json").is_file(), promoted.stdout
+    assert promoted.exit_code == 0 and best_configs(tmp_path), promoted.stdout
     check = sweep("eval", "--check", "--out", tmp_path)
     assert check.exit_code == 0, check.stdout + check.stderr
