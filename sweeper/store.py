@@ -14,9 +14,14 @@ Every file is written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
+import os
 import platform
 import secrets
+import socket
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,8 +76,36 @@ class RunPaths:
 
     def load_manifest(self) -> dict[str, Any]:
         if not self.manifest.is_file():
+            if self.results.is_dir():  # killed before its first manifest write: nothing ran, the id is free
+                raise SweepError(
+                    f"run {self.run_id} never started (no {self.manifest}): start it again with --run-id {self.run_id}"
+                )
             raise SweepError(f"run {self.run_id} not found: no {self.manifest}")
         return read_json(self.manifest)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run's lock for this host while the block runs; a second process on the same run is
+        refused with one line. The kernel drops the lock when the process dies, however it dies, so a
+        killed run never leaves a stale lock. The file is per host: machines sharing --out through one
+        PostgreSQL --storage work on one run together (their trials carry host:pid, see search.recover)."""
+        self.results.mkdir(parents=True, exist_ok=True)
+        path = self.results / f".lock-{socket.gethostname()}"
+        with open(path, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "unknown"
+                raise SweepError(
+                    f"run {self.run_id} is in use by another sweep process (pid {holder}); "
+                    "wait for it to finish, then --resume it if needed"
+                ) from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            yield
 
 
 def best_dir(out: Path) -> Path:
