@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
-import os
 import platform
 import secrets
 import socket
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +29,7 @@ import polars as pl
 from optuna.trial import TrialState
 
 from sweeper import __version__
-from sweeper.atomic import read_json, write_with
+from sweeper.atomic import exclusive, read_json, write_with
 from sweeper.backends import random_init
 from sweeper.errors import SweepError, check_name
 from sweeper.finetune.settings import FinetuneSettings
@@ -83,29 +80,15 @@ class RunPaths:
             raise SweepError(f"run {self.run_id} not found: no {self.manifest}")
         return read_json(self.manifest)
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the run's lock for this host while the block runs; a second process on the same run is
-        refused with one line. The kernel drops the lock when the process dies, however it dies, so a
-        killed run never leaves a stale lock. The file is per host: machines sharing --out through one
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """The run's lock for this host, held while a process works on the run: a second process on the
+        same run is refused with one line. The file is per host: machines sharing --out through one
         PostgreSQL --storage work on one run together (their trials carry host:pid, see search.recover)."""
-        self.results.mkdir(parents=True, exist_ok=True)
-        path = self.results / f".lock-{socket.gethostname()}"
-        with open(path, "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                holder = fh.read().strip() or "unknown"
-                raise SweepError(
-                    f"run {self.run_id} is in use by another sweep process (pid {holder}); "
-                    "wait for it to finish, then --resume it if needed"
-                ) from None
-            fh.seek(0)
-            fh.truncate()
-            fh.write(str(os.getpid()))
-            fh.flush()
-            yield
+        return exclusive(
+            self.results / f".lock-{socket.gethostname()}",
+            f"run {self.run_id} is in use by another sweep process (pid {{pid}}); "
+            "wait for it to finish, then --resume it if needed",
+        )
 
 
 def best_dir(out: Path) -> Path:
