@@ -42,8 +42,9 @@ def check_writable(path: Path, what: str) -> None:
     if not probe.is_dir():
         raise SweepError(f"{what} {path}: {probe} is a file, not a directory")
     try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
+        fd, name = tempfile.mkstemp(prefix=".sweep-probe.", dir=probe)
+        os.close(fd)
+        os.unlink(name)
     except OSError as exc:
         raise SweepError(f"{what} {path}: cannot write in {probe} ({exc.strerror})") from None
 

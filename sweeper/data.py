@@ -195,8 +195,10 @@ def _typed(df: pl.DataFrame, where: str) -> pl.DataFrame:
     kind = df.schema["ts"]
     ts = pl.col("ts")
     if kind == pl.String:
-        parsed = df.get_column("ts").str.to_datetime(time_unit="us", time_zone="UTC", strict=False)
-        bad = (parsed.is_null() & df.get_column("ts").is_not_null()).arg_true()
+        text = df.get_column("ts")
+        parsed = _parse_text_ts(text, "UTC")
+        # ISO 8601 only: a guessed day-first or month-first order would move bars without a word
+        bad = ((parsed.is_null() | ~text.str.contains(_ISO_8601)) & text.is_not_null()).arg_true()
         if bad.len():
             row = int(bad[0])
             raise SweepError(f"{where} row {row + 1}: cannot parse timestamp {df['ts'][row]!r} (expected ISO 8601)")
@@ -215,6 +217,7 @@ def _typed(df: pl.DataFrame, where: str) -> pl.DataFrame:
     return df.select(ts.cast(pl.Datetime("us", "UTC")).alias("ts"), *[pl.col(c).cast(pl.Float64) for c in COLUMNS[1:]])
 
 
+_ISO_8601 = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}:?\d{2})?$"
 _YEAR = re.compile(r"year=(\d{4})")
 _MONTH = re.compile(r"month=(\d{1,2})")
 
@@ -349,6 +352,15 @@ def _canonical_columns(columns: list[str], where: str) -> dict[str, str]:
 _EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"))
 
 
+def _parse_text_ts(text: pl.Series, time_zone: str | None) -> pl.Series:
+    """Text to datetimes (in `time_zone` when the text has no offset), null where a value does not parse,
+    also when no format fits any value."""
+    try:
+        return text.str.to_datetime(time_unit="us", time_zone=time_zone, strict=False)
+    except pl.exceptions.ComputeError:
+        return pl.Series(text.name, [None] * len(text), dtype=pl.Datetime("us", time_zone))
+
+
 def _parse_ts(col: pl.Series, tz: str | None) -> pl.Series:
     """Timestamps in UTC. Epoch numbers are UTC by definition and dates are calendar days (the lake's
     daily bars open at 00:00 UTC); a clock time without a zone needs `tz`, never a silent guess."""
@@ -357,7 +369,7 @@ def _parse_ts(col: pl.Series, tz: str | None) -> pl.Series:
         unit = next((u for limit, u in _EPOCH_UNITS if biggest < limit), "ns")
         return pl.from_epoch(col.cast(pl.Int64), time_unit=unit).dt.replace_time_zone("UTC")
     if col.dtype == pl.String:
-        parsed = col.str.to_datetime(time_unit="us", strict=False)
+        parsed = _parse_text_ts(col, None)
         if parsed.null_count() > col.null_count():
             bad = col.filter(parsed.is_null() & col.is_not_null())[0]
             raise SweepError(f"cannot parse timestamp {bad!r}")

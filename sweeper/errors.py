@@ -38,9 +38,9 @@ def machine_fault(exc: BaseException) -> BaseException | None:
 
     seen: set[int] = set()
     cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
+    while cur is not None and id(cur) not in seen and not isinstance(cur, SweepError):  # bad input stays so
         seen.add(id(cur))
         if isinstance(cur, OSError | MemoryError | sqlite3.OperationalError):
             return cur
-        cur = cur.__cause__ or cur.__context__
+        cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import logging
 import os
 import socket
 import warnings
@@ -227,6 +228,12 @@ def owner_alive(owner: str) -> bool:
     return True
 
 
+def knobs_of(trial: FrozenTrial) -> dict[str, Any]:
+    """The knobs a trial ran or was about to run: its params, else those it was queued with (a queued
+    trial killed before its first suggestion has no params yet, only Optuna's fixed_params)."""
+    return dict(trial.params or trial.system_attrs.get("fixed_params") or {})
+
+
 def recover(study: optuna.Study) -> int:
     """Fail trials left RUNNING by a killed process and queue their knobs again; returns how many.
 
@@ -236,8 +243,8 @@ def recover(study: optuna.Study) -> int:
     for t in stale:
         study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        if t.params:  # not skip_if_exists: the failed trial itself holds these params
-            study.enqueue_trial(t.params)
+        if knobs := knobs_of(t):  # not skip_if_exists: the failed trial itself holds these params
+            study.enqueue_trial(knobs)
     return len(stale)
 
 
@@ -274,6 +281,12 @@ class Interrupts:
         self.in_optimize = False
         self.in_trial = False
         self.pending: int | None = None
+        self.cut = False  # the trial ending now was cut short: Optuna's failure log of it is muted
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """A logging filter: Optuna logs a trial that raised with its traceback; for a trial cut short
+        (re-queued, nothing failed) that would bury the one line the CLI prints."""
+        return not self.cut
 
     def signal(self, signum: int) -> None:
         if self.in_optimize and not self.in_trial:
@@ -288,16 +301,18 @@ class Interrupts:
 
 
 INTERRUPTS = Interrupts()
+logging.getLogger("optuna.study._optimize").addFilter(INTERRUPTS.filter)
 
 
 def requeue(study: optuna.Study, trial: optuna.Trial) -> None:
     """A trial cut short by a signal or by the machine (disk full, out of memory): mark it interrupted, so
     it does not use up the budget, and queue its knobs again. Best effort: when the storage itself cannot
     write (a full disk), the trial stays RUNNING and the next start's `recover` does the same."""
+    INTERRUPTS.cut = True
     with contextlib.suppress(Exception):
         trial.set_user_attr(INTERRUPTED, True)
-        if trial.params:
-            study.enqueue_trial(trial.params)
+        if knobs := knobs_of(study._storage.get_trial(trial._trial_id)):
+            study.enqueue_trial(knobs)
 
 
 def run_study(
@@ -318,7 +333,7 @@ def run_study(
         callbacks = [lambda s, _t: on_trial(s)] if on_trial else None
 
         def interruptible(trial: optuna.Trial) -> float | tuple:
-            INTERRUPTS.in_trial = True
+            INTERRUPTS.in_trial, INTERRUPTS.cut = True, False
             try:
                 INTERRUPTS.check()
                 return objective(trial, task, backend, objectives)
@@ -345,7 +360,7 @@ def run_study(
                 catch=CAUGHT,
             )
         finally:
-            INTERRUPTS.in_optimize = False
+            INTERRUPTS.in_optimize = INTERRUPTS.cut = False
         INTERRUPTS.check()
     return study
 
