@@ -95,9 +95,7 @@ def assert_complete(db: Path, trials: int, backend: str = "naive") -> None:
     "match,nth,when",
     [
         ("manifest.json", 1, "before"),  # before the first manifest write: nothing ran
-        ("manifest.json", 1, "after"),  # right after it: nothing searched yet
         ("ETHUSD.json", 1, "before"),  # the config half written
-        ("trials.parquet", 1, "before"),  # configs done, tables not
         ("manifest.json", 2, "before"),  # everything but the final status
     ],
 )
@@ -131,7 +129,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2])
 def test_a_run_killed_at_random_resumes_to_the_uninterrupted_run(
     seed: int, uninterrupted: Path, tmp_path: Path
 ) -> None:
@@ -307,7 +305,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_resume_loses_nothing(small_di
 
 
 def test_a_second_process_on_a_running_run_is_refused_in_one_line(tmp_path: Path) -> None:
-    _, _, db = signal_mid_sweep(tmp_path, "c", ["naive"], 200, 10, signal.SIGKILL)
+    _, _, db = signal_mid_sweep(tmp_path, "c", ["naive"], 120, 10, signal.SIGKILL)
     resume = [*SWEEP_BIN, "run", "--resume", "c", "--out", str(tmp_path)]
     first = start_sweep(resume)
     wait_for_trials(db, count_trials(db) + 3)  # the first resume holds the run and is at work
@@ -315,7 +313,7 @@ def test_a_second_process_on_a_running_run_is_refused_in_one_line(tmp_path: Path
     assert first.wait(timeout=300) == 0, first.stderr.read()
     assert second.returncode == 2, second.stderr
     assert len(second.stderr.strip().splitlines()) == 1 and "is in use by another sweep process (pid" in second.stderr
-    assert_complete(db, 200)  # the refused one recovered nothing: no trial of the live one was failed
+    assert_complete(db, 120)  # the refused one recovered nothing: no trial of the live one was failed
 
 
 def alive(pid: int) -> bool:
