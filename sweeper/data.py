@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from sweeper.atomic import check_writable
 from sweeper.errors import SweepError, check_name
 
 COLUMNS = ("ts", "open", "high", "low", "close", "volume")
@@ -450,6 +451,7 @@ def import_csv(
     target = lake / f"asset_class={asset_class}" / f"freq={freq}" / f"symbol={symbol}"
     if target.exists():
         raise SweepError(f"{where}: {target} already exists; remove it first to re-import")
+    check_writable(target.parent, "--lake")
     df = df.with_columns(pl.col("ts").dt.year().alias("_y"), pl.col("ts").dt.month().alias("_m"))
     parts = df.partition_by(["_y", "_m"], as_dict=True, maintain_order=True)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -194,8 +194,13 @@ class ParallelEngine:
         ctx = multiprocessing.get_context("spawn")  # no forked database connections or torch threads
         with cf.ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=die_with, initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(work, self.job, i) for i in range(self.jobs)]
-            while cf.wait(futures, timeout=POLL_S).not_done:
-                self._draw(studies)
+            try:
+                while cf.wait(futures, timeout=POLL_S).not_done:
+                    self._draw(studies)
+            except BaseException:  # Ctrl-C, SIGTERM or a fault here: stop the workers now, not after their
+                for child in multiprocessing.active_children():  # studies (their trials re-queue on resume)
+                    child.kill()
+                raise
             for f in futures:
                 for label, why in f.result().items():
                     self.errors.setdefault(label, why)

@@ -274,8 +274,9 @@ def run(req: RunRequest, paths: RunPaths, progress: Progress | None = None, resu
             raise SweepError(
                 f"run {paths.run_id} already exists in {paths.results.parent}; use --resume {paths.run_id}"
             )
-        for folder in (paths.results, paths.hyperparams):
-            clean_temporaries(folder)  # under the lock: only a killed writer's files are left here
+        if not (req.storage or "").startswith("postgresql"):  # else other machines may be writing here
+            for folder in (paths.results, paths.hyperparams):
+                clean_temporaries(folder)  # under the lock: only a killed writer's files are left here
         running = {"status": "running", "owner": owner_id(), "request": asdict(req)}  # `sweep cache clean` asks it
         manifest = {"run_id": paths.run_id, "created": _now(), **running}
         if resume:
