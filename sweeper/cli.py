@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     from sweeper.store import RunPaths
 
 EXIT_CODES = (
-    "Exit codes: 0 done; 1 a check failed (eval --check, data check); 2 bad input or usage (one line on "
-    "stderr, nothing written); 130 interrupted by Ctrl-C (sweep run --resume RUN_ID continues)."
+    "Exit codes: 0 done; 1 a check failed (eval --check, data check) or the machine stopped the command "
+    "(disk full, out of memory: one line); 2 bad input or usage (one line on stderr, nothing written); "
+    "130 interrupted by Ctrl-C, 143 by SIGTERM (sweep run --resume RUN_ID continues)."
 )
 _CONTEXT = {"help_option_names": ["-h", "--help"]}
 

@@ -582,3 +582,12 @@ def test_csv_epoch_numbers_are_read_in_their_unit(unit: str, scale: int, tmp_pat
     assert result.exit_code == 0, result.output
     s = load(lake, ["NEW"], "1d")[0]
     assert str(s.ts[0]) == "2018-03-01T00:00:00.000000" and len(s) == 3
+
+
+def test_promote_into_an_unusable_best_folder_is_one_line(tmp_path: Path, sweep) -> None:
+    (tmp_path / "hyperparams" / "r").mkdir(parents=True)
+    (tmp_path / "hyperparams" / "r" / "ETHUSD.json").write_text("{}")
+    (tmp_path / "hyperparams" / "best").write_text("not a folder")
+    result = sweep("promote", "r", "--out", tmp_path)
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "best is a file, not a directory" in result.stderr
