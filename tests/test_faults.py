@@ -305,15 +305,22 @@ def test_a_full_disk_stops_the_run_in_one_line_and_resume_loses_nothing(small_di
 
 
 def test_a_second_process_on_a_running_run_is_refused_in_one_line(tmp_path: Path) -> None:
-    _, _, db = signal_mid_sweep(tmp_path, "c", ["naive"], 120, 10, signal.SIGKILL)
+    _, _, db = signal_mid_sweep(tmp_path, "c", ["naive"], 5000, 10, signal.SIGKILL)
     resume = [*SWEEP_BIN, "run", "--resume", "c", "--out", str(tmp_path)]
     first = start_sweep(resume)
     wait_for_trials(db, count_trials(db) + 3)  # the first resume holds the run and is at work
     second = subprocess.run(resume, capture_output=True, text=True, timeout=120)
-    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert first.poll() is None, "the first resume must still be at work"
     assert second.returncode == 2, second.stderr
     assert len(second.stderr.strip().splitlines()) == 1 and "is in use by another sweep process (pid" in second.stderr
-    assert_complete(db, 120)  # the refused one recovered nothing: no trial of the live one was failed
+    # the refused one recovered nothing: the first one's running trial was not failed under it
+    failed = [t for t in study_of(db).trials if t.state.name == "FAIL"]
+    assert len(failed) <= 1 and all(t.user_attrs.get(INTERRUPTED) for t in failed)  # only the first kill's
+    os.killpg(first.pid, signal.SIGINT)
+    assert first.wait(timeout=60) == 130
+    assert count_trials(db) > 13 and all(
+        t.user_attrs.get(INTERRUPTED) for t in study_of(db).trials if t.state.name == "FAIL"
+    )
 
 
 def alive(pid: int) -> bool:
