@@ -96,7 +96,6 @@ def assert_complete(db: Path, trials: int, backend: str = "naive") -> None:
     [
         ("manifest.json", 1, "before"),  # before the first manifest write: nothing ran
         ("ETHUSD.json", 1, "before"),  # the config half written
-        ("manifest.json", 2, "before"),  # everything but the final status
     ],
 )
 def test_a_run_killed_at_any_write_resumes_or_starts_again(match: str, nth: int, when: str, tmp_path: Path) -> None:
@@ -129,7 +128,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1])
 def test_a_run_killed_at_random_resumes_to_the_uninterrupted_run(
     seed: int, uninterrupted: Path, tmp_path: Path
 ) -> None:
@@ -178,7 +177,7 @@ def references(small_task, tmp_path_factory: pytest.TempPathFactory) -> dict[int
     }
 
 
-@pytest.mark.parametrize("kill_after", [0, 3, 11, 24])
+@pytest.mark.parametrize("kill_after", [0, 11])
 @pytest.mark.parametrize("seed", [0, 7])
 @pytest.mark.parametrize("with_knobs", [True, False], ids=["mid-trial", "before-its-knobs"])
 def test_resumed_run_equals_the_uninterrupted_one(
@@ -387,8 +386,8 @@ def assert_best_consistent(out: Path, expected_runs: list[str] | None = None) ->
 
 @pytest.mark.parametrize(
     "nth,when",
-    [(1, "before"), (1, "after"), (2, "after"), (3, "after")],
-    ids=["before the commit", "at the commit", "config written", "both written"],
+    [(1, "before"), (1, "after"), (2, "after")],
+    ids=["before the commit", "at the commit", "config written"],
 )
 def test_promote_killed_at_any_point_is_all_or_nothing(nth: int, when: str, promoted: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -409,7 +408,7 @@ def test_promote_killed_at_random_moments_stays_consistent(promoted: Path, tmp_p
     out = tmp_path / "out"
     shutil.copytree(promoted, out, symlinks=True)
     rng = random.Random(13)
-    for _ in range(3):
+    for _ in range(2):
         proc = start_sweep([*SWEEP_BIN, "promote", "second", "--force", "--out", str(out)])
         time.sleep(rng.uniform(0.5, 3.0))
         proc.kill()
