@@ -284,10 +284,11 @@ def _series(df: pl.DataFrame, symbol: str, freq: str, asset_class: str, source: 
 def bars_series(df: pl.DataFrame, symbol: str, freq: str, asset_class: str, where: str) -> Series:
     """Bars from outside the lake (a live feed, `sweeper.api`), checked by the lake's rules; naive
     timestamps are UTC, as in the lake."""
-    problem = _frame_problem(df, f"data error: {where}")
+    typed = _typed(df, f"data error: {where}")  # the lake's type rules too
+    problem = _frame_problem(typed, f"data error: {where}")
     if problem:
         raise SweepError(problem)
-    return _series(_normalise(df), symbol, freq, asset_class, where)
+    return _series(typed, symbol, freq, asset_class, where)
 
 
 def load(lake: Path, symbols: list[str], freq: str | None) -> list[Series]:

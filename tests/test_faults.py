@@ -25,6 +25,7 @@ import pytest
 from sweeper.atomic import COMMIT, read_committed
 from sweeper.promote import history
 from sweeper.search import INTERRUPTED, INTERRUPTS, Budget, best_params, open_study, run_study
+from sweeper.store import best_dir, best_path
 from sweeper.sweep import RunRequest, prepare
 from tests.helpers import (
     SHARED_LAKE,
@@ -191,7 +192,8 @@ def test_resumed_run_equals_the_uninterrupted_one(
         small_task.spaces["naive"].suggest(dying)
     resumed = run_study(small_task, "naive", url, ("crps",), Budget(25), seed)
     assert kept(resumed) == kept(references[seed])
-    assert best_params(resumed, "crps") == best_params(references[seed], "crps")
+    space = small_task.spaces["naive"]
+    assert best_params(resumed, space, "crps") == best_params(references[seed], space, "crps")
 
 
 # --- machine interruptions: re-queued, never counted ------------------------------------------------------------
@@ -376,7 +378,9 @@ def promoted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def assert_best_consistent(out: Path, expected_runs: list[str] | None = None) -> list[str]:
     """The config and history.jsonl agree: the config's promotion is the history's last line."""
     lines = history(out)
-    config = json.loads(read_committed(out / "hyperparams" / "best", "ETHUSD.json"))
+    config = json.loads(
+        read_committed(best_dir(out), str(best_path(out, "ETHUSD", "1d", 1).relative_to(best_dir(out))))
+    )
     assert config["promotion"] == lines[-1] and config["run_id"] == lines[-1]["run_id"]
     runs = [h["run_id"] for h in lines]
     if expected_runs is not None:
@@ -399,7 +403,7 @@ def test_promote_killed_at_any_point_is_all_or_nothing(nth: int, when: str, prom
     assert again.returncode == 0, again.stderr
     assert_best_consistent(out, runs)
     best = out / "hyperparams" / "best"
-    on_disk = json.loads((best / "ETHUSD.json").read_text())
+    on_disk = json.loads(best_path(out, "ETHUSD", "1d", 1).read_text())
     assert on_disk["promotion"] == json.loads((best / "history.jsonl").read_text().splitlines()[-1])
     assert leftovers(out) == []
 
