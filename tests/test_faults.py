@@ -215,11 +215,11 @@ def test_a_trial_the_machine_cut_short_is_requeued_not_counted(
     url = f"sqlite:///{tmp_path / 's.db'}"
     real, calls = type(small_task).scores, [0]
 
-    def scores(self, cand, split):  # the fourth trial meets the fault
+    def scores(self, cand, split, *rest):  # the fourth trial meets the fault
         calls[0] += 1
         if calls[0] == 4:
             raise fault
-        return real(self, cand, split)
+        return real(self, cand, split, *rest)
 
     monkeypatch.setattr(type(small_task), "scores", scores)
     with pytest.raises(type(fault)):
