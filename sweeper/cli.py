@@ -189,6 +189,7 @@ def _summary_rows(results: list[Any], metric: str) -> list[dict[str, Any]]:
                     "test_skill_vs_chosen": m.skill(ens["test"]) if "test" in ens else None,
                 },
                 "skipped": {b: x.error for b, x in r.backends.items() if x.error},
+                "trials": {b: {"complete": x.trials, "pruned": x.pruned} for b, x in r.backends.items()},
             }
         )
     return rows
@@ -232,6 +233,11 @@ def _summary(rows: list[dict[str, Any]], metric: str, paths: RunPaths) -> Listin
         Column(f"ensemble test {metric} vs best", _ensemble_cell, numeric=True),
     ]
     notes = [f"[yellow]{r['symbol']}: skipped {b}:[/yellow] {why}" for r in rows for b, why in r["skipped"].items()]
+    notes += [
+        f"{r['symbol']} trials: "
+        + ", ".join(f"{b} {n['complete']} complete + {n['pruned']} pruned" for b, n in r["trials"].items())
+        for r in rows
+    ]
     notes += [
         f"[yellow]{r['symbol']}: random weights in {', '.join(r['random_weights'])}[/yellow] (`sweep models init`): "
         "these numbers say nothing about the model's quality"
@@ -287,6 +293,9 @@ def run(
     workers: int = typer.Option(None, help="Ray: trials at once (default: every CPU of the cluster)."),
     ray_address: str = typer.Option(None, "--ray-address", help="Ray: auto or HOST:PORT (default: start one here)."),
     gpus_per_trial: float = typer.Option(None, "--gpus-per-trial", help="Ray: GPUs per trial (default 0)."),
+    no_prune: bool = typer.Option(
+        False, "--no-prune", help="Score every trial on every validation origin (no multi-fidelity pruning)."
+    ),
     out: Path = typer.Option(Path("."), help="Where results/ and hyperparams/ go."),
     run_id: str = typer.Option(None, "--run-id", help="Name of the run (default: timestamp)."),
     resume: str = typer.Option(None, "--resume", help="Continue the stopped run RUN_ID."),
@@ -326,6 +335,7 @@ def run(
         "ray_address": ray_address,
         "gpus_per_trial": gpus_per_trial,
         "scheduler": scheduler,
+        "prune": False if no_prune else None,
     }
     if objectives and not metric:
         given["metric"] = given["objectives"][0]

@@ -1,7 +1,7 @@
 """Re-scoring a written config on its recorded protocol and data: the regression check for CI.
 
 A config records everything its numbers came from: lake, data fingerprint, protocol, backend, knobs,
-checkpoint, the number of draws cached and the seed. Draws are seeded from those, so re-scoring on the
+checkpoint, the draw block size and the seed. Draws are seeded from those, so re-scoring on the
 same data reproduces the recorded metrics; a difference beyond the tolerance is a regression.
 """
 
@@ -100,7 +100,7 @@ def chosen_candidate(config: dict[str, Any]) -> Candidate:
     if not config.get("chosen"):
         raise SweepError(f"config for {config.get('symbol')} has no chosen configuration")
     c = config["chosen"]
-    return Candidate(c["backend"], c["params"], c["draws"])
+    return Candidate(c["backend"], c["params"])
 
 
 def chosen_entry(config: dict[str, Any]) -> dict[str, Any]:
