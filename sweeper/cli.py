@@ -293,9 +293,7 @@ def run(
     workers: int = typer.Option(None, help="Ray: trials at once (default: every CPU of the cluster)."),
     ray_address: str = typer.Option(None, "--ray-address", help="Ray: auto or HOST:PORT (default: start one here)."),
     gpus_per_trial: float = typer.Option(None, "--gpus-per-trial", help="Ray: GPUs per trial (default 0)."),
-    no_prune: bool = typer.Option(
-        False, "--no-prune", help="Score every trial on every validation origin (no multi-fidelity pruning)."
-    ),
+    no_prune: bool = flag("--no-prune", "Score every trial on every validation origin (no multi-fidelity pruning)."),
     out: Path = typer.Option(Path("."), help="Where results/ and hyperparams/ go."),
     run_id: str = typer.Option(None, "--run-id", help="Name of the run (default: timestamp)."),
     resume: str = typer.Option(None, "--resume", help="Continue the stopped run RUN_ID."),
