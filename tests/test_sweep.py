@@ -369,7 +369,7 @@ def test_two_processes_compute_each_cache_entry_once(tmp_path: Path) -> None:
     )
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     calls = sorted(int(p.communicate()[0].strip()) for p in procs)
-    assert calls[0] == 0 and calls[1] >= 1  # exactly one of them ran the model
+    assert sum(calls) == len(chunk_bounds(500))  # each chunk's draws computed once, by one of them
     assert len(list((tmp_path / "cache").glob("*.npy"))) == len(chunk_bounds(500))  # one entry per chunk
 
 
