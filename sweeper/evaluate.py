@@ -18,8 +18,6 @@ from sweeper.atomic import read_json, write_bytes, write_json
 from sweeper.cache import ForecastCache
 from sweeper.data import Series, load, resolve_lake
 from sweeper.errors import SweepError
-from sweeper.finetune.fit import FinetuneStore
-from sweeper.finetune.tuner import Tuner
 from sweeper.forecast import Forecaster
 from sweeper.metric import REGISTRY, checked
 from sweeper.objective import Candidate, SymbolTask, mean_scores
@@ -76,20 +74,7 @@ def task_on(
 def config_forecaster(config: dict[str, Any], device: str = "auto", cache: Path | None = None) -> Forecaster:
     """A forecaster with the config's seed and checkpoints: the draws its numbers came from."""
     checkpoints = {b: r["checkpoint"] for b, r in config["backends"].items() if r.get("checkpoint")}
-    store, extra = finetuned_of(config)
-    tuner = Tuner(store, config["seed"], device, extra)
-    return Forecaster(ForecastCache(cache), config["seed"], device, checkpoints, tuner)
-
-
-def finetuned_of(config: dict[str, Any]) -> tuple[FinetuneStore, list[Series]]:
-    """Where a config's fine-tuned weights are (loaded by key when the folder is still there, else re-fitted
-    into a temporary folder: same seed, same bars, same weights), and the other symbols they trained on."""
-    records = [r["finetune"] for r in config["backends"].values() if r.get("finetune")]
-    blocks = [b for rec in records for split in ("val", "test") for b in rec[split]]
-    root = next((Path(b["weights"]).parent for b in blocks if Path(b["weights"]).is_dir()), None)
-    others = sorted({s for b in blocks for s in b["symbols"]} - {config["symbol"]})
-    extra = load(resolve_lake(config["data"]["lake"]), others, config["freq"]) if others else []
-    return FinetuneStore(root), extra
+    return Forecaster(ForecastCache(cache), seed=config["seed"], device=device, checkpoints=checkpoints)
 
 
 def recorded_task(
