@@ -18,7 +18,7 @@ import numpy as np
 from sweeper.errors import SweepError
 
 Aggregator = Callable[[np.ndarray], np.ndarray]
-_PATTERN = re.compile(r"^(trimmed_mean|winsorized_mean|quantile)_(\d+(?:\.\d+)?)$")
+_PATTERN = re.compile(r"(trimmed_mean|winsorized_mean|quantile)_(\d+(?:\.\d+)?)")
 
 
 def _cut(n: int, percent: float) -> int:
@@ -51,7 +51,7 @@ def parse(name: str) -> Aggregator:
         return partial(np.mean, axis=1)
     if name == "median":
         return partial(quantile, q=0.5)
-    m = _PATTERN.match(name)
+    m = _PATTERN.fullmatch(name)
     if not m:
         raise SweepError(
             f"unknown aggregation {name!r}: use mean, median, trimmed_mean_P, winsorized_mean_P (0<P<50) "

@@ -6,17 +6,19 @@ table (one formatter, `sweeper/output.py`), progress with elapsed time and ETA o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
 from sweeper import __version__
-from sweeper.errors import SweepError
+from sweeper.errors import SweepError, machine_fault
 from sweeper.output import Column, Listing, fmt, progress, stderr_console, stdout_console
 
 if TYPE_CHECKING:
@@ -24,8 +26,9 @@ if TYPE_CHECKING:
     from sweeper.store import RunPaths
 
 EXIT_CODES = (
-    "Exit codes: 0 done; 1 a check failed (eval --check, data check); 2 bad input or usage (one line on "
-    "stderr, nothing written); 130 interrupted by Ctrl-C (sweep run --resume RUN_ID continues)."
+    "Exit codes: 0 done; 1 a check failed (eval --check, data check) or the machine stopped the command "
+    "(disk full, out of memory: one line); 2 bad input or usage (one line on stderr, nothing written); "
+    "130 interrupted by Ctrl-C, 143 by SIGTERM (sweep run --resume RUN_ID continues)."
 )
 _CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -48,13 +51,37 @@ class Group(_FlagHelp, typer.core.TyperGroup):
     pass
 
 
+class OneLineErrors(Group):
+    """The root group: usage errors (a wrong option type, a missing option, an unknown command) are one
+    line and exit 2, like every other bad input, instead of Typer's framed usage box."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as exc:  # Typer's own Click: UsageError, BadParameter, NoSuchOption ...
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `sweep` or `sweep data`: the help
+                exc.show()  # type: ignore[attr-defined]
+                sys.exit(0)
+            ctx = getattr(exc, "ctx", None)
+            where = f"{ctx.command_path}: " if ctx is not None else ""
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            _one_line(f"{where}{exc.format_message()}{hint}")
+            sys.exit(exc.exit_code)  # 2 for every usage error
+        except typer.Abort:
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    name="sweep",
     add_completion=False,
     no_args_is_help=True,
     help=__doc__,
     context_settings=_CONTEXT,
     epilog=EXIT_CODES,
-    cls=Group,
+    cls=OneLineErrors,
 )
 data_app = typer.Typer(
     no_args_is_help=True, help="Inspect the lake and bring CSV files into it.", epilog=EXIT_CODES, cls=Group
@@ -79,8 +106,12 @@ _state = {"debug": False}
 _METRIC_ALIASES = {"latency": "latency_s"}
 
 
+def _one_line(text: str) -> None:
+    err.print(f"[red]error:[/red] {' '.join(text.split())}", markup=True, highlight=False, soft_wrap=True)
+
+
 def handled(fn: F) -> F:
-    """Turn a SweepError into one line on stderr and exit code 2."""
+    """Turn a SweepError into one line on stderr and exit code 2, a machine fault into one line and 1."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -89,8 +120,14 @@ def handled(fn: F) -> F:
         except SweepError as exc:
             if _state["debug"]:
                 raise
-            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            _one_line(str(exc))
             raise typer.Exit(2) from None
+        except Exception as exc:
+            cause = machine_fault(exc)
+            if cause is None or _state["debug"]:
+                raise
+            _one_line(f"the machine stopped this command: {type(cause).__name__}: {cause}")
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -312,7 +349,7 @@ def run(
     from sweeper.sweep import run as run_sweep
 
     given = {
-        "symbols": symbols,
+        "symbols": symbols or [],
         "lake": lake,
         "freq": freq,
         "backends": backends,
@@ -355,15 +392,42 @@ def run(
         values = {k: v for k, v in {**given, "trials": trials, "timeout": timeout}.items() if v is not None}
         req = RunRequest(**values)
     try:
-        with progress(json) as step:
+        with progress(json) as step, _signals_interrupt():
             results = run_sweep(req, paths, step, resume=bool(resume))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         err.print(f"interrupted: continue with `sweep run --resume {paths.run_id}`", highlight=False)
-        raise typer.Exit(130) from None
+        raise typer.Exit(128 + (exc.args[0] if exc.args else signal.SIGINT)) from None
+    except Exception as exc:
+        cause = machine_fault(exc)
+        if cause is None or _state["debug"]:
+            raise
+        _one_line(
+            f"the machine stopped the run: {type(cause).__name__}: {cause}; finished trials are kept and the "
+            f"cut one is queued again: continue with `sweep run --resume {paths.run_id}`"
+        )
+        raise typer.Exit(1) from None
     rows = [
         {**row, **config_facts(read_json(paths.config(row["symbol"])))} for row in _summary_rows(results, req.metric)
     ]
     _summary(rows, req.metric, paths).emit(json)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP (a scheduler or a closed terminal stopping the run) all end it the same
+    way: the trial in flight is marked interrupted and queued again (`search.Interrupts` says where a
+    signal may land), and the command exits with 128 + the signal."""
+    from sweeper.search import INTERRUPTS
+
+    def stop(signum: int, _frame: object) -> None:
+        INTERRUPTS.signal(signum)
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 # --- sweep data ---------------------------------------------------------------------------------------

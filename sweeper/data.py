@@ -19,19 +19,20 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from sweeper.atomic import check_writable
 from sweeper.errors import SweepError, check_name
 
 COLUMNS = ("ts", "open", "high", "low", "close", "volume")
 PRICES = ("open", "high", "low", "close")
 DEMO_LAKE = Path(__file__).parent / "demo_lake"
-_FREQ = re.compile(r"^(\d+)(min|h|d|w)$")
+_FREQ = re.compile(r"(\d+)(min|h|d|w)")
 _UNIT_SECONDS = {"min": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def freq_seconds(freq: str) -> int:
     """Bar length in seconds of a frequency label such as 1min, 1h, 1d."""
-    m = _FREQ.match(freq)
-    if not m:
+    m = _FREQ.fullmatch(freq)
+    if not m or int(m.group(1)) == 0:
         raise SweepError(f"invalid frequency {freq!r}: expected a number and a unit (min, h, d, w), e.g. 1h")
     return int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
 
@@ -145,10 +146,7 @@ class Series:
 
 
 def _frame_problem(df: pl.DataFrame, where: str) -> str | None:
-    """The first broken rule in a frame of bars, as '<where> row N (ts): rule', or None."""
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        return f"{where}: missing column(s) {', '.join(missing)} (have: {', '.join(df.columns)})"
+    """The first broken rule in a frame of typed bars (`_typed`), as '<where> row N (ts): rule', or None."""
     checks: list[tuple[pl.Expr, str]] = [
         (pl.col("ts").is_null(), "timestamp is missing"),
         *[(pl.col(c).is_null() | pl.col(c).is_nan(), f"{c} is NaN or missing") for c in PRICES],
@@ -157,6 +155,7 @@ def _frame_problem(df: pl.DataFrame, where: str) -> str | None:
         (pl.col("high") < pl.col("low"), "high is below low"),
         (pl.col("high") < pl.max_horizontal("open", "close"), "high is below open or close"),
         (pl.col("low") > pl.min_horizontal("open", "close"), "low is above open or close"),
+        (pl.col("volume").is_null() | pl.col("volume").is_nan(), "volume is NaN or missing"),
         (~pl.col("volume").is_finite() | (pl.col("volume") < 0), "volume is negative or not finite"),
         (pl.col("ts") == pl.col("ts").shift(1), "duplicate timestamp"),
         (pl.col("ts") < pl.col("ts").shift(1), "timestamps not sorted ascending"),
@@ -181,29 +180,88 @@ def _to_frame(path: Path) -> pl.DataFrame:
     return df
 
 
-def _normalise(df: pl.DataFrame) -> pl.DataFrame:
-    """Cast the canonical columns: ts to UTC microseconds, the rest to float64."""
+def _typed(df: pl.DataFrame, where: str) -> pl.DataFrame:
+    """The canonical columns with the lake's type rules applied: ts to UTC microseconds, the rest to float64.
+
+    ts must be a datetime (naive means UTC; an aware one is converted), a date, or ISO 8601 text. Plain
+    integers are refused: a Parquet integer has no unit, and reading epoch seconds as microseconds would
+    put the series in 1970 without a word (`sweep data import` reads epoch numbers from CSV by magnitude).
+    Prices and volume must be numbers; text, booleans and other types are refused, never coerced."""
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise SweepError(f"{where}: missing column(s) {', '.join(missing)} (have: {', '.join(df.columns)})")
+    for c in COLUMNS[1:]:
+        if not df.schema[c].is_numeric():
+            raise SweepError(f"{where}: column {c} is {df.schema[c]}, expected a number")
+    kind = df.schema["ts"]
     ts = pl.col("ts")
-    if df.schema["ts"] == pl.String:
-        ts = ts.str.to_datetime(time_unit="us", time_zone="UTC")
-    elif isinstance(df.schema["ts"], pl.Datetime) and df.schema["ts"].time_zone is None:
-        ts = ts.dt.replace_time_zone("UTC")
+    if kind == pl.String:
+        text = df.get_column("ts")
+        parsed = _parse_text_ts(text, "UTC")
+        # ISO 8601 only: a guessed day-first or month-first order would move bars without a word
+        bad = ((parsed.is_null() | ~text.str.contains(_ISO_8601)) & text.is_not_null()).arg_true()
+        if bad.len():
+            row = int(bad[0])
+            raise SweepError(f"{where} row {row + 1}: cannot parse timestamp {df['ts'][row]!r} (expected ISO 8601)")
+        df = df.with_columns(parsed.alias("ts"))
+    elif kind == pl.Date:
+        ts = ts.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+    elif isinstance(kind, pl.Datetime):
+        ts = ts.dt.replace_time_zone("UTC") if kind.time_zone is None else ts.dt.convert_time_zone("UTC")
+    elif kind.is_integer():
+        raise SweepError(
+            f"{where}: column ts is {kind}, integers have no time unit; store a Datetime (timestamp) column "
+            "or import the CSV with `sweep data import`"
+        )
+    else:
+        raise SweepError(f"{where}: column ts is {kind}, expected a datetime, a date or ISO 8601 text")
     return df.select(ts.cast(pl.Datetime("us", "UTC")).alias("ts"), *[pl.col(c).cast(pl.Float64) for c in COLUMNS[1:]])
+
+
+_ISO_8601 = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}:?\d{2})?$"
+_YEAR = re.compile(r"year=(\d{4})")
+_MONTH = re.compile(r"month=(\d{1,2})")
+
+
+def _hidden(part: str) -> bool:
+    """Names the Parquet tools skip: writers' temporary and metadata files."""
+    return part.startswith((".", "_"))
+
+
+def series_files(ref: SeriesRef) -> list[Path]:
+    """The series' Parquet files in calendar order (month=1 and month=01 alike, sorted as numbers).
+
+    Every file must sit at year=YYYY/month=M/ (M 1-12); one anywhere else, or under a malformed partition
+    folder such as year=20x4, is an error rather than silently read or silently skipped."""
+    keyed = []
+    for f in ref.path.rglob("*.parquet"):
+        rel = f.relative_to(ref.path).parts
+        if any(_hidden(p) for p in rel):
+            continue
+        year = _YEAR.fullmatch(rel[0]) if len(rel) == 3 else None
+        month = _MONTH.fullmatch(rel[1]) if len(rel) == 3 else None
+        if year is None or month is None or not 1 <= int(month.group(1)) <= 12:
+            raise SweepError(f"data error: {f}: not under year=YYYY/month=M/ (M 1-12) in {ref.path}; move or remove it")
+        keyed.append(((int(year.group(1)), int(month.group(1)), rel[2]), f))
+    return [f for _, f in sorted(keyed)]
 
 
 def read_series(ref: SeriesRef) -> Series:
     """Read and check one series; a broken rule raises with file, row and rule."""
-    files = sorted(ref.path.glob("year=*/month=*/*.parquet")) or sorted(ref.path.rglob("*.parquet"))
+    files = series_files(ref)
     if not files:
         raise SweepError(f"data error: {ref.path}: no Parquet files for {ref.symbol} {ref.freq}")
     frames = []
     for f in files:
-        df = _to_frame(f)
-        problem = _frame_problem(df, f"data error: {f}")
+        where = f"data error: {f}"
+        df = _typed(_to_frame(f), where)
+        problem = _frame_problem(df, where)
         if problem:
             raise SweepError(problem)
-        frames.append(_normalise(df).with_columns(pl.lit(str(f)).alias("_file")))
+        frames.append(df.with_columns(pl.lit(str(f)).alias("_file")))
     df = pl.concat(frames)
+    if df.height == 0:
+        raise SweepError(f"data error: {ref.path}: no bars for {ref.symbol} {ref.freq} (every file is empty)")
     # order across files: the same rules, now naming the file where the break happens
     step = df.select(
         (pl.col("ts") == pl.col("ts").shift(1)).fill_null(False).alias("dup"),
@@ -226,10 +284,11 @@ def _series(df: pl.DataFrame, symbol: str, freq: str, asset_class: str, source: 
 def bars_series(df: pl.DataFrame, symbol: str, freq: str, asset_class: str, where: str) -> Series:
     """Bars from outside the lake (a live feed, `sweeper.api`), checked by the lake's rules; naive
     timestamps are UTC, as in the lake."""
-    problem = _frame_problem(df, f"data error: {where}")
+    typed = _typed(df, f"data error: {where}")  # the lake's type rules too
+    problem = _frame_problem(typed, f"data error: {where}")
     if problem:
         raise SweepError(problem)
-    return _series(_normalise(df), symbol, freq, asset_class, where)
+    return _series(typed, symbol, freq, asset_class, where)
 
 
 def load(lake: Path, symbols: list[str], freq: str | None) -> list[Series]:
@@ -271,7 +330,12 @@ _SPELLINGS = {
 
 
 def _canonical_columns(columns: list[str], where: str) -> dict[str, str]:
-    lower = {c.strip().lower().replace(" ", "_"): c for c in columns}
+    lower: dict[str, str] = {}
+    for c in columns:
+        key = c.strip().lower().replace(" ", "_")
+        if key in lower:
+            raise SweepError(f"{where}: columns {lower[key]!r} and {c!r} are the same name; keep one")
+        lower[key] = c
     mapping = {}
     for name, spellings in _SPELLINGS.items():
         found = next((lower[s] for s in spellings if s in lower), None)
@@ -285,21 +349,37 @@ def _canonical_columns(columns: list[str], where: str) -> dict[str, str]:
     return mapping
 
 
+# CSV epoch numbers, by magnitude of the largest: below 1e11 seconds (until the year 5138), below 1e14
+# milliseconds, below 1e17 microseconds, else nanoseconds. Each unit covers 1973-5138 of the next.
+_EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"))
+
+
+def _parse_text_ts(text: pl.Series, time_zone: str | None) -> pl.Series:
+    """Text to datetimes (in `time_zone` when the text has no offset), null where a value does not parse,
+    also when no format fits any value."""
+    try:
+        return text.str.to_datetime(time_unit="us", time_zone=time_zone, strict=False)
+    except pl.exceptions.ComputeError:
+        return pl.Series(text.name, [None] * len(text), dtype=pl.Datetime("us", time_zone))
+
+
 def _parse_ts(col: pl.Series, tz: str | None) -> pl.Series:
     """Timestamps in UTC. Epoch numbers are UTC by definition and dates are calendar days (the lake's
     daily bars open at 00:00 UTC); a clock time without a zone needs `tz`, never a silent guess."""
     if col.dtype.is_numeric():
-        # epoch seconds or milliseconds, by magnitude
-        unit = "ms" if float(col.abs().max() or 0) > 1e11 else "s"
+        biggest = float(col.abs().max() or 0)
+        unit = next((u for limit, u in _EPOCH_UNITS if biggest < limit), "ns")
         return pl.from_epoch(col.cast(pl.Int64), time_unit=unit).dt.replace_time_zone("UTC")
     if col.dtype == pl.String:
-        parsed = col.str.to_datetime(time_unit="us", strict=False)
+        parsed = _parse_text_ts(col, None)
         if parsed.null_count() > col.null_count():
             bad = col.filter(parsed.is_null() & col.is_not_null())[0]
             raise SweepError(f"cannot parse timestamp {bad!r}")
         col = parsed
     if isinstance(col.dtype, pl.Date):
         return col.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+    if not isinstance(col.dtype, pl.Datetime):
+        raise SweepError(f"timestamp column is {col.dtype}: expected dates, datetimes or epoch numbers")
     if col.dtype.time_zone is None:  # type: ignore[union-attr]
         if tz is None:
             raise SweepError(
@@ -359,6 +439,8 @@ def import_csv(
     except Exception as exc:
         raise SweepError(f"{where}: cannot read CSV ({exc})") from exc
     df = raw.rename(_canonical_columns(raw.columns, where)).select(COLUMNS)
+    if df.height == 0:
+        raise SweepError(f"{where}: no rows after the header; nothing to import")
     try:
         df = df.with_columns(_parse_ts(df.get_column("ts"), tz).cast(pl.Datetime("us", "UTC")).alias("ts"))
     except SweepError as exc:
@@ -370,6 +452,7 @@ def import_csv(
     target = lake / f"asset_class={asset_class}" / f"freq={freq}" / f"symbol={symbol}"
     if target.exists():
         raise SweepError(f"{where}: {target} already exists; remove it first to re-import")
+    check_writable(target.parent, "--lake")
     df = df.with_columns(pl.col("ts").dt.year().alias("_y"), pl.col("ts").dt.month().alias("_m"))
     parts = df.partition_by(["_y", "_m"], as_dict=True, maintain_order=True)
     target.parent.mkdir(parents=True, exist_ok=True)

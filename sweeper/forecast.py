@@ -23,6 +23,7 @@ from sweeper.backends import backend_class
 from sweeper.backends.base import CONTEXT_KNOB, Backend
 from sweeper.cache import Cached, ForecastCache, cache_key
 from sweeper.data import Series
+from sweeper.errors import SweepError
 from sweeper.finetune.settings import FinetuneSettings
 from sweeper.plan import Plan, contexts
 
@@ -108,7 +109,16 @@ class Forecaster:
                 base = (backend, self.checkpoints.get(backend))
                 for old in [k for k in self._models if k[0] == backend and k != base]:
                     del self._models[old]
-            self._models[key] = backend_class(backend)(checkpoint=key[1], device=self.device)
+            cls = backend_class(backend)
+            try:
+                self._models[key] = cls(checkpoint=key[1], device=self.device)
+            except SweepError:
+                raise
+            except Exception as exc:  # weights that exist but do not load: truncated, corrupt, a bad config
+                why = " ".join(str(exc).split())[:200]
+                raise SweepError(
+                    f"{backend} checkpoint {key[1] or 'default'} cannot be loaded: {type(exc).__name__}: {why}"
+                ) from exc
         return self._models[key]
 
     def base_checkpoint(self, backend: str) -> str:

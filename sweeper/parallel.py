@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import ctypes
+import ctypes.util
 import fcntl
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -27,7 +31,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
-from sweeper.errors import SweepError
+from sweeper.errors import SweepError, machine_fault
 from sweeper.objective import SymbolTask, objective
 from sweeper.search import (
     CAUGHT,
@@ -41,6 +45,7 @@ from sweeper.search import (
     optuna_report,
     owner_id,
     prepare_study,
+    requeue,
     storage_for,
     study_label,
     study_name,
@@ -70,6 +75,31 @@ def study_lock(url: str, name: str) -> Iterator[None]:
             yield
     else:
         raise SweepError(f"--jobs needs a sqlite:// or postgresql:// storage, got {url.split(':')[0]}")
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with(parent: int) -> None:
+    """Run in each worker as it starts: end this worker when `parent` (the `sweep run` process) dies, even by
+    SIGKILL, which leaves no chance to stop its pool. Linux delivers SIGKILL to the worker when its parent
+    exits (prctl PR_SET_PDEATHSIG); elsewhere a thread checks for the parent every POLL_S seconds. The
+    trial the worker was running stays RUNNING under its dead owner and is re-queued on --resume."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        ok = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        ok = False
+    if not ok:
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(POLL_S)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
 
 
 def claimed(study: optuna.Study) -> int:
@@ -105,8 +135,11 @@ def drain(study: optuna.Study, task: SymbolTask, backend: str, s: StudySettings)
             trial.set_user_attr(ERROR, f"{type(exc).__name__}: {exc}")
             study.tell(trial, state=TrialState.FAIL)
             continue
-        except Exception:
-            study.tell(trial, state=TrialState.FAIL)
+        except Exception as exc:
+            if machine_fault(exc) is not None:  # disk full, out of memory: re-queued, not counted
+                requeue(study, trial)
+            with contextlib.suppress(Exception):
+                study.tell(trial, state=TrialState.FAIL)
             raise
         study.tell(trial, value)
 
@@ -166,10 +199,15 @@ class ParallelEngine:
                 with study_lock(s.storage, study_name(task.series.symbol, b, s.namespace)):  # no half-claimed trial
                     studies[study_label(task.series.symbol, b)] = prepare_study(task, b, s)
         ctx = multiprocessing.get_context("spawn")  # no forked database connections or torch threads
-        with cf.ProcessPoolExecutor(self.jobs, mp_context=ctx) as pool:
+        with cf.ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=die_with, initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(work, self.job, i) for i in range(self.jobs)]
-            while cf.wait(futures, timeout=POLL_S).not_done:
-                self._draw(studies)
+            try:
+                while cf.wait(futures, timeout=POLL_S).not_done:
+                    self._draw(studies)
+            except BaseException:  # Ctrl-C, SIGTERM or a fault here: stop the workers now, not after their
+                for child in multiprocessing.active_children():  # studies (their trials re-queue on resume)
+                    child.kill()
+                raise
             for f in futures:
                 for label, why in f.result().items():
                     self.errors.setdefault(label, why)

@@ -25,7 +25,15 @@ from typing import Any
 import numpy as np
 import orjson
 
-from sweeper.atomic import write_bytes, write_json
+from sweeper.atomic import (
+    check_writable,
+    clean_temporaries,
+    commit,
+    exclusive,
+    finish_commit,
+    json_bytes,
+    read_committed,
+)
 from sweeper.compare import Comparison, paired_bootstrap
 from sweeper.data import Series, load, resolve_lake
 from sweeper.errors import SweepError, check_name
@@ -189,6 +197,25 @@ def promote(
     for s in wanted:
         if check_name("symbol", s) not in available:
             raise SweepError(f"run {run_id} has no config for {s} (it has: {', '.join(available) or 'none'})")
+    best = best_dir(out)
+    check_writable(best, "--out")
+    with exclusive(out / "hyperparams" / ".best.lock", "hyperparams/best is being promoted to by pid {pid}"):
+        finish_commit(best)  # a promote killed after its commit point is completed first
+        clean_temporaries(best)
+        return _promote_each(out, run_id, available, wanted, force, dry_run, lake, max_reuse)
+
+
+def _promote_each(
+    out: Path,
+    run_id: str,
+    available: dict[str, Path],
+    wanted: list[str],
+    force: bool,
+    dry_run: bool,
+    lake: str | None,
+    max_reuse: int,
+) -> list[Decision]:
+    best = best_dir(out)
     decisions = []
     for s in wanted:
         candidate = read_config(available[s])
@@ -208,11 +235,19 @@ def promote(
                 "arena": d.arena,
             }
             target = best_path(out, s, candidate["freq"], candidate["horizon"])
-            write_json(target, {**candidate, "promotion": entry})
+            old = read_committed(best, HISTORY) or b""
+            # the config and its history line in one step: a crash never leaves one without the other
+            changes: dict[str, bytes | None] = {
+                str(target.relative_to(best)): json_bytes({**candidate, "promotion": entry}),
+                HISTORY: old + orjson.dumps(entry) + b"\n",
+            }
             if current_path != target:  # a config of the older layout, now replaced under its new name
-                current_path.unlink(missing_ok=True)
-            _append_history(best_dir(out) / "history.jsonl", entry)
+                changes[str(current_path.relative_to(best))] = None
+            commit(best, changes)
     return decisions
+
+
+HISTORY = "history.jsonl"
 
 
 def current_best(out: Path, candidate: dict[str, Any]) -> tuple[Path, dict[str, Any] | None]:
@@ -227,12 +262,6 @@ def current_best(out: Path, candidate: dict[str, Any]) -> tuple[Path, dict[str, 
     return path, read_config(path) if path.is_file() else None
 
 
-def _append_history(path: Path, entry: dict[str, Any]) -> None:
-    """Append one line; the whole file is rewritten atomically so a crash never leaves half a line."""
-    old = path.read_bytes() if path.is_file() else b""
-    write_bytes(path, old + orjson.dumps(entry) + b"\n")
-
-
 def history(out: Path) -> list[dict[str, Any]]:
-    path = best_dir(out) / "history.jsonl"
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.is_file() else []
+    data = read_committed(best_dir(out), HISTORY)
+    return [orjson.loads(line) for line in data.splitlines()] if data else []

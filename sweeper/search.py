@@ -11,8 +11,10 @@ trial is PRUNED in the study and in trials.parquet, valued at its last running m
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import logging
 import os
 import socket
 import warnings
@@ -22,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
 
+from sweeper.errors import SweepError, machine_fault
 from sweeper.metric import get
 from sweeper.objective import Report, SymbolTask, objective, recorded_means
 from sweeper.space import Space
@@ -124,6 +128,74 @@ def storage_for(url: str) -> optuna.storages.BaseStorage:
     return storage
 
 
+def check_storage(storage: str | None) -> None:
+    """A --storage other than the run folder's own is opened before anything is written, so a malformed
+    or unreachable URL is one line (password hidden) and leaves no run folder behind."""
+    if storage is None or storage == JOURNAL:
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    rule = "use journal, sqlite:///PATH or postgresql://USER@HOST/DB"
+    try:
+        url = make_url(storage)
+    except (ArgumentError, ValueError):
+        raise SweepError(f"invalid --storage {storage.split('://')[0]!r}...: not a database URL; {rule}") from None
+    shown = url.render_as_string(hide_password=True)
+    if url.get_backend_name() not in ("sqlite", "postgresql") or (
+        url.get_backend_name() == "sqlite" and not url.database
+    ):
+        raise SweepError(f"invalid --storage {shown}: {rule}")
+    try:
+        storage_for(storage)
+    except Exception as exc:  # the driver's own error: unknown host, refused, no such folder, not a database
+        why = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
+        raise SweepError(f"--storage {shown} cannot be opened: {type(exc).__name__}: {why}") from None
+
+
+class TrialSeeded(optuna.samplers.BaseSampler):
+    """A sampler whose draws for a trial depend only on the seed and the trial's place in the study.
+
+    Optuna's seeded TPE draws from one random stream per process, so a resumed process (a fresh stream)
+    proposes other knobs than the uninterrupted run would have. Here each trial gets a sampler seeded
+    from (seed, place), where place counts the study's earlier trials that were not interrupted: the
+    re-queued trial of a killed one takes its place, and every later trial sees the same finished trials
+    and the same seed as in a run that was never stopped. So a resumed run proposes the same knobs and
+    selects the same configuration (`tests/test_edges.py::test_resumed_run_equals_the_uninterrupted_one`).
+    """
+
+    def __init__(self, seed: int, make: Callable[[int], optuna.samplers.BaseSampler]) -> None:
+        self._seed = seed
+        self._make = make
+        self._inner = make(seed)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        place = sum(
+            t.number < trial.number and not t.user_attrs.get(INTERRUPTED) for t in study.get_trials(deepcopy=False)
+        )
+        self._inner = self._make(int(np.random.SeedSequence([self._seed, place]).generate_state(1)[0] >> 1))
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict:
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, name: str, dist: Any) -> Any:
+        return self._inner.sample_independent(study, trial, name, dist)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
+
+
+def _tpe(constant_liar: bool, seed: int) -> optuna.samplers.TPESampler:
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=constant_liar)
+
+
 def open_study(
     storage: str,
     symbol: str,
@@ -142,9 +214,7 @@ def open_study(
     name = study_name(symbol, backend, namespace)
     study_seed = (seed + zlib.crc32(name.encode()) + (0 if worker is None else 7919 * (worker + 1))) % 2**31
     if len(objectives) == 1:
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
-            seed=study_seed, constant_liar=worker is not None
-        )
+        sampler: optuna.samplers.BaseSampler = TrialSeeded(study_seed, functools.partial(_tpe, worker is not None))
     else:
         sampler = optuna.samplers.NSGAIISampler(seed=study_seed)
     study = optuna.create_study(
@@ -186,6 +256,12 @@ def owner_alive(owner: str) -> bool:
     return True
 
 
+def knobs_of(trial: FrozenTrial) -> dict[str, Any]:
+    """The knobs a trial ran or was about to run: its params, else those it was queued with (a queued
+    trial killed before its first suggestion has no params yet, only Optuna's fixed_params)."""
+    return dict(trial.params or trial.system_attrs.get("fixed_params") or {})
+
+
 def recover(study: optuna.Study) -> int:
     """Fail trials left RUNNING by a killed process and queue their knobs again; returns how many.
 
@@ -195,8 +271,8 @@ def recover(study: optuna.Study) -> int:
     for t in stale:
         study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        if t.params:  # not skip_if_exists: the failed trial itself holds these params
-            study.enqueue_trial(t.params)
+        if knobs := knobs_of(t):  # not skip_if_exists: the failed trial itself holds these params
+            study.enqueue_trial(knobs)
     return len(stale)
 
 
@@ -221,6 +297,52 @@ def prepare_study(task: SymbolTask, backend: str, s: StudySettings) -> optuna.St
     return study
 
 
+class Interrupts:
+    """Where a stop signal (Ctrl-C, SIGTERM, SIGHUP) may land while trials run.
+
+    Inside a trial's own code it raises at once, so the trial is marked interrupted and queued again.
+    Inside Optuna's bookkeeping between trials (asking for a trial, telling its result) it is held
+    until the next trial starts or the study ends: an exception there would leave Optuna's own state
+    half written (its `_run_trial` then fails with an UnboundLocalError instead)."""
+
+    def __init__(self) -> None:
+        self.in_optimize = False
+        self.in_trial = False
+        self.pending: int | None = None
+        self.cut = False  # the trial ending now was cut short: Optuna's failure log of it is muted
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """A logging filter: Optuna logs a trial that raised with its traceback; for a trial cut short
+        (re-queued, nothing failed) that would bury the one line the CLI prints."""
+        return not self.cut
+
+    def signal(self, signum: int) -> None:
+        if self.in_optimize and not self.in_trial:
+            self.pending = signum
+            return
+        raise KeyboardInterrupt(signum)
+
+    def check(self) -> None:
+        if self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise KeyboardInterrupt(signum)
+
+
+INTERRUPTS = Interrupts()
+logging.getLogger("optuna.study._optimize").addFilter(INTERRUPTS.filter)
+
+
+def requeue(study: optuna.Study, trial: optuna.Trial) -> None:
+    """A trial cut short by a signal or by the machine (disk full, out of memory): mark it interrupted, so
+    it does not use up the budget, and queue its knobs again. Best effort: when the storage itself cannot
+    write (a full disk), the trial stays RUNNING and the next start's `recover` does the same."""
+    INTERRUPTS.cut = True
+    with contextlib.suppress(Exception):
+        trial.set_user_attr(INTERRUPTED, True)
+        if knobs := knobs_of(study._storage.get_trial(trial._trial_id)):
+            study.enqueue_trial(knobs)
+
+
 def run_study(
     task: SymbolTask, backend: str, s: StudySettings, on_trial: Callable[[optuna.Study], None] | None = None
 ) -> optuna.Study:
@@ -232,24 +354,35 @@ def run_study(
         prune = s.prune and len(s.objectives) == 1
 
         def interruptible(trial: optuna.Trial) -> float | tuple:
+            INTERRUPTS.in_trial, INTERRUPTS.cut = True, False
             try:
+                INTERRUPTS.check()
                 return objective(trial, task, backend, s.objectives, optuna_report(trial) if prune else None)
-            except KeyboardInterrupt:  # Ctrl-C: treated like a killed process, so a resume redoes this trial
-                trial.set_user_attr(INTERRUPTED, True)
-                if trial.params:
-                    study.enqueue_trial(trial.params)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: like a killed process, a resume redoes this trial
+                requeue(study, trial)
                 raise
             except CAUGHT as exc:  # a failed trial; Optuna only logs why, so keep the reason with the trial
                 trial.set_user_attr(ERROR, f"{type(exc).__name__}: {exc}")
                 raise
+            except Exception as exc:
+                if machine_fault(exc) is not None:  # the machine, not the knobs: never counted as a failure
+                    requeue(study, trial)
+                raise
+            finally:
+                INTERRUPTS.in_trial = False
 
-        study.optimize(
-            interruptible,
-            n_trials=remaining,
-            timeout=s.budget.timeout,
-            callbacks=callbacks,
-            catch=CAUGHT,
-        )
+        INTERRUPTS.in_optimize = True
+        try:
+            study.optimize(
+                interruptible,
+                n_trials=remaining,
+                timeout=s.budget.timeout,
+                callbacks=callbacks,
+                catch=CAUGHT,
+            )
+        finally:
+            INTERRUPTS.in_optimize = INTERRUPTS.cut = False
+        INTERRUPTS.check()
     return study
 
 

@@ -21,6 +21,7 @@ configs) holds the real values (`Space.values`).
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ ORDERED = "ordered"  # not a YAML type: categorical numbers that are not evenly 
 INDEX_SUFFIX = "_index"
 REQUIRED = ("num_samples", "aggregation", "context_length")
 AGGREGATION = "aggregation"  # a scoring knob: every choice is scored on each trial's draws (objective.py)
+MAX_SAMPLES = 65_536  # draws per origin; the cache holds origins x draws x horizon float32 values
+MAX_FILE_BYTES = 1 << 20
+MAX_NODES = 10_000  # YAML nodes a space file may expand to, aliases counted as often as they are used
 Value = int | float | str | bool
 
 
@@ -158,6 +162,8 @@ def _number(path: Path, key: str, spec: dict, field: str, integer: bool) -> floa
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
         raise _fail(path, f"{key}.{field}", f"must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise _fail(path, f"{key}.{field}", f"must be finite, got {value!r}")
     return value
 
 
@@ -201,6 +207,8 @@ def _param(path: Path, name: str, spec: Any) -> Param:
         raise _fail(path, key, "needs low and high")
     if low > high:
         raise _fail(path, key, f"low {low} is above high {high}")
+    if step is not None and step <= 0:
+        raise _fail(path, f"{key}.step", f"must be > 0, got {step}")
     log = bool(spec.get("log", False)) or kind == "log-float"
     if log and low <= 0:
         raise _fail(path, f"{key}.low", "must be > 0 on a log scale")
@@ -246,6 +254,8 @@ def _check_knobs(path: Path, params: dict[str, Param]) -> None:
             isinstance(v, bool) or not isinstance(v, int) or v < (2 if p is ctx else 1) for v in values
         ):
             raise _fail(path, f"params.{p.name}", f"must be integers >= {2 if p is ctx else 1}")
+    if ns.values_max() > MAX_SAMPLES:
+        raise _fail(path, "params.num_samples", f"at most {MAX_SAMPLES} draws per origin, got {ns.values_max()}")
     _check_finetune_knobs(path, params)
     agg = params["aggregation"]
     if agg.type != "categorical":
@@ -257,16 +267,54 @@ def _check_knobs(path: Path, params: dict[str, Param]) -> None:
             raise _fail(path, "params.aggregation.choices", str(exc)) from exc
 
 
-def load_space(backend: str, spaces_dir: Path | None = None) -> Space:
-    path = (spaces_dir or SPACES_DIR) / f"{backend}.yaml"
-    if not path.is_file():
-        raise SweepError(f"search space not found: {path} (one YAML file per backend)")
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Nodes in the document once every alias is expanded, counted in time linear in the file: an alias
+    is the same node object, so its size is computed once (a "billion laughs" file is refused at once)."""
+    if id(node) not in memo:
+        memo[id(node)] = 1  # a recursive alias counts once, then PyYAML's constructor deals with it
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        memo[id(node)] = 1 + sum(_expanded_size(c, memo) for c in children)
+    return memo[id(node)]
+
+
+def _read_yaml(path: Path) -> Any:
+    """safe_load, bounded: at most MAX_FILE_BYTES of text expanding to at most MAX_NODES nodes."""
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise SweepError(f"search space {path}: larger than {MAX_FILE_BYTES} bytes")
     try:
-        doc = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SweepError(f"search space {path}: not UTF-8 text") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_NODES:
+            raise SweepError(
+                f"search space {path}: expands to {size} YAML nodes (aliases included), more than {MAX_NODES}"
+            )
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise SweepError(f"search space {path}: not valid YAML{where}") from exc
+    except RecursionError:
+        raise SweepError(f"search space {path}: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def load_space(backend: str, spaces_dir: Path | None = None) -> Space:
+    path = (spaces_dir or SPACES_DIR) / f"{backend}.yaml"
+    if not path.is_file():
+        raise SweepError(f"search space not found: {path} (one YAML file per backend)")
+    doc = _read_yaml(path)
     if not isinstance(doc, dict):
         raise SweepError(f"search space {path}: must be a mapping with keys backend and params")
     unknown = set(doc) - {"backend", "params", "checkpoint"}

@@ -14,9 +14,11 @@ Every file is written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import platform
 import secrets
+import socket
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +29,7 @@ import polars as pl
 from optuna.trial import TrialState
 
 from sweeper import __version__
-from sweeper.atomic import read_json, write_with
+from sweeper.atomic import exclusive, read_json, write_with
 from sweeper.backends import random_init
 from sweeper.errors import SweepError, check_name
 from sweeper.finetune.settings import FinetuneSettings
@@ -71,8 +73,22 @@ class RunPaths:
 
     def load_manifest(self) -> dict[str, Any]:
         if not self.manifest.is_file():
+            if self.results.is_dir():  # killed before its first manifest write: nothing ran, the id is free
+                raise SweepError(
+                    f"run {self.run_id} never started (no {self.manifest}): start it again with --run-id {self.run_id}"
+                )
             raise SweepError(f"run {self.run_id} not found: no {self.manifest}")
         return read_json(self.manifest)
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """The run's lock for this host, held while a process works on the run: a second process on the
+        same run is refused with one line. The file is per host: machines sharing --out through one
+        PostgreSQL --storage work on one run together (their trials carry host:pid, see search.recover)."""
+        return exclusive(
+            self.results / f".lock-{socket.gethostname()}",
+            f"run {self.run_id} is in use by another sweep process (pid {{pid}}); "
+            "wait for it to finish, then --resume it if needed",
+        )
 
 
 def best_dir(out: Path) -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from sweeper.atomic import write_json
+from sweeper.atomic import check_writable, clean_temporaries, write_json
 from sweeper.backends import BASELINE, check_backend
 from sweeper.cache import ForecastCache
 from sweeper.data import Series, lake_label, load, resolve_lake
@@ -31,6 +31,7 @@ from sweeper.search import (
     OptunaEngine,
     StudySettings,
     best_params,
+    check_storage,
     finished,
     namespace_for,
     no_completed_trial,
@@ -39,7 +40,7 @@ from sweeper.search import (
     study_label,
 )
 from sweeper.select import BEATS_NAIVE, SymbolResult, check_rule, select
-from sweeper.space import load_space
+from sweeper.space import Space, load_space
 from sweeper.store import RunPaths, config_record, origins_frame, trials_frame, write_parquet
 
 DEFAULT_BACKENDS = ("naive", "drift", "seasonal_naive")
@@ -139,7 +140,27 @@ def prepare(req: RunRequest, cache: ForecastCache | None = None) -> Prepared:
             f"{exc}; the longest context_length ({max_context}) comes from {longest.path}: "
             "drop larger choices there (or in a copy passed with --spaces DIR), or ask for fewer origins"
         ) from None
+    _check_draws(tasks, spaces, req.backends)
+    for b in req.checkpoints:  # named by the user: it must load now, never be skipped later
+        forecaster.model(b)
     return Prepared(req, lake, tasks)
+
+
+MAX_DRAW_BYTES = 2 << 30  # one cache entry: origins x draws x horizon float32 values
+
+
+def _check_draws(tasks: list[SymbolTask], spaces: dict[str, Space], backends: list[str]) -> None:
+    """Refuse a space whose largest sample count would not fit in memory for one split's origins."""
+    for task in tasks:
+        origins = max(task.plan.origins(split).size for split in ("val", "test"))
+        for b in backends:
+            size = origins * spaces[b].max_samples * task.plan.protocol.horizon * 4
+            if size > MAX_DRAW_BYTES:
+                raise SweepError(
+                    f"search space {spaces[b].path}: {spaces[b].max_samples} draws x {origins} origins x horizon "
+                    f"{task.plan.protocol.horizon} of {task.series.symbol} need {size / 2**30:.1f} GiB, more than "
+                    f"{MAX_DRAW_BYTES / 2**30:.0f} GiB: lower num_samples' high or ask for fewer origins"
+                )
 
 
 def _check_engine(req: RunRequest) -> None:
@@ -251,16 +272,26 @@ def _now() -> str:
 def run(req: RunRequest, paths: RunPaths, progress: Progress | None = None, resume: bool = False) -> list[SymbolResult]:
     """Check everything, then record the request, search, select, write; `resume` continues a run folder."""
     prep = prepare(req, ForecastCache(paths.cache))
-    if not resume and paths.results.exists():
-        raise SweepError(f"run {paths.run_id} already exists in {paths.results.parent}; use --resume {paths.run_id}")
-    running = {"status": "running", "owner": owner_id(), "request": asdict(req)}  # owner: `sweep cache clean` asks it
-    manifest = {"run_id": paths.run_id, "created": _now(), **running}
-    if resume:
-        manifest = {**paths.load_manifest(), **running, "resumed": _now()}
-    write_json(paths.manifest, manifest)
-    results = execute(prep, paths, progress)
-    configs = {r.symbol: str(paths.config(r.symbol)) for r in results}
-    write_json(paths.manifest, {**manifest, "status": "complete", "finished": _now(), "configs": configs})
+    for folder in (paths.results, paths.hyperparams):
+        check_writable(folder, "--out")
+    check_storage(req.storage)
+    with paths.locked():
+        # a folder without a manifest is a run killed before it began: its id may be used again
+        if not resume and paths.manifest.exists():
+            raise SweepError(
+                f"run {paths.run_id} already exists in {paths.results.parent}; use --resume {paths.run_id}"
+            )
+        if not (req.storage or "").startswith("postgresql"):  # else other machines may be writing here
+            for folder in (paths.results, paths.hyperparams):
+                clean_temporaries(folder)  # under the lock: only a killed writer's files are left here
+        running = {"status": "running", "owner": owner_id(), "request": asdict(req)}  # `sweep cache clean` asks it
+        manifest = {"run_id": paths.run_id, "created": _now(), **running}
+        if resume:
+            manifest = {**paths.load_manifest(), **running, "resumed": _now()}
+        write_json(paths.manifest, manifest)
+        results = execute(prep, paths, progress)
+        configs = {r.symbol: str(paths.config(r.symbol)) for r in results}
+        write_json(paths.manifest, {**manifest, "status": "complete", "finished": _now(), "configs": configs})
     return results
 
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +20,32 @@ from sweeper.data import COLUMNS, Series, load
 from sweeper.plan import contexts
 
 SHARED_LAKE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ohlcv"
+SMALL = ["--val-origins", "120", "--test-origins", "40"]
+SWEEP_BIN = [sys.executable, "-c", "from sweeper.cli import main; main()"]
+FILE = "asset_class=crypto/freq=1d/symbol=ETHUSD/year=2018/month=03/part.parquet"  # one month of small_lake
+
+
+def corrupt(lake: Path, change: Callable[[pl.DataFrame], pl.DataFrame], file: str = FILE) -> Path:
+    """Rewrite one Parquet file of a lake through `change`; returns its path."""
+    path = lake / file
+    df = pl.read_parquet(path)
+    change(df).write_parquet(path)
+    return path
+
+
+def set_cell(col: str, row: int, value: Any) -> Callable[[pl.DataFrame], pl.DataFrame]:
+    return lambda df: df.with_columns(
+        pl.when(pl.int_range(pl.len()) == row).then(pl.lit(value)).otherwise(pl.col(col)).alias(col)
+    )
+
+
+def assert_clean_failure(result: Any, out: Path, pattern: str) -> None:
+    """The promise for bad input: exit code 2, one line on stderr matching `pattern`, nothing written."""
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+    assert not (out / "results").exists() and not (out / "hyperparams").exists()
 
 
 def shared_series(symbol: str, freq: str, last: int | None = None) -> Series:
@@ -59,3 +91,41 @@ def assert_no_leak(
         moved = Series(series.symbol, series.freq, series.asset_class, series.ts, past, series.source)
         changed = model.forecast(contexts(moved, batch, ctx_len), horizon, num_samples, knobs, seed)
         assert not np.array_equal(np.asarray(before), np.asarray(changed)), f"origin row {o}: context ignored"
+
+
+def count_trials(db: Path) -> int:
+    with sqlite3.connect(db) as con:
+        try:
+            return con.execute("select count(*) from trials where state in ('COMPLETE', 'PRUNED')").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+
+def sweep_command(out: Path, run_id: str, backends: list[str], trials: int, *extra: str) -> list[str]:
+    """A real `sweep run` of ETHUSD daily bars on the shared lake, as a command line."""
+    return [*SWEEP_BIN, "run", "--symbols", "ETHUSD", "--lake", str(SHARED_LAKE), "--backends", *backends,
+            "--trials", str(trials), "--run-id", run_id, "--out", str(out), *SMALL, *extra]  # fmt: skip
+
+
+def start_sweep(cmd: list[str], env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """Start a command in its own process group (so a signal reaches it and its workers only)."""
+    return subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env=None if env is None else {**os.environ, **env},
+    )  # fmt: skip
+
+
+def wait_for_trials(db: Path, after: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and (not db.exists() or count_trials(db) < after):
+        time.sleep(0.05)
+
+
+def signal_mid_sweep(tmp_path: Path, run_id: str, backends: list[str], trials: int, after: int, sig: int):
+    """Start a real `sweep run` in its own process group and send it `sig` once `after` trials are done."""
+    proc = start_sweep(sweep_command(tmp_path, run_id, backends, trials))
+    db = tmp_path / "results" / run_id / "study.db"
+    wait_for_trials(db, after)
+    os.killpg(proc.pid, sig)
+    _, stderr = proc.communicate(timeout=60)
+    return proc, stderr, db

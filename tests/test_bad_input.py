@@ -7,21 +7,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-FILE = "asset_class=crypto/freq=1d/symbol=ETHUSD/year=2018/month=03/part.parquet"
-
-
-def corrupt(lake: Path, change) -> Path:
-    path = lake / FILE
-    df = pl.read_parquet(path)
-    change(df).write_parquet(path)
-    return path
-
-
-def set_cell(col: str, row: int, value: float):
-    return lambda df: df.with_columns(
-        pl.when(pl.int_range(pl.len()) == row).then(pl.lit(value)).otherwise(pl.col(col)).alias(col)
-    )
-
+from tests.helpers import assert_clean_failure, corrupt, set_cell
 
 CASES = {
     "nan close": (set_cell("close", 3, float("nan")), r"row 4 .*close is NaN"),
@@ -39,16 +25,6 @@ CASES = {
     "misspelled column": (lambda df: df.rename({"close": "clsoe"}), r"missing column\(s\) close"),
     "missing column": (lambda df: df.drop("volume"), r"missing column\(s\) volume"),
 }
-
-
-def assert_clean_failure(result, out: Path, pattern: str) -> None:
-    import re
-
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert re.search(pattern, lines[0]), lines[0]
-    assert not (out / "results").exists() and not (out / "hyperparams").exists()
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -182,9 +182,10 @@ def test_scheduler_switch_for_ray(cli, tmp_path: Path) -> None:
 def test_a_failing_backend_is_one_line_without_optuna_tracebacks(cli, tmp_path: Path) -> None:
     args = ("run", "--symbols", "BTCUSD", "--freq", "1d", "--backends", "toto", "naive", "--trials", 2, *SMALL)
     r = cli(*args, "--checkpoint", f"toto={tmp_path / 'missing'}", "--out", tmp_path)
-    assert r.exit_code == 0, r.output
+    # a checkpoint the user named must load: the run stops before anything runs (issue 13)
+    assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output and "Trial 0 failed" not in r.output
-    assert "skipped toto: toto checkpoint" in r.stdout
+    assert r.stderr.startswith("error: toto checkpoint") and not (tmp_path / "results").exists()
 
 
 def test_summary_names_the_freq_it_chose(cli, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ RUN = [
     "--val-origins",
     150,
     "--test-origins",
-    80,
+    120,
 ]
 
 
@@ -144,7 +144,7 @@ def test_promotion_counts_reuse_of_test_origins_and_refuses_past_the_limit(out: 
     r = sweep("promote", "good", "--out", out, "--max-reuse", 1)
     assert "promoted" in r.stdout and "used by 0 earlier promotions (limit 1)" in " ".join(r.stdout.split())
     arena = history(out)[-1]["arena"]
-    assert arena["origins"] == "candidate test" and arena["count"] == 80 and arena["earlier_decisions"] == 0
+    assert arena["origins"] == "candidate test" and arena["count"] == 120 and arena["earlier_decisions"] == 0
     # bad and good share their test origins: they have now decided one promotion, the limit
     r = sweep("promote", "bad", "--out", out, "--max-reuse", 1)
     assert "refused" in r.stdout and "already decided 1 promotions (limit 1)" in " ".join(r.stdout.split())

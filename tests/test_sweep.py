@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,9 +19,7 @@ from sweeper.forecast import chunk_bounds
 from sweeper.objective import Candidate
 from sweeper.search import INTERRUPTED, open_study
 from sweeper.sweep import RunRequest, prepare
-from tests.helpers import SHARED_LAKE
-
-SMALL = ["--val-origins", "120", "--test-origins", "40"]
+from tests.helpers import SHARED_LAKE, SMALL, SWEEP_BIN, count_trials, signal_mid_sweep
 
 
 def test_daily_sweep_writes_valid_configs(tmp_path: Path, sweep) -> None:
@@ -106,31 +103,6 @@ def test_hourly_sweep_readable_summary(tmp_path: Path, sweep) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "BTCUSDT" in result.stdout and "ETHUSDT" in result.stdout and "test skill vs naive" in result.stdout
-
-
-def count_trials(db: Path) -> int:
-    with sqlite3.connect(db) as con:
-        try:
-            return con.execute("select count(*) from trials where state in ('COMPLETE', 'PRUNED')").fetchone()[0]
-        except sqlite3.OperationalError:
-            return 0
-
-
-SWEEP_BIN = [sys.executable, "-c", "from sweeper.cli import main; main()"]
-
-
-def signal_mid_sweep(tmp_path: Path, run_id: str, backends: list[str], trials: int, after: int, sig: int):
-    """Start a real `sweep run` in its own process group and send it `sig` once `after` trials are done."""
-    cmd = [*SWEEP_BIN, "run", "--symbols", "ETHUSD", "--lake", str(SHARED_LAKE), "--backends", *backends,
-           "--trials", str(trials), "--run-id", run_id, "--out", str(tmp_path), *SMALL]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    db = tmp_path / "results" / run_id / "study.db"
-    deadline = time.time() + 60
-    while time.time() < deadline and (not db.exists() or count_trials(db) < after):
-        time.sleep(0.05)
-    os.killpg(proc.pid, sig)
-    _, stderr = proc.communicate(timeout=60)
-    return proc, stderr, db
 
 
 def test_killed_sweep_with_pruning_resumes_keeping_every_finished_trial(tmp_path: Path) -> None:

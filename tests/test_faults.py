@@ -1,0 +1,424 @@
+"""Faults survived (issue 13): kills at random and at exact moments, a second process on a running run, a
+full disk, a killed --jobs parent, an interrupted promote; and a resumed run equals the run it continues.
+
+Exact moments come from a real `sweep` process that kills itself with SIGKILL at the n-th atomic rename
+of a chosen file (before or after it): the same death a power-cut-free crash gives, at a chosen point.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sweeper.atomic import COMMIT, read_committed
+from sweeper.promote import history
+from sweeper.search import INTERRUPTED, INTERRUPTS, Budget, best_params, open_study, run_study
+from sweeper.store import best_dir, best_path
+from sweeper.sweep import RunRequest, prepare
+from tests.helpers import (
+    SHARED_LAKE,
+    SWEEP_BIN,
+    count_trials,
+    signal_mid_sweep,
+    start_sweep,
+    sweep_command,
+    wait_for_trials,
+)
+
+# A `sweep` that SIGKILLs itself at the n-th os.replace onto a path containing SWEEP_KILL_MATCH,
+# just before it (SWEEP_KILL_WHEN=before: the temporary file is written, the rename not done) or after it.
+KILL_AT = """
+import os, signal
+real, seen = os.replace, [0]
+def replace(src, dst, **kw):
+    hit = os.environ["SWEEP_KILL_MATCH"] in str(dst)
+    seen[0] += hit
+    at = hit and seen[0] == int(os.environ["SWEEP_KILL_NTH"])
+    if at and os.environ["SWEEP_KILL_WHEN"] == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(src, dst, **kw)
+    if at:
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+from sweeper.cli import main
+main()
+"""
+
+
+def killed_at(args: list[str], match: str, nth: int, when: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SWEEP_KILL_MATCH": match, "SWEEP_KILL_NTH": str(nth), "SWEEP_KILL_WHEN": when}
+    done = subprocess.run([sys.executable, "-c", KILL_AT, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, f"the kill point was never reached: {done.stderr}"
+    return done
+
+
+def sweep_cli(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([*SWEEP_BIN, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def leftovers(out: Path) -> list[Path]:
+    """Temporary files of interrupted writers, anywhere under `out`."""
+    return [p for p in out.rglob(".*.tmp")] + list(out.rglob(COMMIT))
+
+
+def study_of(db: Path, backend: str = "naive") -> optuna.Study:
+    return optuna.load_study(study_name=f"ETHUSD--{backend}", storage=f"sqlite:///{db}")
+
+
+def kept(study: optuna.Study) -> list[tuple[dict, float | None]]:
+    """The trials that count, in order: knobs and value (interrupted ones are re-run under a new number)."""
+    return [(t.params, t.value) for t in study.trials if not t.user_attrs.get(INTERRUPTED)]
+
+
+def assert_complete(db: Path, trials: int, backend: str = "naive") -> None:
+    study = study_of(db, backend)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == trials, states
+    assert all(t.user_attrs.get(INTERRUPTED) for t in study.trials if t.state.name == "FAIL")
+
+
+# --- kills at exact points of a run ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "match,nth,when",
+    [
+        ("manifest.json", 1, "before"),  # before the first manifest write: nothing ran
+        ("ETHUSD.json", 1, "before"),  # the config half written
+    ],
+)
+def test_a_run_killed_at_any_write_resumes_or_starts_again(match: str, nth: int, when: str, tmp_path: Path) -> None:
+    cmd = sweep_command(tmp_path, "x", ["naive"], 8)
+    killed_at(cmd[len(SWEEP_BIN) :], match, nth, when)
+    started = (tmp_path / "results" / "x" / "manifest.json").is_file()
+    if started:
+        done = sweep_cli("run", "--resume", "x", "--out", tmp_path)
+    else:  # the id is free again, and --resume says so in one line
+        refused = sweep_cli("run", "--resume", "x", "--out", tmp_path)
+        assert refused.returncode == 2 and "never started" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "results" / "x" / "manifest.json").read_text())["status"] == "complete"
+    assert json.loads((tmp_path / "hyperparams" / "x" / "ETHUSD.json").read_text())["backends"]["naive"]["trials"] == 8
+    assert_complete(tmp_path / "results" / "x" / "study.db", 8)
+    assert leftovers(tmp_path) == []  # the killed writer's temporary file was cleaned on start
+
+
+# --- kills at random moments, and determinism ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run never stopped: what every resumed run must equal."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    done = subprocess.run(sweep_command(out, "u", ["naive", "drift"], 40), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.mark.parametrize("seed", [1])
+def test_a_run_killed_at_random_resumes_to_the_uninterrupted_run(
+    seed: int, uninterrupted: Path, tmp_path: Path
+) -> None:
+    proc = start_sweep(sweep_command(tmp_path, "u", ["naive", "drift"], 40))
+    db = tmp_path / "results" / "u" / "study.db"
+    wait_for_trials(db, random.Random(seed).randint(1, 70))
+    time.sleep(random.Random(seed).random() * 0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    done = sweep_cli("run", "--resume", "u", "--out", tmp_path)
+    assert done.returncode == 0, done.stderr
+    for backend in ("naive", "drift"):
+        assert kept(study_of(db, backend)) == kept(study_of(uninterrupted / "results" / "u" / "study.db", backend))
+    resumed = json.loads((tmp_path / "hyperparams" / "u" / "ETHUSD.json").read_text())
+    reference = json.loads((uninterrupted / "hyperparams" / "u" / "ETHUSD.json").read_text())
+    assert resumed["chosen"] == reference["chosen"]
+    for backend, ref in reference["backends"].items():  # every score but wall time (latency_s)
+        got = resumed["backends"][backend]
+        assert got["params"] == ref["params"]
+        for split in ("validation", "test"):
+            assert {k: v for k, v in got[split].items() if k != "latency_s"} == {
+                k: v for k, v in ref[split].items() if k != "latency_s"
+            }
+    assert leftovers(tmp_path) == []
+
+
+def task_for_determinism():
+    req = RunRequest(
+        symbols=["ETHUSD"], lake=str(SHARED_LAKE), backends=["naive"], trials=3, val_origins=60, test_origins=20
+    )
+    return prepare(req).tasks[0]
+
+
+@pytest.fixture(scope="module")
+def small_task():
+    return task_for_determinism()
+
+
+@pytest.fixture(scope="module")
+def references(small_task, tmp_path_factory: pytest.TempPathFactory) -> dict[int, optuna.Study]:
+    """Uninterrupted 25-trial studies by seed (journal storage: the cheapest that resumes)."""
+    root = tmp_path_factory.mktemp("references")
+    return {
+        seed: run_study(small_task, "naive", f"journal:{root / f'{seed}.journal'}", ("crps",), Budget(25), seed)
+        for seed in (0, 7)
+    }
+
+
+@pytest.mark.parametrize("kill_after", [0, 11])
+@pytest.mark.parametrize("seed", [0, 7])
+@pytest.mark.parametrize("with_knobs", [True, False], ids=["mid-trial", "before-its-knobs"])
+def test_resumed_run_equals_the_uninterrupted_one(
+    kill_after: int, seed: int, with_knobs: bool, small_task, references, tmp_path: Path
+) -> None:
+    """Same trials, same values, same choice as a run with the same seed that was never stopped."""
+    url = f"journal:{tmp_path / 'b.journal'}"
+    run_study(small_task, "naive", url, ("crps",), Budget(kill_after), seed)  # 0: only the defaults queued
+    dying = open_study(url, "ETHUSD", "naive", ("crps",), seed).ask()  # the process dies in this trial
+    if with_knobs:
+        small_task.spaces["naive"].suggest(dying)
+    resumed = run_study(small_task, "naive", url, ("crps",), Budget(25), seed)
+    assert kept(resumed) == kept(references[seed])
+    space = small_task.spaces["naive"]
+    assert best_params(resumed, space, "crps") == best_params(references[seed], space, "crps")
+
+
+# --- machine interruptions: re-queued, never counted ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        MemoryError(),
+        OSError(errno.ENOSPC, "No space left on device"),
+        sqlite3.OperationalError("database or disk is full"),
+        KeyboardInterrupt(signal.SIGTERM),
+    ],
+    ids=["out of memory", "disk full", "storage full", "SIGTERM"],
+)
+def test_a_trial_the_machine_cut_short_is_requeued_not_counted(
+    fault: BaseException, small_task, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    real, calls = type(small_task).scores, [0]
+
+    def scores(self, cand, split):  # the fourth trial meets the fault
+        calls[0] += 1
+        if calls[0] == 4:
+            raise fault
+        return real(self, cand, split)
+
+    monkeypatch.setattr(type(small_task), "scores", scores)
+    with pytest.raises(type(fault)):
+        run_study(small_task, "naive", url, ("crps",), Budget(10), 0)
+    study = open_study(url, "ETHUSD", "naive", ("crps",), 0)
+    cut = study.trials[3]
+    assert cut.state.name == "FAIL" and cut.user_attrs[INTERRUPTED] is True
+    queued = study.trials[4]
+    assert queued.state.name == "WAITING" and queued.system_attrs["fixed_params"] == cut.params  # queued again
+    study = run_study(small_task, "naive", url, ("crps",), Budget(10), 0)
+    assert_states = [t.state.name for t in study.trials]
+    assert assert_states.count("COMPLETE") == 10 and assert_states.count("FAIL") == 1
+
+
+def test_a_signal_in_optunas_bookkeeping_waits_for_the_next_trial() -> None:
+    INTERRUPTS.in_optimize, INTERRUPTS.in_trial = True, False
+    try:
+        INTERRUPTS.signal(signal.SIGTERM)  # between trials: held, nothing raised
+        assert INTERRUPTS.pending == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt) as caught:
+            INTERRUPTS.check()
+        assert caught.value.args == (signal.SIGTERM,) and INTERRUPTS.pending is None
+        INTERRUPTS.in_trial = True
+        with pytest.raises(KeyboardInterrupt):  # inside a trial: at once
+            INTERRUPTS.signal(signal.SIGINT)
+    finally:
+        INTERRUPTS.in_optimize = INTERRUPTS.in_trial = False
+        INTERRUPTS.pending = None
+
+
+def test_sigterm_exits_143_and_resume_redoes_the_cut_trial(tmp_path: Path) -> None:
+    proc, stderr, db = signal_mid_sweep(tmp_path, "t", ["naive"], 60, 10, signal.SIGTERM)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "sweep run --resume t" in stderr and "Traceback" not in stderr
+    done = sweep_cli("run", "--resume", "t", "--out", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert_complete(db, 60)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 64 MiB tmpfs (needs root); the test is skipped where mounting is not permitted."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_resume_loses_nothing(small_disk: Path) -> None:
+    proc = start_sweep(sweep_command(small_disk, "d", ["naive"], 400))
+    db = small_disk / "results" / "d" / "study.db"
+    wait_for_trials(db, 20)
+    filler = fill(small_disk)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "sweep run --resume d" in lines[0], stderr
+    assert "No space left" in lines[0] or "disk is full" in lines[0], stderr
+    before = count_trials(db)
+    filler.unlink()
+    done = sweep_cli("run", "--resume", "d", "--out", small_disk)
+    assert done.returncode == 0, done.stderr
+    assert 20 <= before < 400
+    assert_complete(db, 400)  # the trial the disk cut short did not use up the budget
+
+
+# --- concurrency ---------------------------------------------------------------------------------------
+
+
+def test_a_second_process_on_a_running_run_is_refused_in_one_line(tmp_path: Path) -> None:
+    _, _, db = signal_mid_sweep(tmp_path, "c", ["naive"], 5000, 10, signal.SIGKILL)
+    resume = [*SWEEP_BIN, "run", "--resume", "c", "--out", str(tmp_path)]
+    first = start_sweep(resume)
+    wait_for_trials(db, count_trials(db) + 3)  # the first resume holds the run and is at work
+    second = subprocess.run(resume, capture_output=True, text=True, timeout=120)
+    assert first.poll() is None, "the first resume must still be at work"
+    assert second.returncode == 2, second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1 and "is in use by another sweep process (pid" in second.stderr
+    # the refused one recovered nothing: the first one's running trial was not failed under it
+    failed = [t for t in study_of(db).trials if t.state.name == "FAIL"]
+    assert len(failed) <= 1 and all(t.user_attrs.get(INTERRUPTED) for t in failed)  # only the first kill's
+    os.killpg(first.pid, signal.SIGINT)
+    assert first.wait(timeout=60) == 130
+    assert count_trials(db) > 13 and all(
+        t.user_attrs.get(INTERRUPTED) for t in study_of(db).trials if t.state.name == "FAIL"
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with_children = (task / "children").read_text().split() if (task / "children").exists() else []
+            for c in map(int, with_children):
+                if c not in found:
+                    found.add(c)
+                    todo.append(c)
+    return found
+
+
+def test_jobs_workers_die_with_their_killed_parent(tmp_path: Path) -> None:
+    proc = start_sweep(sweep_command(tmp_path, "j", ["naive"], 3000, "--jobs", "2"))
+    db = tmp_path / "results" / "j" / "study.db"
+    wait_for_trials(db, 10, timeout=120)
+    workers = descendants(proc.pid)
+    assert len(workers) >= 2, "the workers never started"
+    os.kill(proc.pid, signal.SIGKILL)  # the parent alone: nobody stops its pool
+    proc.wait(timeout=30)
+    deadline = time.time() + 15
+    while time.time() < deadline and any(alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not any(alive(w) for w in workers)
+    done_before = count_trials(db)
+    time.sleep(1)
+    assert count_trials(db) == done_before  # nothing works on the run any more
+
+
+# --- promote: one atomic step -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def promoted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two finished runs; the first one promoted."""
+    out = tmp_path_factory.mktemp("promote")
+    for run_id, trials in (("first", 3), ("second", 6)):
+        done = subprocess.run(sweep_command(out, run_id, ["naive", "drift"], trials), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert sweep_cli("promote", "first", "--out", out).returncode == 0
+    return out
+
+
+def assert_best_consistent(out: Path, expected_runs: list[str] | None = None) -> list[str]:
+    """The config and history.jsonl agree: the config's promotion is the history's last line."""
+    lines = history(out)
+    config = json.loads(
+        read_committed(best_dir(out), str(best_path(out, "ETHUSD", "1d", 1).relative_to(best_dir(out))))
+    )
+    assert config["promotion"] == lines[-1] and config["run_id"] == lines[-1]["run_id"]
+    runs = [h["run_id"] for h in lines]
+    if expected_runs is not None:
+        assert runs == expected_runs
+    return runs
+
+
+@pytest.mark.parametrize(
+    "nth,when",
+    [(1, "before"), (1, "after"), (2, "after")],
+    ids=["before the commit", "at the commit", "config written"],
+)
+def test_promote_killed_at_any_point_is_all_or_nothing(nth: int, when: str, promoted: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(promoted, out, symlinks=True)
+    killed_at(["promote", "second", "--force", "--out", str(out)], "hyperparams/best/", nth, when)
+    runs = assert_best_consistent(out)  # what any reader sees right after the kill
+    assert runs in (["first"], ["first", "second"]) and (runs == ["first"]) == (nth == 1 and when == "before")
+    again = sweep_cli("promote", "second", "--dry-run", "--out", out)  # the next start completes it
+    assert again.returncode == 0, again.stderr
+    assert_best_consistent(out, runs)
+    best = out / "hyperparams" / "best"
+    on_disk = json.loads(best_path(out, "ETHUSD", "1d", 1).read_text())
+    assert on_disk["promotion"] == json.loads((best / "history.jsonl").read_text().splitlines()[-1])
+    assert leftovers(out) == []
+
+
+def test_promote_killed_at_random_moments_stays_consistent(promoted: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(promoted, out, symlinks=True)
+    rng = random.Random(13)
+    for _ in range(2):
+        proc = start_sweep([*SWEEP_BIN, "promote", "second", "--force", "--out", str(out)])
+        time.sleep(rng.uniform(0.5, 3.0))
+        proc.kill()
+        proc.communicate(timeout=60)
+        assert_best_consistent(out)
+    assert sweep_cli("promote", "second", "--force", "--out", out).returncode == 0
+    runs = assert_best_consistent(out)
+    assert runs[0] == "first" and runs[-1] == "second" and set(runs) == {"first", "second"}
+    assert leftovers(out) == []
