@@ -28,6 +28,7 @@ from sweeper.data import Series, bars_series, load, resolve_lake
 from sweeper.ensemble import mixture
 from sweeper.errors import SweepError
 from sweeper.evaluate import chosen_candidate, config_candidate, config_forecaster, read_config
+from sweeper.finetune.settings import FinetuneSettings
 from sweeper.forecast import Forecaster
 from sweeper.objective import Forecast, from_draws
 from sweeper.plan import contexts
@@ -90,6 +91,12 @@ class Predictor:
             cand = config_candidate(config, backend) if backend else chosen_candidate(config)
             self.name = backend or cand.backend
             self.weights, self.members = {self.name: 1.0}, {self.name: cand}
+        tuned = sorted(n for n, c in self.members.items() if FinetuneSettings.from_knobs(c.params).active)
+        if tuned:  # `Forecaster.draw` loads the base checkpoint: its draws would not be this config's model
+            raise SweepError(
+                f"config for {config['symbol']}: {', '.join(tuned)} forecasts with fine-tuned weights, which a live"
+                " forecast cannot load yet; use `sweep eval` to re-score it, or forecast with another --backend"
+            )
         self.forecaster: Forecaster = config_forecaster(config, device)
 
     @property
