@@ -139,6 +139,20 @@ def read_committed(folder: Path, name: str) -> bytes | None:
 
 
 @contextlib.contextmanager
+def locked(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `lock` while the block runs, waiting for another process that
+    holds it (the kernel drops it when its holder dies, so a killed process never leaves it stale)."""
+    lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def exclusive(lock: Path, busy: str) -> Iterator[None]:
     """Hold an exclusive lock on the file `lock` while the block runs, or raise SweepError(`busy`, with
     "{pid}" filled in) at once when another process holds it. The kernel drops the lock when the holding

@@ -9,7 +9,6 @@ workers on the same folder reuse them; a small in-memory layer (bounded in bytes
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from sweeper.atomic import write_json, write_with
+from sweeper.atomic import locked, write_json, write_with
 
 
 @dataclass(frozen=True)
@@ -51,13 +50,8 @@ class ForecastCache:
         if self.root is None:
             yield
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f"{key}.lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with locked(self.root / f"{key}.lock"):
+            yield
 
     def get(self, key: str) -> Cached | None:
         if key in self._mem:

@@ -16,7 +16,6 @@ import concurrent.futures as cf
 import contextlib
 import ctypes
 import ctypes.util
-import fcntl
 import multiprocessing
 import os
 import signal
@@ -26,11 +25,13 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from sweeper.atomic import locked
 from sweeper.errors import SweepError, machine_fault
 from sweeper.objective import SymbolTask, objective
 from sweeper.search import (
@@ -69,8 +70,7 @@ def study_lock(url: str, name: str) -> Iterator[None]:
             con.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(name.encode())})
             yield
     elif url.startswith("sqlite"):
-        with open(f"{sqlalchemy.engine.make_url(url).database}.lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        with locked(Path(f"{sqlalchemy.engine.make_url(url).database}.lock")):
             yield
     else:
         raise SweepError(f"--jobs needs a sqlite:// or postgresql:// storage, got {url.split(':')[0]}")

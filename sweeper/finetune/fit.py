@@ -14,7 +14,6 @@ stored too, and `on_rung(step, path)` may raise (Optuna's TrialPruned) to stop a
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.atomic import read_json, write_json
+from sweeper.atomic import locked, read_json, write_json
 from sweeper.cache import cache_key
 from sweeper.errors import SweepError
 from sweeper.finetune.base import Finetuner, Windows, finetuner_class
@@ -94,13 +93,8 @@ class FinetuneStore:
 
     @contextlib.contextmanager
     def claim(self, key: str) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f"{key}.lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with locked(self.root / f"{key}.lock"):
+            yield
 
     def put(self, key: str, save: Callable[[Path], None], meta: dict[str, Any]) -> Path:
         """Write the weights and then the metadata into a temporary folder and rename it into place."""
