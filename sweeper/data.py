@@ -19,12 +19,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sweeper.atomic import check_writable
+from sweeper.atomic import check_writable, locked
 from sweeper.errors import SweepError, check_name
 
 COLUMNS = ("ts", "open", "high", "low", "close", "volume")
 PRICES = ("open", "high", "low", "close")
 DEMO_LAKE = Path(__file__).parent / "demo_lake"
+IMPORT_LOCK = ".import.lock"  # at the lake root: hidden, so the lake's readers never see it
+STAGING_PREFIX = ".symbol="  # an import's hidden folder before it is renamed into place
 _FREQ = re.compile(r"(\d+)(min|h|d|w)")
 _UNIT_SECONDS = {"min": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -450,20 +452,25 @@ def import_csv(
     if problem:
         raise SweepError(problem)
     target = lake / f"asset_class={asset_class}" / f"freq={freq}" / f"symbol={symbol}"
-    if target.exists():
-        raise SweepError(f"{where}: {target} already exists; remove it first to re-import")
     check_writable(target.parent, "--lake")
     df = df.with_columns(pl.col("ts").dt.year().alias("_y"), pl.col("ts").dt.month().alias("_m"))
     parts = df.partition_by(["_y", "_m"], as_dict=True, maintain_order=True)
+    # imports into one lake take turns, so a staging folder found while holding the lock belongs to an
+    # import that was killed (readers skip hidden folders, but it would stay on disk for ever)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # all months go into a hidden folder that is renamed into place at the end: all or nothing
-    staging = Path(tempfile.mkdtemp(prefix=f".symbol={symbol}.", dir=target.parent))
-    try:
-        for (y, m), part in parts.items():
-            out = staging / f"year={y}" / f"month={m:02d}" / "part.parquet"
-            out.parent.mkdir(parents=True)
-            part.select(COLUMNS).write_parquet(out, compression="zstd")
-        os.rename(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with locked(lake / IMPORT_LOCK):
+        for stale in target.parent.glob(f"{STAGING_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if target.exists():
+            raise SweepError(f"{where}: {target} already exists; remove it first to re-import")
+        # all months go into a hidden folder that is renamed into place at the end: all or nothing
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{symbol}.", dir=target.parent))
+        try:
+            for (y, m), part in parts.items():
+                out = staging / f"year={y}" / f"month={m:02d}" / "part.parquet"
+                out.parent.mkdir(parents=True)
+                part.select(COLUMNS).write_parquet(out, compression="zstd")
+            os.rename(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return df.height, len(parts)

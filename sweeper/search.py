@@ -275,7 +275,10 @@ class Interrupts:
     Inside a trial's own code it raises at once, so the trial is marked interrupted and queued again.
     Inside Optuna's bookkeeping between trials (asking for a trial, telling its result) it is held
     until the next trial starts or the study ends: an exception there would leave Optuna's own state
-    half written (its `_run_trial` then fails with an UnboundLocalError instead)."""
+    half written (its `_run_trial` then fails with an UnboundLocalError instead). Every signal is also
+    kept until a trial handles it: one that lands in a garbage-collector callback (SQLAlchemy closes
+    connections there) is swallowed by Python ("Exception ignored in ..."), and the next check raises
+    it again instead of letting the run finish as if nothing had been asked."""
 
     def __init__(self) -> None:
         self.in_optimize = False
@@ -289,8 +292,8 @@ class Interrupts:
         return not self.cut
 
     def signal(self, signum: int) -> None:
+        self.pending = signum
         if self.in_optimize and not self.in_trial:
-            self.pending = signum
             return
         raise KeyboardInterrupt(signum)
 
@@ -338,6 +341,7 @@ def run_study(
                 INTERRUPTS.check()
                 return objective(trial, task, backend, objectives)
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM: like a killed process, a resume redoes this trial
+                INTERRUPTS.pending = None
                 requeue(study, trial)
                 raise
             except CAUGHT as exc:  # a failed trial; Optuna only logs why, so keep the reason with the trial

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import optuna
+import polars as pl
 import pytest
 
 from sweeper.atomic import COMMIT, read_committed
@@ -31,6 +32,7 @@ from tests.helpers import (
     SHARED_LAKE,
     SWEEP_BIN,
     count_trials,
+    shared_series,
     signal_mid_sweep,
     start_sweep,
     sweep_command,
@@ -250,6 +252,23 @@ def test_a_signal_in_optunas_bookkeeping_waits_for_the_next_trial() -> None:
         INTERRUPTS.pending = None
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowing is the point
+def test_a_signal_python_swallows_in_a_finalizer_stops_the_next_trial() -> None:
+    class Finalized:  # SQLAlchemy closes connections in finalizers like this one
+        def __del__(self) -> None:
+            INTERRUPTS.signal(signal.SIGINT)
+
+    INTERRUPTS.in_optimize = INTERRUPTS.in_trial = True
+    try:
+        Finalized()  # the KeyboardInterrupt raised inside __del__ is printed and dropped by Python
+        assert INTERRUPTS.pending == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):  # the next trial's first check
+            INTERRUPTS.check()
+    finally:
+        INTERRUPTS.in_optimize = INTERRUPTS.in_trial = False
+        INTERRUPTS.pending = None
+
+
 def test_sigterm_exits_143_and_resume_redoes_the_cut_trial(tmp_path: Path) -> None:
     proc, stderr, db = signal_mid_sweep(tmp_path, "t", ["naive"], 60, 10, signal.SIGTERM)
     assert proc.returncode == 128 + signal.SIGTERM, stderr
@@ -422,3 +441,36 @@ def test_promote_killed_at_random_moments_stays_consistent(promoted: Path, tmp_p
     runs = assert_best_consistent(out)
     assert runs[0] == "first" and runs[-1] == "second" and set(runs) == {"first", "second"}
     assert leftovers(out) == []
+
+
+# A `sweep` that SIGKILLs itself as an import writes its second month: the staging folder is half full.
+KILL_IN_IMPORT = """
+import os, signal
+import polars as pl
+real, seen = pl.DataFrame.write_parquet, [0]
+def write(self, *args, **kw):
+    seen[0] += 1
+    if seen[0] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, *args, **kw)
+pl.DataFrame.write_parquet = write
+from sweeper.cli import main
+main()
+"""
+
+
+def test_a_killed_import_leaves_nothing_the_next_import_keeps(tmp_path: Path) -> None:
+    real = shared_series("LTCUSD", "1d")
+    csv = tmp_path / "ltc.csv"
+    columns = dict(zip(("open", "high", "low", "close", "volume"), real.ohlcv.T, strict=True))
+    pl.DataFrame({"timestamp": [str(t) for t in real.ts], **columns}).write_csv(csv)
+    lake = tmp_path / "lake"
+    args = ["data", "import", str(csv), "--symbol", "LTC", "--freq", "1d", "--asset-class", "crypto"]
+    args += ["--lake", str(lake), "--tz", "UTC"]
+    killed = subprocess.run([sys.executable, "-c", KILL_IN_IMPORT, *args], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    folder = lake / "asset_class=crypto" / "freq=1d"
+    assert [p.name for p in folder.iterdir()] and all(p.name.startswith(".") for p in folder.iterdir())
+    again = sweep_cli(*args)
+    assert again.returncode == 0 and f"imported {len(real.ts)} bars" in again.stdout, again.stderr
+    assert [p.name for p in folder.iterdir()] == ["symbol=LTC"]  # the killed import's staging folder is gone
