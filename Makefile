@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.sweep-installed
 REQS := requirements/constraints.txt requirements/base.txt requirements/nodeps.txt pyproject.toml
 
-.PHONY: setup postgres test lint bench lock demo-lake clean
+.PHONY: setup postgres test lint bench bench-published lock demo-lake clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ lint: setup
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.run
+
+# naive loop vs sweep run on the published model shapes (small presets), one line per backend (bench/published.py)
+bench-published: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.published
 
 # Re-resolve base.txt from base.in (needs the registry); commit the result.
 lock:

@@ -10,6 +10,9 @@
    and one against two Ray workers on this machine's cores.
 4. Memory: resident memory of one 1,000-trial sweep after 250, 500 and 1,000 trials.
 5. Backends: per model backend, forecasts per second and peak memory for the tiny preset (bench/backends.py).
+6. Fine-tuning: steps per second and peak memory per backend, tiny and small shapes (bench/finetune.py).
+7. Published shapes: per model backend at the small preset, the naive loop against `sweep run`
+   (bench/published.py, also `make bench-published`).
 """
 
 from __future__ import annotations
@@ -46,13 +49,16 @@ MODEL = "toto"  # the tiny-preset model backend measured when it is registered
 
 @dataclass(frozen=True)
 class Sweep:
-    """One timed `sweep run`: wall time end to end, and its floor (the model time of its cache misses)."""
+    """One timed `sweep run`: wall time end to end, and its floor (the model time of its cache misses);
+    `history`: (seconds since the start, value) of each complete trial, in the order they finished."""
 
     label: str
     trials: int
     wall_s: float
     floor_s: float
     misses: int
+    history: list[tuple[float, float]]
+    pruned: int = 0
 
     @property
     def per_min(self) -> float:
@@ -60,50 +66,78 @@ class Sweep:
 
 
 def timed_sweep(label: str, req: RunRequest) -> Sweep:
-    """Run a sweep in a temp folder; the floor sums the forward time recorded with each cache entry."""
+    """Run a sweep in a temp folder; the floor sums the forward time recorded with each cache entry (every
+    extension of an entry adds its own), so partial passes of pruned trials count for what they cost."""
     with tempfile.TemporaryDirectory() as tmp:
         paths = RunPaths(Path(tmp), "bench")
+        began = time.time()
         start = time.perf_counter()
         run(req, paths)
         wall = time.perf_counter() - start
         entries = [orjson.loads(p.read_bytes()) for p in paths.cache.glob("*.json")]
+        history, pruned, finished = [], 0, 0
+        for symbol in req.symbols:
+            for backend in req.backends:
+                study = optuna.load_study(study_name=f"{symbol}--{backend}", storage=paths.storage_url(req.storage))
+                for t in study.get_trials(deepcopy=False):
+                    finished += t.state.name in ("COMPLETE", "PRUNED")
+                    pruned += t.state.name == "PRUNED"
+                    if t.state.name == "COMPLETE" and t.datetime_complete is not None:
+                        history.append((t.datetime_complete.timestamp() - began, float(t.value)))
     floor = sum(e["seconds_per_origin"] * e["shape"][0] for e in entries)
-    return Sweep(label, req.trials * len(req.backends) * len(req.symbols), wall, floor, len(entries))
+    return Sweep(label, finished, wall, floor, len(entries), sorted(history), pruned)
 
 
 @dataclass(frozen=True)
 class Loop:
-    trials: int
+    trials: float  # finished trials, plus the share of origins done in one cut short by the budget
     wall_s: float
+    history: list[tuple[float, float]]  # (seconds since the start, value) of each finished trial
 
     @property
     def per_min(self) -> float:
         return 60 * self.trials / self.wall_s
 
 
-def naive_loop(task: SymbolTask, backend: str, checkpoint: str | None, trials: int, metric: str, seed: int) -> Loop:
+def naive_loop(
+    task: SymbolTask,
+    backend: str,
+    checkpoint: str | None,
+    trials: int,
+    metric: str,
+    seed: int,
+    budget_s: float = NAIVE_LOOP_BUDGET_S,
+) -> Loop:
     """The closest existing tool's loop, with the same seeded TPE over the same space and origins: per trial
-    load the model, forecast each validation origin on its own, aggregate, score."""
+    load the model, forecast each validation origin on its own, aggregate, score; stops after `budget_s`."""
     space = task.spaces[backend]
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed), direction=get(metric).direction)
     if space.defaults() is not None:
         study.enqueue_trial(space.optuna_params(space.defaults()))
     origins, horizon, truth = task.plan.origins("val"), task.plan.protocol.horizon, task.truth("val")
     start = time.perf_counter()
-    done = 0
-    while done < trials and time.perf_counter() - start < NAIVE_LOOP_BUDGET_S:
+    history: list[tuple[float, float]] = []
+
+    def over() -> bool:
+        return time.perf_counter() - start >= budget_s
+
+    while len(history) < trials and not over():
         trial = study.ask()
-        params = space.suggest(trial)
+        params = {name: p.suggest(trial) for name, p in space.params.items()}  # aggregation too
         model = backend_class(backend)(checkpoint=checkpoint, device="cpu")
         knobs = type(model).model_knobs(params)
         n, ctx = int(params["num_samples"]), int(params["context_length"])
-        samples = np.concatenate(
-            [model.forecast(contexts(task.series, np.array([o]), ctx), horizon, n, knobs, seed) for o in origins]
-        ).astype(np.float64)
+        parts = []
+        for o in origins:
+            parts.append(model.forecast(contexts(task.series, np.array([o]), ctx), horizon, n, knobs, seed))
+            if over() and len(parts) < len(origins):  # cut short: count the share of the trial done
+                return Loop(len(history) + len(parts) / len(origins), time.perf_counter() - start, history)
+        samples = np.concatenate(parts).astype(np.float64)
         point = aggregate(samples, str(params["aggregation"]))
-        study.tell(trial, float(np.nanmean(metrics.score(samples, point, truth, np.zeros(len(origins)))[metric])))
-        done += 1
-    return Loop(done, time.perf_counter() - start)
+        value = float(np.nanmean(metrics.score(samples, point, truth, np.zeros(len(origins)))[metric]))
+        study.tell(trial, value)
+        history.append((time.perf_counter() - start, value))
+    return Loop(len(history), time.perf_counter() - start, history)
 
 
 def against_naive_loop(req: RunRequest) -> None:
@@ -261,6 +295,12 @@ def main() -> None:
             "6. fine-tuning: steps/s and peak memory per backend, tiny and small (published) shapes, CPU",
             finetune_table,
         )
+    from bench import published  # here: bench.published imports this module
+
+    section(
+        "7. published shapes (small presets): naive loop vs sweep run, BTCUSDT 1h, 40 val + 10 test origins",
+        lambda: published.run_all(list(published.BACKENDS), 20, 90.0, 240.0),
+    )
 
 
 if __name__ == "__main__":

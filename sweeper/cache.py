@@ -1,9 +1,13 @@
 """The forecast cache: sample paths on disk, keyed by everything that changes them.
 
 The key holds the backend, its checkpoint, the model-changing knobs, the data and plan fingerprints, the
-split and the sample count drawn. Sample count and aggregation are not in it: a trial asking for fewer
-samples takes the first n stored draws. Files live in the run folder, so a resumed sweep and other
-workers on the same folder reuse them; a small in-memory layer (bounded in bytes) saves re-reading.
+split and the chunk of its origins (`forecast.chunk_bounds`). Sample count and aggregation are not in it:
+an entry holds as many draws as trials have asked for so far, a trial asking for fewer takes the first n,
+and one asking for more extends the entry (draws come in seeded blocks, so the extension equals the first
+n of one larger pass). One entry per chunk of origins lets a trial stopped early by the pruner pay only for
+the chunks it saw, and a later trial with the same model knobs continue from there. Files live in the run
+folder, so a resumed sweep and other workers on the same folder reuse them; a small in-memory layer
+(bounded in bytes) saves re-reading.
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ from sweeper.atomic import locked, write_json, write_with
 @dataclass(frozen=True)
 class Cached:
     samples: np.ndarray  # (B, N, H) float32
-    seconds_per_origin: float  # model wall time per origin when these draws were made
+    seconds_per_origin: float  # model wall time per origin spent on these N draws (all extensions)
+
+    @property
+    def draws(self) -> int:
+        return int(self.samples.shape[1])
+
+    def first(self, n: int) -> Cached:
+        """The first n draws, with the model time pro-rated to them."""
+        return Cached(self.samples[:, :n], self.seconds_per_origin * n / max(self.draws, 1))
 
 
 def cache_key(fields: dict[str, Any]) -> str:
@@ -53,12 +65,15 @@ class ForecastCache:
         with locked(self.root / f"{key}.lock"):
             yield
 
-    def get(self, key: str) -> Cached | None:
-        if key in self._mem:
+    def get(self, key: str, draws: int = 0) -> Cached | None:
+        """The entry, from memory when it holds at least `draws` draws, else as on disk (another process may
+        have extended it); None when there is none."""
+        mem = self._mem.get(key)
+        if mem is not None and mem.draws >= draws:
             self._mem.move_to_end(key)
-            return self._mem[key]
+            return mem
         if self.root is None:
-            return None
+            return mem
         npy, meta = self._paths(key)
         if not (npy.is_file() and meta.is_file()):
             return None
@@ -81,6 +96,9 @@ class ForecastCache:
         self._remember(key, value)
 
     def _remember(self, key: str, value: Cached) -> None:
+        old = self._mem.pop(key, None)
+        if old is not None:
+            self._used -= old.samples.nbytes
         size = value.samples.nbytes
         if size > self.memory_bytes:
             return

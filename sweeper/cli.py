@@ -226,6 +226,7 @@ def _summary_rows(results: list[Any], metric: str) -> list[dict[str, Any]]:
                     "test_skill_vs_chosen": m.skill(ens["test"]) if "test" in ens else None,
                 },
                 "skipped": {b: x.error for b, x in r.backends.items() if x.error},
+                "trials": {b: {"complete": x.trials, "pruned": x.pruned} for b, x in r.backends.items()},
             }
         )
     return rows
@@ -269,6 +270,11 @@ def _summary(rows: list[dict[str, Any]], metric: str, paths: RunPaths) -> Listin
         Column(f"ensemble test {metric} vs best", _ensemble_cell, numeric=True),
     ]
     notes = [f"[yellow]{r['symbol']}: skipped {b}:[/yellow] {why}" for r in rows for b, why in r["skipped"].items()]
+    notes += [
+        f"{r['symbol']} trials: "
+        + ", ".join(f"{b} {n['complete']} complete + {n['pruned']} pruned" for b, n in r["trials"].items())
+        for r in rows
+    ]
     notes += [
         f"[yellow]{r['symbol']}: random weights in {', '.join(r['random_weights'])}[/yellow] (`sweep models init`): "
         "these numbers say nothing about the model's quality"
@@ -327,6 +333,7 @@ def run(
     finetune_on: list[str] = typer.Option(
         None, "--finetune-on", help="Fine-tuning trains on these symbols (same freq) too, with each swept one."
     ),
+    no_prune: bool = flag("--no-prune", "Score every trial on every validation origin (no multi-fidelity pruning)."),
     out: Path = typer.Option(Path("."), help="Where results/ and hyperparams/ go."),
     run_id: str = typer.Option(None, "--run-id", help="Name of the run (default: timestamp)."),
     resume: str = typer.Option(None, "--resume", help="Continue the stopped run RUN_ID."),
@@ -367,6 +374,7 @@ def run(
         "gpus_per_trial": gpus_per_trial,
         "scheduler": scheduler,
         "finetune_on": finetune_on,
+        "prune": False if no_prune else None,
     }
     if objectives and not metric:
         given["metric"] = given["objectives"][0]

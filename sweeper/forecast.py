@@ -1,9 +1,11 @@
-"""Forecasts for a plan's origins: models loaded once, origins in batches, draws cached.
+"""Forecasts for a plan's origins: models loaded once, origins in chunks and batches, draws cached as needed.
 
-This is the only place that calls a backend's `forecast`, and it counts the calls, so a test can prove a
-cached trial never reaches the model. It is also what a live forecast (`sweeper.api`) calls, so both
-seed an origin the same way: from the configuration and the timestamp of the origin's last context bar,
-never from the data or the plan around it.
+A split's origins are cut into `CHUNKS` fixed chunks (the rungs of the multi-fidelity search: a trial is
+scored chunk by chunk and may be stopped after any), each cached on its own with as many draws as were
+asked for so far. This is the only place that calls a backend's `forecast`, and it counts the calls, so a
+test can prove a cached trial never reaches the model and a pruned one reaches it less. It is also what a
+live forecast (`sweeper.api`) calls, so both seed an origin the same way: from the configuration and the
+timestamp of the origin's last context bar, never from the data or the plan around it.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ def checkpoint_id(checkpoint: str | None) -> str | None:
     return f"sha256:{h.hexdigest()[:16]}"
 
 
-# The cache-key fields that seed the draws: what the configuration is, not which data or origins it ran on.
-SEED_FIELDS = ("backend", "checkpoint", "knobs", "num_samples")
+# The cache-key fields that seed the draws: what the configuration is, not which data or origins it ran on
+# (nor how many draws: draws come in seeded blocks, so any first n are the same).
+SEED_FIELDS = ("backend", "checkpoint", "knobs", "draw_block")
 
 
 def origin_seeds(fields: Mapping[str, Any], seed: int, last_ts: np.ndarray) -> np.ndarray:
@@ -58,6 +61,23 @@ def origin_seeds(fields: Mapping[str, Any], seed: int, last_ts: np.ndarray) -> n
     base = int(cache_key({k: fields[k] for k in SEED_FIELDS})[:8], 16) ^ seed
     seconds = last_ts.astype("datetime64[s]").view(np.int64)
     return (base * 1_000_003 + seconds) % 2**31
+
+
+CHUNKS = 4  # chunks of a split's origins: the rungs a trial is scored (and may be stopped) at
+
+
+def chunk_bounds(n: int, chunks: int = CHUNKS) -> list[tuple[int, int]]:
+    """(start, end) of each chunk of `n` origins: as equal as possible, never empty, in origin order."""
+    k = max(1, min(chunks, n))
+    ends = [round(n * (i + 1) / k) for i in range(k)]
+    return list(zip([0, *ends[:-1]], ends, strict=True))
+
+
+def joined(parts: list[Cached]) -> Cached:
+    """Chunks of one split's origins as one, in order; latency per origin averaged over them."""
+    sizes = np.array([p.samples.shape[0] for p in parts], dtype=np.float64)
+    seconds = float(np.dot(sizes, [p.seconds_per_origin for p in parts]) / max(sizes.sum(), 1))
+    return Cached(np.concatenate([p.samples for p in parts]), seconds)
 
 
 class Forecaster:
@@ -112,26 +132,48 @@ class Forecaster:
         backend: str,
         params: Mapping[str, Any],
         num_samples: int,
+        chunks: range | None = None,
         on_rung: RungScores | None = None,
     ) -> Cached:
-        """`num_samples` draws for every origin of `split`, from the cache when possible. With fine-tuning
-        knobs (`ft_steps` > 0) the draws come from fine-tuned weights (see `finetune_jobs`); `on_rung`
-        then gets the split's draws at each rung of the training steps (multi-fidelity)."""
-        if not FinetuneSettings.from_knobs(params).active:
-            return self._samples(series, plan, split, backend, params, num_samples)
+        """The first `num_samples` draws for the origins of `split` (of its `chunks` only, when given), from
+        the cache where it holds them, extending it where it does not; latency pro-rated to `num_samples`.
+        With fine-tuning knobs (`ft_steps` > 0) the draws come from fine-tuned weights (see `finetune_jobs`);
+        `on_rung` then gets the split's draws at each rung of the training steps (multi-fidelity)."""
+        bounds = chunk_bounds(plan.origins(split).size)
+        wanted = range(len(bounds)) if chunks is None else chunks
+        if FinetuneSettings.from_knobs(params).active:
+            whole = self._finetuned(series, plan, split, backend, params, num_samples, on_rung)
+            rows = np.concatenate([np.arange(*bounds[i]) for i in wanted])
+            return Cached(whole.samples[rows], whole.seconds_per_origin)
+        return joined([self._chunk(series, plan, split, backend, params, num_samples, bounds[i]) for i in wanted])
+
+    def _finetuned(
+        self,
+        series: Series,
+        plan: Plan,
+        split: str,
+        backend: str,
+        params: Mapping[str, Any],
+        num_samples: int,
+        on_rung: RungScores | None,
+    ) -> Cached:
+        """Every origin of `split` from the weights fine-tuned for its blocks of origins (one block unless the
+        space re-fits walk-forward), each block cached as one chunk keyed by its fine-tuned checkpoint."""
         jobs = self.finetune_jobs(series, plan, split, backend, params)
-        blocks = self.tuner.blocks(jobs[0].settings, plan.origins(split))
+        idx = plan.origins(split)
+        blocks = self.tuner.blocks(jobs[0].settings, idx)
         parts = []
         for job, block in zip(jobs, blocks, strict=True):
+            lo = int(np.searchsorted(idx, block[0]))
+            span = (lo, lo + block.size)
 
-            def hook(step: int, path: Path, block: np.ndarray = block) -> None:
+            def hook(step: int, path: Path, span: tuple[int, int] = span) -> None:
                 assert on_rung is not None
-                on_rung(step, self._samples(series, plan, split, backend, params, num_samples, str(path), block))
+                on_rung(step, self._chunk(series, plan, split, backend, params, num_samples, span, str(path)))
 
             path = self.tuner.checkpoint(job, hook if on_rung is not None and len(blocks) == 1 else None)
-            parts.append(self._samples(series, plan, split, backend, params, num_samples, str(path), block))
-        seconds = sum(p.seconds_per_origin * b.size for p, b in zip(parts, blocks, strict=True))
-        return Cached(np.concatenate([p.samples for p in parts]), seconds / max(plan.origins(split).size, 1))
+            parts.append(self._chunk(series, plan, split, backend, params, num_samples, span, str(path)))
+        return joined(parts)
 
     def finetune_jobs(
         self, series: Series, plan: Plan, split: str, backend: str, params: Mapping[str, Any]
@@ -142,7 +184,7 @@ class Forecaster:
         blocks = self.tuner.blocks(settings, plan.origins(split))
         return [self.tuner.job(backend, base, checkpoint_id(base), series, int(b[0]), params) for b in blocks]
 
-    def _samples(
+    def missing(
         self,
         series: Series,
         plan: Plan,
@@ -150,27 +192,15 @@ class Forecaster:
         backend: str,
         params: Mapping[str, Any],
         num_samples: int,
-        checkpoint: str | None = None,
-        origins: np.ndarray | None = None,
-    ) -> Cached:
-        model = self.model(backend, checkpoint)
-        idx = plan.origins(split) if origins is None else origins
-        fields = {
-            "seeding": "per-origin",  # draws of older runs were seeded per batch: never mix them
-            **self._config_fields(model, params, num_samples),
-            "data": series.fingerprint,
-            "plan": plan.fingerprint(),
-            "split": split,
-            "seed": self.seed,
-            **({} if origins is None else {"origins": [int(idx[0]), int(idx[-1])]}),
-        }
-        key = cache_key(fields)
-        hit = self.cache.get(key)
-        if hit is not None:
-            return hit
-        with self.cache.claim(key):  # another worker may be computing the same draws: wait, then reuse them
-            hit = self.cache.get(key)
-            return hit if hit is not None else self._compute(key, fields, model, series, plan, idx, num_samples)
+        chunks: range,
+    ) -> bool:
+        """Whether any of these chunks still needs the model for its first `num_samples` draws."""
+        bounds = chunk_bounds(plan.origins(split).size)
+        for i in chunks:
+            hit = self.cache.get(self._entry(series, plan, split, backend, params, bounds[i])[1], num_samples)
+            if hit is None or hit.draws < num_samples:
+                return True
+        return False
 
     def draw(
         self,
@@ -182,19 +212,42 @@ class Forecaster:
         num_samples: int,
     ) -> np.ndarray:
         """`num_samples` draws (B, N, H) for `origins` of `series` with `params`, straight from the model
-        (no cache): the draws the sweep cached for the same bars."""
+        (no cache): the draws the sweep cached for the same bars (batched as the sweep's chunks batch them)."""
         model = self.model(backend)
-        return self._draw(self._config_fields(model, params, num_samples), model, series, origins, num_samples, horizon)
+        fields = self._config_fields(model, params)
+        return self._draw(fields, model, series, origins, horizon, num_samples, 0)
 
     @staticmethod
-    def _config_fields(model: Backend, params: Mapping[str, Any], num_samples: int) -> dict[str, Any]:
-        """What the configuration is (the SEED_FIELDS): backend, checkpoint, model knobs, draws."""
+    def _config_fields(model: Backend, params: Mapping[str, Any]) -> dict[str, Any]:
+        """What the configuration is (the SEED_FIELDS): backend, checkpoint, model knobs, draw blocks."""
         return {
             "backend": model.name,
             "checkpoint": checkpoint_id(model.checkpoint),
             "knobs": type(model).model_knobs(params),
-            "num_samples": num_samples,
+            "draw_block": model.draw_block,
         }
+
+    def _entry(
+        self,
+        series: Series,
+        plan: Plan,
+        split: str,
+        backend: str,
+        params: Mapping[str, Any],
+        bounds: tuple[int, int],
+        checkpoint: str | None = None,
+    ) -> tuple[dict[str, Any], str]:
+        """A chunk's cache fields and key (`checkpoint`: fine-tuned weights instead of the base)."""
+        fields = {
+            "seeding": "per-origin-blocks",  # draws of older runs were seeded otherwise: never mix them
+            **self._config_fields(self.model(backend, checkpoint), params),
+            "data": series.fingerprint,
+            "plan": plan.fingerprint(),
+            "split": split,
+            "seed": self.seed,
+            "chunk": list(bounds),
+        }
+        return fields, cache_key(fields)
 
     def _draw(
         self,
@@ -202,35 +255,69 @@ class Forecaster:
         model: Backend,
         series: Series,
         idx: np.ndarray,
-        num_samples: int,
         horizon: int,
+        more: int,
+        first: int,
     ) -> np.ndarray:
+        """Draws `first .. first + more - 1` for origins `idx`, batch by batch."""
         ctx_len = int(fields["knobs"][CONTEXT_KNOB])
         parts = []
-        for lo in range(0, idx.size, model.batch_size):
-            ctx = contexts(series, idx[lo : lo + model.batch_size], ctx_len)
+        for b in range(0, idx.size, model.batch_size):
+            ctx = contexts(series, idx[b : b + model.batch_size], ctx_len)
             self.model_calls += 1
             seeds = origin_seeds(fields, self.seed, ctx.ts[:, -1])
-            out = model.forecast(ctx, horizon, num_samples, fields["knobs"], seeds)
+            out = model.forecast(ctx, horizon, more, fields["knobs"], seeds, first=first)
             parts.append(np.asarray(out, dtype=np.float32))
-        samples = np.concatenate(parts)
-        expected = (idx.size, num_samples, horizon)
-        if samples.shape != expected:
-            raise RuntimeError(f"{fields['backend']} returned samples of shape {samples.shape}, expected {expected}")
-        return samples
+        new = np.concatenate(parts)
+        expected = (idx.size, more, horizon)
+        if new.shape != expected:
+            raise RuntimeError(f"{fields['backend']} returned samples of shape {new.shape}, expected {expected}")
+        return new
 
-    def _compute(
+    def _chunk(
+        self,
+        series: Series,
+        plan: Plan,
+        split: str,
+        backend: str,
+        params: Mapping[str, Any],
+        num_samples: int,
+        bounds: tuple[int, int],
+        checkpoint: str | None = None,
+    ) -> Cached:
+        fields, key = self._entry(series, plan, split, backend, params, bounds, checkpoint)
+        hit = self.cache.get(key, num_samples)
+        if hit is not None and hit.draws >= num_samples:
+            return hit.first(num_samples)
+        model = self.model(backend, checkpoint)
+        with self.cache.claim(key):  # another worker may be computing the same draws: wait, then reuse them
+            hit = self.cache.get(key, num_samples)
+            if hit is None or hit.draws < num_samples:
+                hit = self._extend(key, fields, model, series, plan, split, bounds, hit, num_samples)
+        return hit.first(num_samples)
+
+    def _extend(
         self,
         key: str,
         fields: dict[str, Any],
         model: Backend,
         series: Series,
         plan: Plan,
-        idx: np.ndarray,
+        split: str,
+        bounds: tuple[int, int],
+        held: Cached | None,
         num_samples: int,
     ) -> Cached:
+        """Draw the blocks after the ones held, up to `num_samples`, for the chunk's origins, and store them."""
+        lo, hi = bounds
+        idx = plan.origins(split)[lo:hi]
+        first = held.draws if held is not None else 0
+        more = -(-num_samples // model.draw_block) * model.draw_block - first
         start = time.perf_counter()
-        samples = self._draw(fields, model, series, idx, num_samples, plan.protocol.horizon)
-        result = Cached(samples, (time.perf_counter() - start) / max(idx.size, 1))
+        new = self._draw(fields, model, series, idx, plan.protocol.horizon, more, first)
+        seconds = (time.perf_counter() - start) / max(idx.size, 1)
+        if held is not None:
+            new, seconds = np.concatenate([held.samples, new], axis=1), seconds + held.seconds_per_origin
+        result = Cached(new, seconds)
         self.cache.put(key, result, fields)
         return result

@@ -28,6 +28,7 @@ MSIS_ALPHA = 0.05
 # |change / last close| at or below this is no change: 0.01 bp, above the float32 resolution (6e-8) of
 # cached draws, so a no-change forecast read off them stays a tie
 TIE = 1e-6
+POINT_METRICS = frozenset({"mae", "mse", "mase", "pct_return_mae", "directional_accuracy"})  # of the point forecast
 LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)  # the quantiles a forecast reports (origins.parquet, api)
 
 

@@ -43,6 +43,7 @@ from sweeper.search import (
     StudySettings,
     finished,
     open_study,
+    optuna_report,
     owner_id,
     prepare_study,
     requeue,
@@ -123,9 +124,13 @@ def claim(study: optuna.Study, url: str, budget: int) -> optuna.Trial | None:
 def drain(study: optuna.Study, task: SymbolTask, backend: str, s: StudySettings) -> None:
     """Claim and run trials of one study until its budget is taken or its timeout has passed."""
     deadline = time.monotonic() + (s.budget.timeout or float("inf"))
+    prune = s.prune and len(s.objectives) == 1
     while time.monotonic() < deadline and (trial := claim(study, s.storage, s.budget.trials)) is not None:
         try:
-            value = objective(trial, task, backend, s.objectives)
+            value = objective(trial, task, backend, s.objectives, optuna_report(trial) if prune else None)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            continue
         except CAUGHT as exc:  # as study.optimize(catch=...): a failed trial, go on
             trial.set_user_attr(ERROR, f"{type(exc).__name__}: {exc}")
             study.tell(trial, state=TrialState.FAIL)
@@ -159,7 +164,9 @@ def work(job: Job, worker: int) -> dict[str, str]:
             try:
                 task.forecaster.model(backend)  # load it now, then fit the threads to this process's share
                 set_threads(job.threads)
-                study = open_study(s.storage, task.series.symbol, backend, s.objectives, s.seed, s.namespace, worker)
+                study = open_study(
+                    s.storage, task.series.symbol, backend, s.objectives, s.seed, s.namespace, worker, s.prune
+                )
                 drain(study, task, backend, s)
             except SweepError as exc:  # a backend that cannot load: the parent skips it and says why
                 errors[study_label(task.series.symbol, backend)] = str(exc)

@@ -5,11 +5,12 @@ Optuna storage and study (seeded TPE, the defaults as trial 0, trials of dead pr
 queued again), so trials.parquet, the configs and the selection step are shared with the Optuna engine.
 Tune adds trials on several processes or machines, and ASHA early stopping.
 
-Chunks: a trial scores every validation origin once (the forecast comes from the cache, computed once
-per set of model knobs), then reports the running mean of the metric after each of `CHUNKS` chunks of
-origins, by slicing those per-origin scores. ASHA stops a trial whose running mean is behind at a rung;
-it is recorded as PRUNED with its last running mean. A trial that reports every chunk is COMPLETE with
-exactly the Optuna engine's objective value and validation means.
+Chunks: a trial forecasts and scores the validation origins chunk by chunk (`SymbolTask.rungs`: the
+forecast cache keeps each chunk on its own) and reports the running mean of the metric after each. ASHA
+stops a trial whose running mean is behind at a rung before it forecasts the next chunk, so a stopped
+trial pays only for the origins it saw; it is recorded as PRUNED with its last running mean. A trial that
+reports every chunk is COMPLETE with exactly the Optuna engine's objective value and validation means.
+With `--no-prune` there is no scheduler and every trial runs to the end.
 
 Workers: actors are reused (reuse_actors=True) and each worker process keeps its task, forecaster and
 loaded model at module level, so a model loads once per worker, not once per trial; each trial gets its
@@ -31,7 +32,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the mach
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: nothing on stdout (it may carry --json)
 
-import numpy as np
 import optuna
 import ray
 from optuna.trial import TrialState
@@ -48,9 +48,8 @@ from sweeper.objective import Candidate, SymbolTask, mean_scores, record_means
 from sweeper.parallel import set_threads
 from sweeper.plan import Plan
 from sweeper.search import StudySettings, finished, prepare_study, storage_for
-from sweeper.space import Space
+from sweeper.space import AGGREGATION, Space
 
-CHUNKS = 4  # reports per trial; each is a round trip to the Tune driver (~10-40 ms), so keep it small
 SCORE = "running_mean"  # reported after each chunk: mean of the metric over the origins so far
 CHUNK = "chunk"
 MEAN = "mean_"  # prefix of the validation means in a trial's last report
@@ -65,8 +64,9 @@ class RayOptions:
     storage_path: Path  # Tune's experiment folders (results/<run_id>/ray)
     scheduler: str = "asha"  # or "fifo": no early stopping, every trial scores all its chunks
 
-    def trial_scheduler(self, mode: str, chunks: int) -> TrialScheduler:
-        if self.scheduler == "fifo":
+    def trial_scheduler(self, mode: str, chunks: int, prune: bool = True) -> TrialScheduler:
+        """ASHA over the chunks of validation origins; FIFO (every trial runs out) for fifo or --no-prune."""
+        if self.scheduler == "fifo" or not prune:
             return FIFOScheduler()
         return ASHAScheduler(metric=SCORE, mode=mode, max_t=chunks, grace_period=1, reduction_factor=2)
 
@@ -112,39 +112,38 @@ def _task(spec: TrialSpec) -> SymbolTask:
     return _TASKS[spec.key]
 
 
-def chunk_ends(n: int, chunks: int = CHUNKS) -> list[int]:
-    """Where each chunk of `n` origins ends: as equal as possible, never empty."""
-    k = max(1, min(chunks, n))
-    return [round(n * (i + 1) / k) for i in range(k)]
-
-
 def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
-    """One Tune trial: score the knobs on every validation origin, report the running mean chunk by chunk."""
+    """One Tune trial: forecast and score the knobs chunk by chunk of validation origins, reporting the
+    running mean after each; Tune ends the function at a report when ASHA stops the trial."""
     task = _task(spec)
+    last = len(task.chunks("val"))
+    space = spec.spaces[spec.backend]
+    rungs = task.rungs(Candidate(spec.backend, space.values(config)), space.aggregations, spec.metric)
     try:
-        scores = task.scores(Candidate(spec.backend, spec.spaces[spec.backend].values(config)), "val")
+        for i, (aggregation, scores) in enumerate(rungs, 1):
+            means = {f"{MEAN}{k}": v for k, v in mean_scores(scores).items()} if i == last else {}
+            tune.report(
+                {SCORE: get(spec.metric).aggregate(scores[spec.metric]), CHUNK: i, AGGREGATION: aggregation, **means}
+            )
     except (ValueError, FloatingPointError) as exc:
         tune.report({SCORE: math.nan, FAILED: str(exc)})
-        return
-    values = scores[spec.metric]
-    ends = chunk_ends(values.size)
-    for i, end in enumerate(ends, 1):
-        last = {f"{MEAN}{k}": v for k, v in mean_scores(scores).items()} if i == len(ends) else {}
-        tune.report({SCORE: float(np.nanmean(values[:end])), CHUNK: i, **last})
 
 
 class Searcher(OptunaSearch):
     """OptunaSearch that records trials as the Optuna engine does: validation means on a complete trial,
     PRUNED for one that ASHA stopped before its last chunk, FAIL for one that could not be scored."""
 
-    def __init__(self, chunks: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, chunks: int, space: Space, **kwargs: Any) -> None:
+        super().__init__(space=space.distributions(), **kwargs)
         self.chunks = chunks
+        self.knobs = space
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot = self._ot_trials.get(trial_id)
         if ot is None or not result or error or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
+        if FAILED not in result:
+            self.knobs.record_aggregation(ot, result[AGGREGATION])  # the trial's pick, as in the Optuna engine
         if FAILED not in result and result.get(CHUNK) == self.chunks:
             record_means(ot, {k[len(MEAN) :]: v for k, v in result.items() if k.startswith(MEAN)})
             return super().on_trial_complete(trial_id, result, error)
@@ -228,10 +227,10 @@ class RayEngine:
         if remaining <= 0:
             return study
         mode = "min" if get(s.objectives[0]).direction == "minimize" else "max"
-        chunks = len(chunk_ends(task.plan.origins("val").size))
+        chunks = len(task.chunks("val"))
         searcher = Searcher(
             chunks,
-            space=task.spaces[backend].distributions(),
+            task.spaces[backend],
             metric=SCORE,
             mode=mode,
             sampler=study.sampler,  # the study's seeded TPE
@@ -244,7 +243,7 @@ class RayEngine:
             tune.with_resources(tune.with_parameters(trainable, spec=spec), resources),
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
-                scheduler=self.opts.trial_scheduler(mode, chunks),
+                scheduler=self.opts.trial_scheduler(mode, chunks, s.prune),
                 num_samples=remaining,
                 max_concurrent_trials=self.workers,
                 reuse_actors=True,

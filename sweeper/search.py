@@ -2,6 +2,11 @@
 
 Studies persist in the storage (SQLite file by default), so a killed sweep resumes: finished trials are
 kept, a trial that was running when the process died is marked failed and its knobs are queued again.
+
+Multi-fidelity (on unless `--no-prune`, for a single objective without a latency budget): each trial
+reports its running validation mean after every chunk of origins, and Optuna's successive-halving pruner
+stops those behind at a rung (`optuna_report`, the hook any step-by-step evaluation can use). A pruned
+trial is PRUNED in the study and in trials.parquet, valued at its last running mean, and is never selected.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from sqlalchemy import event
 
 from sweeper.errors import SweepError, machine_fault
 from sweeper.metric import get
-from sweeper.objective import SymbolTask, objective, recorded_means
+from sweeper.objective import Report, SymbolTask, objective, recorded_means
 from sweeper.space import Space
 
 # A failed trial is recorded (user attribute `error`, trials.parquet, the config's `error`) and reported once
@@ -55,6 +60,26 @@ class StudySettings:
     seed: int
     namespace: str = ""
     attrs: dict[str, Any] = field(default_factory=dict)  # study user attributes: run, metric, lake
+    prune: bool = True  # multi-fidelity: report every chunk of validation origins, stop trials behind
+
+
+def pruner(prune: bool) -> optuna.pruners.BasePruner:
+    """Successive halving over chunks of origins: at steps 1, 2, 4, ... a trial goes on only when it is in
+    the better half of the trials that reached that step."""
+    if not prune:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
+
+
+def optuna_report(trial: optuna.Trial) -> Report:
+    """The multi-fidelity hook of the Optuna engines: record (step, value) with the trial and ask its pruner
+    whether to stop. Any loop that scores a trial step by step (origins, training steps) can use it."""
+
+    def report(step: int, value: float) -> bool:
+        trial.report(value, step)
+        return trial.should_prune()
+
+    return report
 
 
 def study_name(symbol: str, backend: str, namespace: str = "") -> str:
@@ -179,8 +204,10 @@ def open_study(
     seed: int,
     namespace: str = "",
     worker: int | None = None,
+    prune: bool = False,
 ) -> optuna.Study:
-    """Seeded TPE for one objective; NSGA-II for several (a Pareto front, e.g. CRPS vs latency).
+    """Seeded TPE for one objective; NSGA-II for several (a Pareto front, e.g. CRPS vs latency); the
+    successive-halving pruner when `prune`.
 
     Each of several parallel `worker`s gets its own seed, and TPE the constant liar (running trials count
     as bad ones), so the workers do not all propose the same knobs."""
@@ -194,6 +221,7 @@ def open_study(
         study_name=name,
         storage=storage_for(storage),
         sampler=sampler,
+        pruner=pruner(prune and len(objectives) == 1),
         directions=[get(m).direction for m in objectives],
         load_if_exists=True,
     )
@@ -255,7 +283,7 @@ def finished(study: optuna.Study) -> int:
 
 def prepare_study(task: SymbolTask, backend: str, s: StudySettings) -> optuna.Study:
     """Open the study, recover trials of dead processes, and queue the defaults as trial 0 of a new study."""
-    study = open_study(s.storage, task.series.symbol, backend, s.objectives, s.seed, s.namespace)
+    study = open_study(s.storage, task.series.symbol, backend, s.objectives, s.seed, s.namespace, prune=s.prune)
     recover(study)
     protocol = task.plan.protocol
     attrs = {**s.attrs, "symbol": task.series.symbol, "freq": task.series.freq, "horizon": protocol.horizon}
@@ -319,27 +347,20 @@ def requeue(study: optuna.Study, trial: optuna.Trial) -> None:
 
 
 def run_study(
-    task: SymbolTask,
-    backend: str,
-    storage: str,
-    objectives: tuple[str, ...],
-    budget: Budget,
-    seed: int,
-    on_trial: Callable[[optuna.Study], None] | None = None,
-    namespace: str = "",
-    attrs: dict[str, Any] | None = None,
+    task: SymbolTask, backend: str, s: StudySettings, on_trial: Callable[[optuna.Study], None] | None = None
 ) -> optuna.Study:
     """Run the trials still missing from the study's budget."""
-    study = prepare_study(task, backend, StudySettings(storage, objectives, budget, seed, namespace, attrs or {}))
-    remaining = budget.trials - finished(study)
+    study = prepare_study(task, backend, s)
+    remaining = s.budget.trials - finished(study)
     if remaining > 0:
-        callbacks = [lambda s, _t: on_trial(s)] if on_trial else None
+        callbacks = [lambda st, _t: on_trial(st)] if on_trial else None
+        prune = s.prune and len(s.objectives) == 1
 
         def interruptible(trial: optuna.Trial) -> float | tuple:
             INTERRUPTS.in_trial, INTERRUPTS.cut = True, False
             try:
                 INTERRUPTS.check()
-                return objective(trial, task, backend, objectives)
+                return objective(trial, task, backend, s.objectives, optuna_report(trial) if prune else None)
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM: like a killed process, a resume redoes this trial
                 INTERRUPTS.pending = None
                 requeue(study, trial)
@@ -359,7 +380,7 @@ def run_study(
             study.optimize(
                 interruptible,
                 n_trials=remaining,
-                timeout=budget.timeout,
+                timeout=s.budget.timeout,
                 callbacks=callbacks,
                 catch=CAUGHT,
             )
@@ -396,8 +417,7 @@ class OptunaEngine:
     def run(
         self, task: SymbolTask, backend: str, on_trial: Callable[[optuna.Study], None] | None = None
     ) -> optuna.Study:
-        s = self.settings
-        return run_study(task, backend, s.storage, s.objectives, s.budget, s.seed, on_trial, s.namespace, s.attrs)
+        return run_study(task, backend, self.settings, on_trial)
 
 
 def best_params(study: optuna.Study, space: Space, metric: str, latency_budget: float | None = None) -> dict | None:

@@ -46,11 +46,12 @@ def check_rule(rule: str) -> str:
 class BackendResult:
     backend: str
     params: dict[str, Any] | None
-    trials: int
+    trials: int  # completed: scored on every validation origin
     val: dict[str, float] | None = None
     test: dict[str, float] | None = None
     error: str | None = None
     trading: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> sign-strategy read-out
+    pruned: int = 0  # trials stopped early by the multi-fidelity search (never selected)
 
 
 @dataclass

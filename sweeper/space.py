@@ -37,6 +37,7 @@ TYPES = ("int", "float", "log-float", "categorical")
 ORDERED = "ordered"  # not a YAML type: categorical numbers that are not evenly spaced integers
 INDEX_SUFFIX = "_index"
 REQUIRED = ("num_samples", "aggregation", "context_length")
+AGGREGATION = "aggregation"  # a scoring knob: every choice is scored on each trial's draws (objective.py)
 MAX_SAMPLES = 65_536  # draws per origin; the cache holds origins x draws x horizon float32 values
 MAX_FILE_BYTES = 1 << 20
 MAX_NODES = 10_000  # YAML nodes a space file may expand to, aliases counted as often as they are used
@@ -108,8 +109,9 @@ class Space:
     checkpoint: str | None = None
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
-        """The study's parameters (ordered knobs under their index names)."""
-        return {p.optuna_name: p.distribution() for p in self.params.values()}
+        """What the sampler searches (ordered knobs under their index names): every knob but the
+        aggregation, which each trial picks itself (`record_aggregation`)."""
+        return {p.optuna_name: p.distribution() for p in self.params.values() if p.name != AGGREGATION}
 
     def values(self, optuna_params: dict[str, Value]) -> dict[str, Value]:
         """A trial's knobs with their real values, from the study's parameters (those it has)."""
@@ -121,7 +123,20 @@ class Space:
         return {p.optuna_name: p.optuna_value(values[name]) for name, p in self.params.items()}
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Value]:
-        return {name: p.suggest(trial) for name, p in self.params.items()}
+        """The sampler's knobs for one trial (all but the aggregation)."""
+        return {name: p.suggest(trial) for name, p in self.params.items() if name != AGGREGATION}
+
+    @property
+    def aggregations(self) -> tuple[str, ...]:
+        return tuple(str(c) for c in self.params[AGGREGATION].choices)
+
+    def record_aggregation(self, trial: optuna.Trial, choice: str) -> None:
+        """Store the aggregation a trial picked as its parameter, in the study's storage, so trials and
+        configs carry every knob as before (the sampler never proposes it)."""
+        p = self.params[AGGREGATION]
+        dist = p.distribution()
+        internal = dist.to_internal_repr(p.optuna_value(choice))
+        trial.storage.set_trial_param(trial._trial_id, p.optuna_name, internal, dist)
 
     def defaults(self) -> dict[str, Value] | None:
         if any(p.default is None for p in self.params.values()):

@@ -193,6 +193,7 @@ def config_record(
                 "params": r.params,
                 **({} if r.params is None else _model_source(task, b, r.params)),
                 "trials": r.trials,
+                "pruned_trials": r.pruned,
                 "validation": _clean(r.val),
                 "test": _clean(r.test),
                 "trading": {split: _clean(x) for split, x in r.trading.items()},

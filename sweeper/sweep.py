@@ -78,6 +78,7 @@ class RunRequest:
     gpus_per_trial: float = 0.0  # ray engine
     scheduler: str | None = None  # ray engine: asha (the default: early stopping) or fifo (every trial runs out)
     finetune_on: list[str] = field(default_factory=list)  # more symbols (same freq) fine-tuning trains on too
+    prune: bool = True  # multi-fidelity: stop trials behind after a chunk of validation origins (--no-prune)
 
     def search_objectives(self) -> tuple[str, ...]:
         return tuple(self.objectives or (self.metric,))
@@ -197,6 +198,8 @@ def engine_for(prep: Prepared, paths: RunPaths, progress: Progress | None) -> En
         req.seed,
         namespace_for(paths.run_id, req.storage),
         {"run": paths.run_id, "metric": req.metric, "lake": lake_label(prep.lake)},
+        # a latency budget selects among all trials within it: pruning on accuracy alone could drop the best of them
+        prune=req.prune and req.latency_budget is None,
     )
     if req.engine == "ray":
         from sweeper.ray_engine import RayEngine, RayOptions
@@ -221,6 +224,7 @@ def execute(prep: Prepared, paths: RunPaths, progress: Progress | None = None) -
             best: dict[str, tuple[dict[str, Any] | None, int]] = {}
             errors: dict[str, str] = {}
             fronts: dict[str, list[dict]] = {}
+            pruned: dict[str, int] = {}
             for backend in req.backends:
                 label = study_label(task.series.symbol, backend)
 
@@ -234,7 +238,8 @@ def execute(prep: Prepared, paths: RunPaths, progress: Progress | None = None) -
                     errors[backend] = str(exc)
                     continue
                 tick(study)
-                complete = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
+                states = [t.state.name for t in study.get_trials(deepcopy=False)]
+                complete, pruned[backend] = states.count("COMPLETE"), states.count("PRUNED")
                 params = best_params(study, task.spaces[backend], req.metric, req.latency_budget)
                 if not complete:
                     errors[backend] = no_completed_trial(study)
@@ -247,6 +252,8 @@ def execute(prep: Prepared, paths: RunPaths, progress: Progress | None = None) -
                     fronts[backend] = pareto(study, task.spaces[backend])
                 trial_frames.append(trials_frame(task.series.symbol, backend, study, task.spaces[backend]))
             result = select(task, best, req.metric, req.seed, errors, req.select)
+            for backend, n in pruned.items():
+                result.backends[backend].pruned = n
             results.append(result)
             origin_frames.append(origins_frame(task, result))
             search = {"objectives": list(req.search_objectives()), "latency_budget_s": req.latency_budget}
@@ -259,8 +266,7 @@ def execute(prep: Prepared, paths: RunPaths, progress: Progress | None = None) -
 
 
 def _now() -> str:
-    """UTC time to the microsecond: `sweep runs` orders runs by it, and two runs can start within a second."""
-    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def run(req: RunRequest, paths: RunPaths, progress: Progress | None = None, resume: bool = False) -> list[SymbolResult]:

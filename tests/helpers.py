@@ -96,7 +96,7 @@ def assert_no_leak(
 def count_trials(db: Path) -> int:
     with sqlite3.connect(db) as con:
         try:
-            return con.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+            return con.execute("select count(*) from trials where state in ('COMPLETE', 'PRUNED')").fetchone()[0]
         except sqlite3.OperationalError:
             return 0
 

@@ -100,24 +100,35 @@ def test_shapes_reproducible_and_every_path_returned(tiny: KronosBackend, series
         assert all(not np.allclose(p, mean) for p in paths[o])
 
 
-def test_paths_equal_the_packages_own_sampler(tiny: KronosBackend, series) -> None:
-    """The shared first step changes the work, not the draws: identical to auto_regressive_inference."""
+@pytest.mark.parametrize("top_k", [0, 16])
+def test_shared_context_sampling_equals_the_packages_sampler_draw_for_draw(tiny: KronosBackend, series, top_k) -> None:
+    """The context once per origin, only new tokens per draw: the same paths as auto_regressive_inference
+    (its predictor's 512-bar window, every origin repeated once per draw) under the block's seed."""
     import torch
     from model.kronos import auto_regressive_inference
 
-    c = KNOBS["context_length"]
-    ctx = contexts(series, _origins(series, 2), c)
+    from sweeper.backends.base import block_seed
+    from sweeper.backends.kronos import CLOSE
+
+    c, d = KNOBS["context_length"], KronosBackend.draw_block
+    ctx = contexts(series, _origins(series, 3), c)
+    knobs = {**KNOBS, "temperature": 0.7, "top_k": top_k}
+    ours = tiny.forecast(ctx, H, 2 * d, knobs, seed=5)
     x = _features(ctx.values.astype(np.float64))
-    z = np.clip((x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-5), -5, 5).astype(np.float32)
+    mean, std = x.mean(1, keepdims=True), x.std(1, keepdims=True) + 1e-5
+    z = np.clip((x - mean) / std, -5, 5).astype(np.float32)
     xs, ys = _time_features(ctx.ts), _time_features(ctx.future_ts(H))
-    rows = np.repeat(np.arange(2), 4)
-    torch.manual_seed(3)
-    with torch.inference_mode():
-        ours = tiny._paths(z, xs, ys, rows, 0.7, 0, 0.9)[:, -H:].numpy()
-    torch.manual_seed(3)
-    tensors = [torch.from_numpy(a[rows]) for a in (z, xs, ys)]
-    theirs = auto_regressive_inference(tiny.tokenizer, tiny.model, *tensors, c, H, T=0.7, top_p=0.9, sample_count=1)
-    np.testing.assert_array_equal(ours, theirs[:, -H:])
+    rows = np.repeat(np.arange(3), d)
+    for j in range(2):  # each draw block is one call of the package's sampler under that block's seed
+        torch.manual_seed(block_seed(5, j))
+        tensors = [torch.from_numpy(a[rows]) for a in (z, xs, ys)]
+        theirs = auto_regressive_inference(
+            tiny.tokenizer, tiny.model, *tensors, 512, H, T=0.7, top_k=top_k, top_p=0.9, sample_count=1
+        )
+        close = theirs[:, -H:, CLOSE].reshape(3, d, H) * std[:, :, CLOSE, None] + mean[:, :, CLOSE, None]
+        np.testing.assert_allclose(ours[:, j * d : (j + 1) * d], close, rtol=1e-5)
+    # a second call for the next block alone gives the same draws: what the cache extends with
+    np.testing.assert_array_equal(tiny.forecast(ctx, H, d, knobs, seed=5, first=d), ours[:, d:])
 
 
 def test_time_features_and_future_timestamps_come_from_the_context(series) -> None:
@@ -167,7 +178,7 @@ def test_sweep_run_end_to_end(tiny_dir: Path, tmp_path: Path) -> None:
     for symbol in ("BTCUSDT", "ETHUSDT"):
         config = json.loads((run_dir / f"{symbol}.json").read_text())
         kronos = config["backends"]["kronos"]
-        assert "error" not in kronos and kronos["trials"] == 3
+        assert "error" not in kronos and kronos["trials"] + kronos["pruned_trials"] == 3
         assert kronos["checkpoint"] == str(tiny_dir)
         assert set(KNOB_DEFAULTS) <= set(kronos["params"])
         assert kronos["validation"] and kronos["test"]

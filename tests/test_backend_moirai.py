@@ -133,6 +133,10 @@ def test_sweep_run_end_to_end(sweep, tiny_dir: Path, tmp_path: Path) -> None:
     for symbol in ("BTCUSDT", "ETHUSDT"):
         config = json.loads((tmp_path / "hyperparams" / "e2e" / f"{symbol}.json").read_text())
         moirai = config["backends"]["moirai"]
-        assert "error" not in moirai and moirai["trials"] == 3 and moirai["checkpoint"] == str(tiny_dir)
+        assert (
+            "error" not in moirai
+            and moirai["trials"] + moirai["pruned_trials"] == 3
+            and moirai["checkpoint"] == str(tiny_dir)
+        )
         assert set(moirai["params"]) == knobs
         assert np.isfinite(moirai["validation"]["crps"]) and np.isfinite(moirai["test"]["crps"])

@@ -139,6 +139,8 @@ def test_sweep_run_end_to_end(sweep, tiny_dir: Path, tmp_path: Path) -> None:
     for symbol in ("BTCUSDT", "ETHUSDT"):
         config = json.loads((tmp_path / "hyperparams" / "e2e" / f"{symbol}.json").read_text())
         toto = config["backends"]["toto"]
-        assert "error" not in toto and toto["trials"] == 3 and toto["checkpoint"] == str(tiny_dir)
+        assert (
+            "error" not in toto and toto["trials"] + toto["pruned_trials"] == 3 and toto["checkpoint"] == str(tiny_dir)
+        )
         assert set(toto["params"]) == knobs
         assert np.isfinite(toto["validation"]["crps"]) and np.isfinite(toto["test"]["crps"])

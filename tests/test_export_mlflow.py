@@ -45,7 +45,8 @@ def test_export_is_read_back_through_mlflows_client(tmp_path: Path, sweep) -> No
     assert study.data.params["context_length"] == str(cfg["backends"]["drift"]["params"]["context_length"])
     assert study.data.metrics["val_crps"] == cfg["backends"]["drift"]["validation"]["crps"]
     history = client.get_metric_history(study.info.run_id, "trial_crps")
-    trials = pl.read_parquet(tmp_path / "results" / "r1" / "trials.parquet").filter(backend="drift").sort("number")
+    trials = pl.read_parquet(tmp_path / "results" / "r1" / "trials.parquet").filter(backend="drift", state="COMPLETE")
+    trials = trials.sort("number")
     assert [m.step for m in history] == trials["number"].to_list()
     assert [m.value for m in history] == trials["value"].to_list()
     assert study.info.status == "FINISHED"

@@ -25,7 +25,7 @@ import pytest
 
 from sweeper.atomic import COMMIT, read_committed
 from sweeper.promote import history
-from sweeper.search import INTERRUPTED, INTERRUPTS, Budget, best_params, open_study, run_study
+from sweeper.search import INTERRUPTED, INTERRUPTS, Budget, StudySettings, best_params, open_study, run_study
 from sweeper.store import best_dir, best_path
 from sweeper.sweep import RunRequest, prepare
 from tests.helpers import (
@@ -175,7 +175,9 @@ def references(small_task, tmp_path_factory: pytest.TempPathFactory) -> dict[int
     """Uninterrupted 25-trial studies by seed (journal storage: the cheapest that resumes)."""
     root = tmp_path_factory.mktemp("references")
     return {
-        seed: run_study(small_task, "naive", f"journal:{root / f'{seed}.journal'}", ("crps",), Budget(25), seed)
+        seed: run_study(
+            small_task, "naive", StudySettings(f"journal:{root / f'{seed}.journal'}", ("crps",), Budget(25), seed)
+        )
         for seed in (0, 7)
     }
 
@@ -188,11 +190,13 @@ def test_resumed_run_equals_the_uninterrupted_one(
 ) -> None:
     """Same trials, same values, same choice as a run with the same seed that was never stopped."""
     url = f"journal:{tmp_path / 'b.journal'}"
-    run_study(small_task, "naive", url, ("crps",), Budget(kill_after), seed)  # 0: only the defaults queued
+    run_study(
+        small_task, "naive", StudySettings(url, ("crps",), Budget(kill_after), seed)
+    )  # 0: only the defaults queued
     dying = open_study(url, "ETHUSD", "naive", ("crps",), seed).ask()  # the process dies in this trial
     if with_knobs:
         small_task.spaces["naive"].suggest(dying)
-    resumed = run_study(small_task, "naive", url, ("crps",), Budget(25), seed)
+    resumed = run_study(small_task, "naive", StudySettings(url, ("crps",), Budget(25), seed))
     assert kept(resumed) == kept(references[seed])
     space = small_task.spaces["naive"]
     assert best_params(resumed, space, "crps") == best_params(references[seed], space, "crps")
@@ -215,25 +219,25 @@ def test_a_trial_the_machine_cut_short_is_requeued_not_counted(
     fault: BaseException, small_task, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    real, calls = type(small_task).scores, [0]
+    real, calls = type(small_task).rungs, [0]
 
-    def scores(self, cand, split, *rest):  # the fourth trial meets the fault
+    def rungs(self, cand, *args, **kwargs):  # the fourth trial meets the fault
         calls[0] += 1
         if calls[0] == 4:
             raise fault
-        return real(self, cand, split, *rest)
+        return real(self, cand, *args, **kwargs)
 
-    monkeypatch.setattr(type(small_task), "scores", scores)
+    monkeypatch.setattr(type(small_task), "rungs", rungs)
     with pytest.raises(type(fault)):
-        run_study(small_task, "naive", url, ("crps",), Budget(10), 0)
+        run_study(small_task, "naive", StudySettings(url, ("crps",), Budget(10), 0))
     study = open_study(url, "ETHUSD", "naive", ("crps",), 0)
     cut = study.trials[3]
     assert cut.state.name == "FAIL" and cut.user_attrs[INTERRUPTED] is True
     queued = study.trials[4]
     assert queued.state.name == "WAITING" and queued.system_attrs["fixed_params"] == cut.params  # queued again
-    study = run_study(small_task, "naive", url, ("crps",), Budget(10), 0)
+    study = run_study(small_task, "naive", StudySettings(url, ("crps",), Budget(10), 0))
     assert_states = [t.state.name for t in study.trials]
-    assert assert_states.count("COMPLETE") == 10 and assert_states.count("FAIL") == 1
+    assert assert_states.count("COMPLETE") + assert_states.count("PRUNED") == 10 and assert_states.count("FAIL") == 1
 
 
 def test_a_signal_in_optunas_bookkeeping_waits_for_the_next_trial() -> None:

@@ -28,6 +28,7 @@ from sweeper.finetune.tuner import Tuner
 from sweeper.forecast import Forecaster
 from sweeper.objective import Candidate, SymbolTask, mean_scores, objective
 from sweeper.plan import Protocol, make_plan
+from sweeper.search import optuna_report
 from sweeper.space import load_space
 from sweeper.store import best_configs
 from tests.helpers import SHARED_LAKE, shared_series
@@ -185,13 +186,13 @@ def test_a_finetuning_trial_reports_validation_at_each_rung_and_can_be_pruned(se
     fixed = {**cand("kronos", **{**TUNE, "ft_steps": 20}).params}  # a point of the cpu-tiny space
     study.enqueue_trial(fixed)
     task.spaces = {"kronos": load_space("kronos", SPACES)}
-    study.optimize(lambda t: objective(t, task, "kronos", ("crps",)), n_trials=1)
+    study.optimize(lambda t: objective(t, task, "kronos", ("crps",), optuna_report(t)), n_trials=1)
     trial = study.trials[0]
     assert trial.state.name == "PRUNED"
     assert list(trial.intermediate_values) == [FinetuneSettings.from_knobs(fixed).rungs()[0]]
     kept = optuna.create_study()
     kept.enqueue_trial(fixed)
-    kept.optimize(lambda t: objective(t, task, "kronos", ("crps",)), n_trials=1)
+    kept.optimize(lambda t: objective(t, task, "kronos", ("crps",), optuna_report(t)), n_trials=1)
     assert list(kept.trials[0].intermediate_values) == FinetuneSettings.from_knobs(fixed).rungs() == [5, 10, 20]
     assert kept.trials[0].state.name == "COMPLETE"
 

@@ -74,12 +74,13 @@ def postgres_url() -> Iterator[str]:
 
 
 def check_every_trial_once(study: optuna.Study, budget: int) -> list[optuna.trial.FrozenTrial]:
-    """Unique, gap-free trial numbers; exactly `budget` trials count (interrupted ones are redone)."""
+    """Unique, gap-free trial numbers; exactly `budget` trials finish, complete or pruned (interrupted ones
+    are redone)."""
     trials = study.get_trials(deepcopy=False)
     numbers = [t.number for t in trials]
     assert sorted(numbers) == list(range(len(trials)))
     interrupted = [t for t in trials if t.user_attrs.get(INTERRUPTED)]
-    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    complete = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(complete) == budget and len(trials) == budget + len(interrupted)
     assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
     return complete
@@ -122,7 +123,7 @@ def test_killed_parallel_run_resumes(postgres_url: str, tmp_path: Path) -> None:
     os.killpg(proc.pid, signal.SIGKILL)  # the parent and both workers, mid-trial
     proc.wait()
     study = optuna.load_study(study_name=name, storage=storage_for(postgres_url))
-    before = {t.number: t.params for t in study.trials if t.state.name == "COMPLETE"}
+    before = {t.number: t.params for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")}
     assert 10 <= len(before) < budget, "the kill must land mid-sweep"
     out = subprocess.run([*sweep_bin, "run", "--resume", "k", "--out", str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

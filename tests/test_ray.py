@@ -11,8 +11,8 @@ import optuna
 import polars as pl
 import pytest
 
+from sweeper.forecast import chunk_bounds
 from sweeper.objective import Candidate, mean_scores, recorded_means
-from sweeper.ray_engine import chunk_ends
 from sweeper.sweep import RunRequest, prepare
 from tests.helpers import SHARED_LAKE
 
@@ -36,9 +36,9 @@ def key_paths(doc: dict[str, Any], prefix: str = "") -> set[str]:
 
 
 def test_chunks_cover_every_origin_once() -> None:
-    assert chunk_ends(60) == [15, 30, 45, 60]
-    assert chunk_ends(2) == [1, 2]
-    assert chunk_ends(7)[-1] == 7
+    assert chunk_bounds(60) == [(0, 15), (15, 30), (30, 45), (45, 60)]
+    assert chunk_bounds(2) == [(0, 1), (1, 2)]
+    assert chunk_bounds(7)[-1][1] == 7
 
 
 def test_ray_sweep_matches_the_optuna_engine_in_form(tmp_path: Path, sweep) -> None:

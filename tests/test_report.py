@@ -31,7 +31,10 @@ def _report(tmp_path: Path, sweep, run_id: str, *run_args: object) -> str:
 
 
 def test_daily_report_shows_every_part(tmp_path: Path, sweep) -> None:
-    page = _report(tmp_path, sweep, "daily", "--symbols", "ETHUSD", "--freq", "1d", "--trials", MIN_TRIALS)
+    # every trial complete (no pruning): importances need MIN_TRIALS completed trials
+    page = _report(
+        tmp_path, sweep, "daily", "--symbols", "ETHUSD", "--freq", "1d", "--trials", MIN_TRIALS, "--no-prune"
+    )
     cfg = json.loads((tmp_path / "hyperparams" / "daily" / "ETHUSD.json").read_text())
     # fans, cumulative and mean paired differences, ensemble weights, history, importances (enough trials)
     assert _images(page) == 6

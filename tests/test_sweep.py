@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 
 from sweeper.cache import ForecastCache
+from sweeper.forecast import chunk_bounds
 from sweeper.objective import Candidate
 from sweeper.search import INTERRUPTED, open_study
 from sweeper.sweep import RunRequest, prepare
@@ -55,7 +56,7 @@ def test_daily_sweep_writes_valid_configs(tmp_path: Path, sweep) -> None:
             vs_val = cfg["comparisons"]["chosen_vs_naive"]["val"]
             assert not vs_val["within_noise"] and vs_val["diff"] < 0
         assert set(cfg["backends"]) == {"naive", "drift", "seasonal_naive"}
-        assert all(b["trials"] == 6 for b in cfg["backends"].values())
+        assert all(b["trials"] + b["pruned_trials"] == 6 and b["trials"] >= 1 for b in cfg["backends"].values())
         assert cfg["protocol"]["val_origins"]["count"] == 120 and cfg["protocol"]["test_origins"]["count"] == 40
         assert cfg["protocol"]["val_origins"]["last_ts"] < cfg["protocol"]["test_origins"]["first_ts"]
         assert cfg["baseline"]["backend"] == "naive" and cfg["baseline"]["test"]["crps"] > 0
@@ -70,7 +71,7 @@ def test_daily_sweep_writes_valid_configs(tmp_path: Path, sweep) -> None:
     run = tmp_path / "results" / "daily"
     assert json.loads((run / "manifest.json").read_text())["status"] == "complete"
     trials = pl.read_parquet(run / "trials.parquet")
-    assert trials.height == 2 * 3 * 6 and set(trials["state"]) == {"COMPLETE"}
+    assert trials.height == 2 * 3 * 6 and set(trials["state"]) <= {"COMPLETE", "PRUNED"}
     origins = pl.read_parquet(run / "origins.parquet")
     assert (
         origins.filter(
@@ -104,28 +105,36 @@ def test_hourly_sweep_readable_summary(tmp_path: Path, sweep) -> None:
     assert "BTCUSDT" in result.stdout and "ETHUSDT" in result.stdout and "test skill vs naive" in result.stdout
 
 
-def test_killed_sweep_resumes_without_redoing_trials(tmp_path: Path) -> None:
-    _, _, db = signal_mid_sweep(tmp_path, "k", ["naive", "drift"], 120, 15, signal.SIGKILL)
+def test_killed_sweep_with_pruning_resumes_keeping_every_finished_trial(tmp_path: Path) -> None:
+    _, _, db = signal_mid_sweep(tmp_path, "k", ["naive", "drift"], 120, 30, signal.SIGKILL)
     done_before = count_trials(db)
-    assert 15 <= done_before < 240, "the kill must land mid-sweep"
+    assert 30 <= done_before < 240, "the kill must land mid-sweep"
     storage = f"sqlite:///{db}"
     before = {
-        t.number: t.params
+        t.number: (t.state.name, t.params, t.value, t.intermediate_values)
         for t in optuna.load_study(study_name="ETHUSD--naive", storage=storage).trials
-        if t.state.name == "COMPLETE"
+        if t.state.name in ("COMPLETE", "PRUNED")
     }
+    assert {state for state, *_ in before.values()} == {"COMPLETE", "PRUNED"}, "pruning must be on, and finish some"
     assert not (tmp_path / "hyperparams" / "k").exists()
     out = subprocess.run([*SWEEP_BIN, "run", "--resume", "k", "--out", str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     for backend in ("naive", "drift"):
         study = optuna.load_study(study_name=f"ETHUSD--{backend}", storage=storage)
-        complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+        done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
         interrupted = [t for t in study.trials if t.user_attrs.get(INTERRUPTED)]
-        assert len(complete) == 120 and len(study.trials) == 120 + len(interrupted)
-    after = {t.number: t.params for t in optuna.load_study(study_name="ETHUSD--naive", storage=storage).trials}
-    assert all(after[n] == p for n, p in before.items())  # finished trials kept, not redone
+        assert len(done) == 120 and len(study.trials) == 120 + len(interrupted)
+    after = {
+        t.number: (t.state.name, t.params, t.value, t.intermediate_values)
+        for t in optuna.load_study(study_name="ETHUSD--naive", storage=storage).trials
+    }
+    assert all(after[n] == t for n, t in before.items())  # finished trials kept as they were, not redone
     cfg = json.loads((tmp_path / "hyperparams" / "k" / "ETHUSD.json").read_text())
-    assert cfg["backends"]["naive"]["trials"] == 120
+    naive = cfg["backends"]["naive"]
+    assert naive["trials"] + naive["pruned_trials"] == 120 and naive["pruned_trials"] > 0
+    trials = pl.read_parquet(tmp_path / "results" / "k" / "trials.parquet")
+    pruned = trials.filter(pl.col("state") == "PRUNED")
+    assert pruned.height > 0 and (pruned["prune_step"] < len(chunk_bounds(120))).all()
 
 
 def test_stale_running_trial_is_requeued(tmp_path: Path) -> None:
@@ -137,11 +146,11 @@ def test_stale_running_trial_is_requeued(tmp_path: Path) -> None:
     study = open_study(storage, "ETHUSD", "naive", ("crps",), 0)
     trial = study.ask()
     ctx = prep.tasks[0].spaces["naive"].params["context_length"].suggest(trial)  # dies here: left RUNNING
-    from sweeper.search import Budget, run_study
+    from sweeper.search import Budget, StudySettings, run_study
 
-    study = run_study(prep.tasks[0], "naive", storage, ("crps",), Budget(3), 0)
+    study = run_study(prep.tasks[0], "naive", StudySettings(storage, ("crps",), Budget(3), 0))
     states = [t.state.name for t in study.trials]
-    assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1
+    assert states.count("COMPLETE") + states.count("PRUNED") == 3 and states.count("FAIL") == 1
     assert study.trials[0].user_attrs[INTERRUPTED] is True
     space = prep.tasks[0].spaces["naive"]
     assert space.values(study.trials[1].params)["context_length"] == ctx  # its knobs were queued again
@@ -161,7 +170,7 @@ def test_cached_trials_never_call_the_model(tmp_path: Path) -> None:
     for change in (
         {"num_samples": 17},
         {"aggregation": "trimmed_mean_10"},
-        {"num_samples": 1000, "aggregation": "quantile_0.4"},
+        {"num_samples": 200, "aggregation": "quantile_0.4"},
     ):
         task.scores(Candidate("naive", {**base, **change}), "val")
     assert fc.model_calls == calls
@@ -170,7 +179,7 @@ def test_cached_trials_never_call_the_model(tmp_path: Path) -> None:
     assert (again["crps"] == first["crps"]).all()
     # a model-changing knob does call the model
     task.scores(Candidate("naive", {**base, "context_length": 64}), "val")
-    assert fc.model_calls == calls + 1
+    assert fc.model_calls == 2 * calls
     # a new process (new forecaster, same folder) reads the disk cache: no call at all
     fresh = prepare(req, ForecastCache(tmp_path / "cache")).tasks[0]
     fresh.scores(Candidate("naive", {**base, "aggregation": "mean"}), "val")
@@ -323,7 +332,7 @@ def test_two_processes_compute_each_cache_entry_once(tmp_path: Path) -> None:
         "import time; from sweeper.cache import ForecastCache; from sweeper.objective import Candidate;"
         "from sweeper.sweep import RunRequest, prepare; from sweeper.backends.baselines import Naive;"
         # a slow model: both processes are sure to miss the cache while the first is still computing
-        "slow = Naive.forecast; Naive.forecast = lambda *a: (time.sleep(3), slow(*a))[1];"
+        "slow = Naive.forecast; Naive.forecast = lambda *a, **k: (time.sleep(3), slow(*a, **k))[1];"
         f"req = RunRequest(symbols=['BTCUSDT'], lake={str(SHARED_LAKE)!r}, freq='1h', backends=['naive'],"
         " val_origins=500, test_origins=100);"
         f"task = prepare(req, ForecastCache(__import__('pathlib').Path({str(tmp_path / 'cache')!r}))).tasks[0];"
@@ -332,8 +341,8 @@ def test_two_processes_compute_each_cache_entry_once(tmp_path: Path) -> None:
     )
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     calls = sorted(int(p.communicate()[0].strip()) for p in procs)
-    assert calls[0] == 0 and calls[1] >= 1  # exactly one of them ran the model
-    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    assert sum(calls) == len(chunk_bounds(500))  # each chunk's draws computed once, by one of them
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == len(chunk_bounds(500))  # one entry per chunk
 
 
 def test_backend_without_weights_is_skipped_and_reported(tmp_path: Path, sweep, monkeypatch) -> None:
@@ -382,7 +391,7 @@ def test_ctrl_c_exits_130_and_resume_redoes_the_interrupted_trial(tmp_path: Path
     out = subprocess.run([*SWEEP_BIN, "run", "--resume", "c", "--out", str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     study = optuna.load_study(study_name="ETHUSD--naive", storage=f"sqlite:///{db}")
-    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 150
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 150
     assert all(t.user_attrs.get(INTERRUPTED) for t in study.trials if t.state.name == "FAIL")
 
 
@@ -438,8 +447,8 @@ def test_journal_storage_runs_resumes_and_recovers(tmp_path: Path, sweep) -> Non
     assert r.exit_code == 0, r.output
     study = optuna.load_study(study_name="ETHUSD--naive", storage=storage_for(f"journal:{journal.resolve()}"))
     states = [t.state.name for t in study.trials]
-    assert states.count("COMPLETE") == 12 and states.count("FAIL") == 1
+    assert states.count("COMPLETE") + states.count("PRUNED") == 12 and states.count("FAIL") == 1
     assert all(study.trials[n].params == p for n, p in before.items())
     cfg = json.loads((tmp_path / "hyperparams" / "j" / "ETHUSD.json").read_text())
-    assert cfg["backends"]["naive"]["trials"] == 12
+    assert cfg["backends"]["naive"]["trials"] + cfg["backends"]["naive"]["pruned_trials"] == 12
     assert sweep("report", "j", "--out", tmp_path).exit_code == 0

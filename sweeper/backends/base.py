@@ -50,6 +50,10 @@ class Backend(ABC):
     batch_size: ClassVar[int] = 1_000_000  # origins per forward call; models set something that fits memory
     # Knobs that only change speed, not the distribution of the samples: left out of the cache key.
     speed_knobs: ClassVar[frozenset[str]] = frozenset()
+    # Draws come in blocks of this many, each from its own seed (`block_seeds`): the cache extends a set of
+    # draws block by block, and draws a..b are the same whichever call made them. Backends whose draws are
+    # almost free after one forward pass use large blocks; autoregressive ones, whose cost grows per draw, small.
+    draw_block: ClassVar[int] = 32
 
     def __init__(self, checkpoint: str | None = None, device: str = "cpu") -> None:
         self.checkpoint = checkpoint or self.default_checkpoint
@@ -57,14 +61,31 @@ class Backend(ABC):
 
     @abstractmethod
     def forecast(
-        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds
+        self,
+        ctx: Contexts,
+        horizon: int,
+        num_samples: int,
+        knobs: Mapping[str, Any],
+        seed: Seeds,
+        first: int = 0,
     ) -> np.ndarray:
         """Sample paths of the close for the `horizon` bars after each context: (B, num_samples, H).
 
-        Draws must be independent, so the first n of them are a valid n-sample forecast (the cache
-        relies on it). `seed` makes the draws reproducible: per origin where the backend draws with
-        `origin_rngs`, per batch where it samples in torch (`batch_seed`).
+        They are draws `first .. first + num_samples - 1` of one endless seeded sequence per origin (numpy
+        backends, `origin_rngs`) or per batch and draw block (torch backends: block j from
+        `block_seeds(seed, ...)[j]` alone), so `forecast(.., n, .., first=0)` followed by
+        `forecast(.., m, .., first=n)` equals `forecast(.., n + m, ..)` (the cache extends entries so).
+        `first` is a multiple of `draw_block`. Draws are independent, so any n of them are an n-sample forecast.
         """
+
+    def block_seeds(self, seed: Seeds, first: int, num_samples: int) -> list[int]:
+        """The seeds of the draw blocks that hold draws `first .. first + num_samples - 1` of a batch (seeded
+        by `batch_seed`); each backend samples every block in full and keeps the draws asked for."""
+        if first % self.draw_block:
+            raise ValueError(f"{self.name}: first draw {first} is not a multiple of the draw block {self.draw_block}")
+        lo = first // self.draw_block
+        hi = -(-(first + num_samples) // self.draw_block)
+        return [block_seed(batch_seed(seed), j) for j in range(lo, hi)]
 
     @classmethod
     def init_checkpoint(cls, preset: str, out: Path) -> Path:
@@ -80,3 +101,8 @@ class Backend(ABC):
             for k, v in params.items()
             if k not in SCORING_KNOBS and k not in cls.speed_knobs and not k.startswith(FINETUNE_PREFIX)
         }
+
+
+def block_seed(seed: int, block: int) -> int:
+    """An independent 31-bit seed for draw block `block` of the sequence seeded by `seed`."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, block]).generate_state(1)[0]) & 0x7FFFFFFF

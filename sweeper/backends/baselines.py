@@ -42,8 +42,10 @@ class Naive(Backend):
     name = "naive"
 
     def forecast(
-        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds, first: int = 0
     ) -> np.ndarray:
+        if first:  # each origin's draws are one row-major stream: the later ones are the tail of a longer call
+            return self.forecast(ctx, horizon, first + num_samples, knobs, seed)[:, first:]
         last = ctx.close[:, -1, None, None]
         s = _paths(ctx, horizon, -(-num_samples // 2), seed, demean=True)
         up = last * np.exp(s)
@@ -56,8 +58,10 @@ class Drift(Backend):
     name = "drift"
 
     def forecast(
-        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds, first: int = 0
     ) -> np.ndarray:
+        if first:  # each origin's draws are one row-major stream: the later ones are the tail of a longer call
+            return self.forecast(ctx, horizon, first + num_samples, knobs, seed)[:, first:]
         return ctx.close[:, -1, None, None] * np.exp(_paths(ctx, horizon, num_samples, seed, demean=False))
 
 
@@ -65,8 +69,10 @@ class SeasonalNaive(Backend):
     name = "seasonal_naive"
 
     def forecast(
-        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds, first: int = 0
     ) -> np.ndarray:
+        if first:  # each origin's draws are one row-major stream: the later ones are the tail of a longer call
+            return self.forecast(ctx, horizon, first + num_samples, knobs, seed)[:, first:]
         m = int(knobs["season"])
         log_close = np.log(ctx.close)
         if log_close.shape[1] <= 2 * m:

@@ -29,6 +29,7 @@ INIT_FREQ = "1h"  # a random-init checkpoint fits its bins on the lake's bars at
 class MarketGPTBackend(Backend):
     name = "marketgpt"
     batch_size = 1_000_000  # one call per split, so walk-forward fine-tuning runs across all its origins
+    draw_block = 16  # sampled paths cost a token per step each: extend in small blocks
 
     def __init__(self, checkpoint: str | None = None, device: str = "cpu") -> None:
         super().__init__(checkpoint, device)
@@ -60,7 +61,7 @@ class MarketGPTBackend(Backend):
             )
 
     def forecast(
-        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds, first: int = 0
     ) -> np.ndarray:
         from sweeper.marketgpt.finetune import FinetuneSettings, walk_forward
         from sweeper.marketgpt.sampling import SamplingSettings, close_paths
@@ -69,13 +70,15 @@ class MarketGPTBackend(Backend):
         sampling = SamplingSettings.from_knobs(knobs)
         tuning = FinetuneSettings.from_knobs(knobs)
         model, tokenizer = self.pretrained.model, self.pretrained.tokenizer
-        first = batch_seed(seed)
+        base = batch_seed(seed)
         if tuning.epochs == 0:
-            return close_paths(model, tokenizer, ctx, horizon, num_samples, sampling, first)
+            seeds = self.block_seeds(base, first, num_samples)
+            return close_paths(model, tokenizer, ctx, horizon, num_samples, sampling, seeds, self.draw_block)
         out = np.empty((ctx.values.shape[0], num_samples, horizon))
-        for block, tuned in walk_forward(model, tokenizer, ctx, tuning, self.alpha, first):
+        for block, tuned in walk_forward(model, tokenizer, ctx, tuning, self.alpha, base):
             part = Contexts(ctx.values[block], ctx.ts[block], ctx.freq)
-            out[block] = close_paths(tuned, tokenizer, part, horizon, num_samples, sampling, first + block.start)
+            seeds = self.block_seeds(base + block.start, first, num_samples)
+            out[block] = close_paths(tuned, tokenizer, part, horizon, num_samples, sampling, seeds, self.draw_block)
         return out
 
     @classmethod

@@ -5,8 +5,8 @@ independent samples of it. `MoiraiForecast.forward` builds the distribution of e
 included, each padded to the largest patch), samples all of it and keeps the forecast tokens: on a CPU
 that is almost all of its cost (36 s for 32 origins x 256 draws at patch 8). Here the same inputs go
 through the same module, and the distribution head runs on the forecast tokens only: the same
-distribution, hundreds of times cheaper to sample. Draws come in fixed chunks, so the first n of N
-draws are exactly the n-draw forecast.
+distribution, hundreds of times cheaper to sample. Draws come in seeded blocks (`Backend.block_seeds`),
+so draws a..b are the same whichever call made them.
 The module standardises each variate itself, so raw prices go in and prices come out.
 
 Knobs: `patch_size`, one of the checkpoint's patch sizes or "auto". Auto does what the library's auto
@@ -24,14 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.backends.base import Backend, Seeds, batch_seed
+from sweeper.backends.base import Backend, Seeds
 from sweeper.backends.pretrained import checkpoint_dir, preset_config, quiet, seeded, torch_device, write_checkpoint
 from sweeper.plan import Contexts
 
 CLOSE = 3  # column of the close in Contexts.values (open, high, low, close, volume)
 COVARIATES = [0, 1, 2, 4]
 AUTO = "auto"
-DRAW_CHUNK = 32  # draws are made this many at a time, so a prefix of the draws never changes
 
 _LAYOUT = {"patch_sizes": (8, 16, 32, 64, 128), "max_seq_len": 512, "attn_dropout_p": 0.0, "dropout_p": 0.0}
 # d_model must be a multiple of 64 (one attention head per 64). small, base: the moirai-1.1-R shapes.
@@ -65,7 +64,7 @@ class MoiraiBackend(Backend):
         self._module = module.to(self._device).eval()
 
     def forecast(
-        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds, first: int = 0
     ) -> np.ndarray:
         import torch
 
@@ -84,15 +83,19 @@ class MoiraiBackend(Backend):
                 np.ascontiguousarray(ctx.values[:, :, COVARIATES]), dtype=torch.float32, device=self._device
             )
         out = np.empty((b, num_samples, horizon), dtype=np.float32)
-        with seeded(batch_seed(seed), self._device), torch.inference_mode():
+        seeds = self.block_seeds(seed, first, num_samples)
+        with torch.inference_mode():
             chosen = np.full(b, patch) if patch != AUTO else self._best_patches(close, covariates, context, horizon)
             for p in sorted(set(chosen.tolist())):
                 rows = np.flatnonzero(chosen == p)
                 last = slice(c - context, c)
                 cov = None if covariates is None else covariates[rows, last]
                 distr = self._forecast_distribution(p, close[rows, last], cov, horizon)
-                chunks = [distr.sample((DRAW_CHUNK,)) for _ in range(-(-num_samples // DRAW_CHUNK))]
-                draws = torch.cat(chunks)[:num_samples]  # (N, B, tokens, patch)
+                blocks = []
+                for s in seeds:
+                    with seeded(s, self._device):
+                        blocks.append(distr.sample((self.draw_block,)))
+                draws = torch.cat(blocks)[:num_samples]  # (N, B, tokens, patch)
                 paths = draws.reshape(num_samples, rows.size, -1)[..., :horizon]
                 out[rows] = paths.permute(1, 0, 2).float().cpu().numpy()
         return out

@@ -116,10 +116,11 @@ class Moirai2Backend(Backend):
         return out.reshape(b, self.levels.size, horizon).double().cpu().numpy()
 
     def forecast(
-        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds, first: int = 0
     ) -> np.ndarray:
         q = self.quantiles(ctx, horizon)  # deterministic; the draws come from `seed` alone
-        return sample_quantile_function(q, self.levels, num_samples, seed)
+        # each origin's draws are one stream (the first n never depend on N): later draws are a longer call's tail
+        return sample_quantile_function(q, self.levels, first + num_samples, seed)[:, first:]
 
     @classmethod
     def init_checkpoint(cls, preset: str, out: Path) -> Path:

@@ -6,11 +6,13 @@ draw feeding its own sampled patch back. So:
 
 - horizon within one patch: one forward pass per origin, then all draws from that distribution. This is
   exactly the distribution the library's sampler draws from (it repeats the context once per draw and
-  runs the same pass on each copy), at a fraction of the cost. Draws come in fixed chunks, so the first
-  n of N draws are exactly the n-draw forecast.
-- longer horizons: `TotoForecaster.forecast`, `samples_per_batch` paths per pass. That knob changes speed,
-  not the draws' distribution, so the cache ignores it; it must divide the sample count, and the largest
-  divisor not above the knob is used.
+  runs the same pass on each copy), at a fraction of the cost. Draws come in seeded blocks
+  (`Backend.block_seeds`), so draws a..b are the same whichever call made them.
+- longer horizons: `TotoForecaster.forecast`, once per draw block under the block's seed, `samples_per_batch`
+  paths per pass. That knob changes speed, not the draws' distribution, so the cache ignores it; it must
+  divide the block, and the largest divisor not above the knob is used. Past one patch the library repeats
+  the context for every path (each carries its own key/value cache), so the context's cost grows with
+  the draws: what the draw blocks and the cache's draws-as-needed keep small.
 
 With `use_covariates` the five OHLCV columns go in as one multivariate series (Toto attends across
 variates) and the close is read out; otherwise the close alone. The model scales each variate itself
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.backends.base import Backend, Seeds, batch_seed
+from sweeper.backends.base import Backend, Seeds
 from sweeper.backends.pretrained import (
     CONFIG,
     WEIGHTS,
@@ -41,7 +43,6 @@ from sweeper.plan import Contexts
 
 CLOSE = 3  # column of the close in Contexts.values (open, high, low, close, volume)
 DEFAULT_SAMPLES_PER_BATCH = 32
-DRAW_CHUNK = 32  # one-patch draws are made this many at a time, so a prefix of the draws never changes
 
 _COMMON = {
     "dropout": 0.0,
@@ -119,7 +120,7 @@ class TotoBackend(Backend):
         self._forecaster = lib.inference.forecaster.TotoForecaster(model.model)
 
     def forecast(
-        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds
+        self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds, first: int = 0
     ) -> np.ndarray:
         import torch
 
@@ -138,22 +139,27 @@ class TotoBackend(Backend):
             num_exogenous_variables=0,
         )
         target = columns.index(CLOSE)
-        with seeded(batch_seed(seed), self._device), torch.inference_mode():
+        seeds = self.block_seeds(seed, first, num_samples)
+        with torch.inference_mode():
             if horizon <= self._forecaster.model.patch_embed.patch_size:
-                paths = self._next_patch(inputs, target, horizon, num_samples)
+                paths = self._next_patch(inputs, target, horizon, seeds)
             else:
                 wanted = knobs.get("samples_per_batch", DEFAULT_SAMPLES_PER_BATCH)
-                out = self._forecaster.forecast(
-                    inputs,
-                    prediction_length=horizon,
-                    num_samples=num_samples,
-                    samples_per_batch=samples_per_batch(num_samples, wanted),
-                )
-                paths = out.samples[:, target].permute(0, 2, 1)  # (B, H, N) -> (B, N, H)
-        return paths.float().cpu().numpy()
+                blocks = []
+                for s in seeds:
+                    with seeded(s, self._device):
+                        out = self._forecaster.forecast(
+                            inputs,
+                            prediction_length=horizon,
+                            num_samples=self.draw_block,
+                            samples_per_batch=samples_per_batch(self.draw_block, wanted),
+                        )
+                    blocks.append(out.samples[:, target].permute(0, 2, 1))  # (B, H, N) -> (B, N, H)
+                paths = torch.cat(blocks, dim=1)
+        return paths[:, :num_samples].float().cpu().numpy()
 
-    def _next_patch(self, inputs: Any, target: int, horizon: int, num_samples: int) -> Any:
-        """(B, N, H) draws of the first `horizon` bars of the next patch of variate `target`.
+    def _next_patch(self, inputs: Any, target: int, horizon: int, seeds: list[int]) -> Any:
+        """(B, N, H) draws of the first `horizon` bars of the next patch of variate `target`, one block per seed.
 
         The same pass the library's first decoding step makes (padding, causal scaler, backbone, mixture
         head), then every draw from it instead of one draw per repeated context.
@@ -177,8 +183,11 @@ class TotoBackend(Backend):
         distr = self._forecaster.create_affine_transformed(
             model.output_distribution(hidden[:, pick, last]), loc[:, pick, last], scale[:, pick, last]
         )
-        chunks = [distr.sample((DRAW_CHUNK,)) for _ in range(-(-num_samples // DRAW_CHUNK))]
-        draws = self._clean(torch.cat(chunks)[:num_samples, :, 0])  # (N, B, H)
+        blocks = []
+        for s in seeds:
+            with seeded(s, self._device):
+                blocks.append(distr.sample((self.draw_block,)))
+        draws = self._clean(torch.cat(blocks)[:, :, 0])  # (N, B, H)
         return draws.permute(1, 0, 2)
 
     @classmethod

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sweeper.backends.base import block_seed
 from sweeper.errors import SweepError
 from sweeper.marketgpt.model import MarketGPT, PrefixCache
 from sweeper.marketgpt.tokenizer import CandleTokenizer, candle_returns, time_features
@@ -113,33 +114,42 @@ def sample_paths(
     horizon: int,
     num_samples: int,
     settings: SamplingSettings,
-    seed: int,
+    seeds: list[int],
+    block: int,
 ) -> np.ndarray:
-    """(B, num_samples, horizon) close paths by ancestral sampling of candle tokens."""
+    """(B, num_samples, horizon) close paths by ancestral sampling of candle tokens, one draw block per seed.
+
+    Each chunk of origins runs its contexts once; every block then continues from that prefix with its own
+    generator (seeded by the block's seed and the chunk), so a block's draws never depend on how many
+    blocks one call makes."""
     dev = next(model.parameters()).device
-    gen = torch.Generator(device=dev).manual_seed(seed)
     b, length = enc.tokens.shape[:2]
     cfg = model.cfg
     # floats held per path: its own keys/values, attention scores, and (past the first step) its logits
     per_path = 2 * cfg.n_layers * horizon * cfg.d_model + 3 * cfg.n_heads * (length + horizon)
     per_path += 12 * cfg.vocab_size if horizon > 1 else 0
-    chunk = max(1, min(TOKENS_PER_PASS // length, PATH_BYTES // (4 * per_path * num_samples)))
-    close_tokens = np.empty((b, num_samples, horizon), dtype=np.int64)
+    chunk = max(1, min(TOKENS_PER_PASS // length, PATH_BYTES // (4 * per_path * block)))
+    close_tokens = np.empty((b, len(seeds) * block, horizon), dtype=np.int64)
     for lo in range(0, b, chunk):
         hi = min(lo + chunk, b)
-        h, kvs = model(*_tensors(enc, lo, hi, dev))
-        tok = _draw(model.logits(h[:, -1]), settings, gen, num_samples)
-        steps = [tok[:, 3]]
+        h0, kvs = model(*_tensors(enc, lo, hi, dev))
+        logits0 = model.logits(h0[:, -1])
         if horizon > 1:
-            cache = [PrefixCache(k, v, num_samples, horizon - 1) for k, v in kvs]
-            fh = torch.from_numpy(enc.future_hours[lo:hi]).to(dev).repeat_interleave(num_samples, 0)
-            fd = torch.from_numpy(enc.future_dows[lo:hi]).to(dev).repeat_interleave(num_samples, 0)
-        for j in range(horizon - 1):  # feed future bar j, draw bar j + 1
-            h, _ = model(tok[:, None], fh[:, j : j + 1], fd[:, j : j + 1], start=length + j, cache=cache)
-            tok = _draw(model.logits(h[:, -1]), settings, gen)
-            steps.append(tok[:, 3])
-        close_tokens[lo:hi] = torch.stack(steps, dim=1).view(hi - lo, num_samples, horizon).cpu().numpy()
-    log_paths = np.cumsum(tokenizer.centres[3][close_tokens], axis=2)
+            fh = torch.from_numpy(enc.future_hours[lo:hi]).to(dev).repeat_interleave(block, 0)
+            fd = torch.from_numpy(enc.future_dows[lo:hi]).to(dev).repeat_interleave(block, 0)
+        for j, seed in enumerate(seeds):
+            gen = torch.Generator(device=dev).manual_seed(block_seed(seed, lo))
+            tok = _draw(logits0, settings, gen, block)
+            steps = [tok[:, 3]]
+            if horizon > 1:
+                cache = [PrefixCache(k, v, block, horizon - 1) for k, v in kvs]
+            for i in range(horizon - 1):  # feed future bar i, draw bar i + 1
+                h, _ = model(tok[:, None], fh[:, i : i + 1], fd[:, i : i + 1], start=length + i, cache=cache)
+                tok = _draw(model.logits(h[:, -1]), settings, gen)
+                steps.append(tok[:, 3])
+            paths = torch.stack(steps, dim=1).view(hi - lo, block, horizon).cpu().numpy()
+            close_tokens[lo:hi, j * block : (j + 1) * block] = paths
+    log_paths = np.cumsum(tokenizer.centres[3][close_tokens[:, :num_samples]], axis=2)
     return enc.last_close[:, None, None] * np.exp(log_paths)
 
 
@@ -176,9 +186,11 @@ def close_paths(
     horizon: int,
     num_samples: int,
     settings: SamplingSettings,
-    seed: int,
+    seeds: list[int],
+    block: int,
 ) -> np.ndarray:
-    """(B, num_samples, horizon) close paths for a batch of contexts, in the settings' mode."""
+    """(B, num_samples, horizon) close paths for a batch of contexts, in the settings' mode; `seeds`: one per
+    draw block of `block` draws (`Backend.block_seeds`)."""
     cap = model.cfg.context_length
     if settings.mode == "direct":
         enc = encode_contexts(tokenizer, ctx, horizon, cap)
@@ -187,4 +199,4 @@ def close_paths(
     if horizon > cap - 1:
         raise SweepError(f"marketgpt: horizon {horizon} needs a model context above {horizon}, this one has {cap}")
     enc = encode_contexts(tokenizer, ctx, horizon, cap - (horizon - 1))  # every sampled bar stays in context
-    return sample_paths(model, tokenizer, enc, horizon, num_samples, settings, seed)
+    return sample_paths(model, tokenizer, enc, horizon, num_samples, settings, seeds, block)
