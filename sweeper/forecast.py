@@ -184,24 +184,6 @@ class Forecaster:
         blocks = self.tuner.blocks(settings, plan.origins(split))
         return [self.tuner.job(backend, base, checkpoint_id(base), series, int(b[0]), params) for b in blocks]
 
-    def missing(
-        self,
-        series: Series,
-        plan: Plan,
-        split: str,
-        backend: str,
-        params: Mapping[str, Any],
-        num_samples: int,
-        chunks: range,
-    ) -> bool:
-        """Whether any of these chunks still needs the model for its first `num_samples` draws."""
-        bounds = chunk_bounds(plan.origins(split).size)
-        for i in chunks:
-            hit = self.cache.get(self._entry(series, plan, split, backend, params, bounds[i])[1], num_samples)
-            if hit is None or hit.draws < num_samples:
-                return True
-        return False
-
     def draw(
         self,
         series: Series,

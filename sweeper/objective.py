@@ -6,8 +6,10 @@ as trials have asked for); the trial's own sample count and aggregation are appl
 Multi-fidelity: the objective scores the validation origins chunk by chunk (`forecast.chunk_bounds`) and,
 after each chunk but the last, hands the running mean to a `Report` (the search engine's pruner, see
 `search.optuna_report`); when it says stop, the trial ends PRUNED having paid only for the chunks it saw.
-Once the chunks left are all cached, stopping would save nothing, so the trial sees them all unasked.
-A trial that sees every chunk is valued on all validation origins, the same origins for every trial.
+The pruner is asked at every chunk whether the chunk was cached or not: what it decides depends only on
+the study's history, never on what an earlier run left in the cache, so a resumed run prunes as the
+uninterrupted one did (`search.Halving`). A trial that sees every chunk is valued on all validation
+origins, the same origins for every trial.
 """
 
 from __future__ import annotations
@@ -113,11 +115,6 @@ class SymbolTask:
         f = self.forecast(cand, split, chunks=chunks)
         return metrics.score(f.samples, f.point, self.truth(split, chunks), f.latency_s, presorted=True)
 
-    def missing(self, cand: Candidate, split: str, chunks: range) -> bool:
-        """Whether forecasting these chunks of the split would call the model."""
-        n = int(cand.params["num_samples"])
-        return self.forecaster.missing(self.series, self.plan, split, cand.backend, cand.params, n, chunks)
-
     def rungs(
         self,
         cand: Candidate,
@@ -193,9 +190,8 @@ def objective(
     for step, (aggregation, scores) in enumerate(rungs, 1):
         if report is None or step == chunks:
             continue
-        if not task.missing(cand, "val", range(step, chunks)):
-            report = None  # the rest is cached: stopping would save no model time, so see every origin
-        elif report(step, metric.aggregate(scores[objectives[0]])):
+        # asked at every chunk, cached or not: the pruner's history, and so the run, never depends on the cache
+        if report(step, metric.aggregate(scores[objectives[0]])):
             space.record_aggregation(trial, aggregation)
             raise optuna.TrialPruned()  # trials.parquet's prune_step: the chunks it saw
     space.record_aggregation(trial, aggregation)

@@ -5,7 +5,7 @@ kept, a trial that was running when the process died is marked failed and its kn
 
 Multi-fidelity (on unless `--no-prune`, for a single objective without a latency budget): each trial
 reports its running validation mean after every chunk of origins, and Optuna's successive-halving pruner
-stops those behind at a rung (`optuna_report`, the hook any step-by-step evaluation can use). A pruned
+stops those behind at a rung (`Halving`; `optuna_report`, the hook any step-by-step evaluation can use). A pruned
 trial is PRUNED in the study and in trials.parquet, valued at its last running mean, and is never selected.
 """
 
@@ -63,12 +63,37 @@ class StudySettings:
     prune: bool = True  # multi-fidelity: report every chunk of validation origins, stop trials behind
 
 
+class _Counted:
+    """A study as a pruner should see it: without the trials a killed process cut short. Such a trial runs
+    again under a new number, so counting its rungs too would rank later trials against one value more
+    than in the run that was never stopped. Everything but `get_trials` is the study's own."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
+        trials = self._study.get_trials(deepcopy=deepcopy, states=states)
+        return [t for t in trials if not t.user_attrs.get(INTERRUPTED)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+
+class Halving(optuna.pruners.BasePruner):
+    """Optuna's successive halving over chunks of origins (at steps 1, 2, 4, ... a trial goes on only when
+    it is in the better half of the trials that reached that step), ranked among the trials that count
+    (`_Counted`), so a resumed run prunes exactly the trials the uninterrupted one pruned."""
+
+    def __init__(self) -> None:
+        self._inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return self._inner.prune(_Counted(study), trial)  # type: ignore[arg-type]
+
+
 def pruner(prune: bool) -> optuna.pruners.BasePruner:
-    """Successive halving over chunks of origins: at steps 1, 2, 4, ... a trial goes on only when it is in
-    the better half of the trials that reached that step."""
-    if not prune:
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
+    """`Halving` when multi-fidelity is on, else Optuna's no-op pruner."""
+    return Halving() if prune else optuna.pruners.NopPruner()
 
 
 def optuna_report(trial: optuna.Trial) -> Report:

@@ -266,7 +266,8 @@ def execute(prep: Prepared, paths: RunPaths, progress: Progress | None = None) -
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    """UTC time to the microsecond: `sweep runs` orders runs by it, and two runs can start within a second."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
 def run(req: RunRequest, paths: RunPaths, progress: Progress | None = None, resume: bool = False) -> list[SymbolResult]:

@@ -19,13 +19,24 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import polars as pl
 import pytest
 
 from sweeper.atomic import COMMIT, read_committed
+from sweeper.objective import Candidate
 from sweeper.promote import history
-from sweeper.search import INTERRUPTED, INTERRUPTS, Budget, StudySettings, best_params, open_study, run_study
+from sweeper.search import (
+    INTERRUPTED,
+    INTERRUPTS,
+    Budget,
+    StudySettings,
+    best_params,
+    open_study,
+    optuna_report,
+    run_study,
+)
 from sweeper.store import best_dir, best_path
 from sweeper.sweep import RunRequest, prepare
 from tests.helpers import (
@@ -79,15 +90,36 @@ def study_of(db: Path, backend: str = "naive") -> optuna.Study:
     return optuna.load_study(study_name=f"ETHUSD--{backend}", storage=f"sqlite:///{db}")
 
 
-def kept(study: optuna.Study) -> list[tuple[dict, float | None]]:
-    """The trials that count, in order: knobs and value (interrupted ones are re-run under a new number)."""
-    return [(t.params, t.value) for t in study.trials if not t.user_attrs.get(INTERRUPTED)]
+def kept(study: optuna.Study) -> list[tuple[dict, str, float | None, dict[int, float]]]:
+    """The trials that count, in order: knobs, state, value and the running means reported at each chunk
+    (interrupted ones are re-run under a new number)."""
+    return [
+        (t.params, t.state.name, t.value, t.intermediate_values)
+        for t in study.trials
+        if not t.user_attrs.get(INTERRUPTED)
+    ]
+
+
+def finished_trials(study: optuna.Study) -> dict[int, tuple]:
+    """Trials that finished (COMPLETE or PRUNED) by number: knobs, state, value, running means."""
+    return {
+        t.number: (t.params, t.state.name, t.value, t.intermediate_values)
+        for t in study.trials
+        if t.state.name in ("COMPLETE", "PRUNED")
+    }
+
+
+def has_study(db: Path, backend: str) -> bool:
+    return db.exists() and f"ETHUSD--{backend}" in optuna.get_all_study_names(f"sqlite:///{db}")
 
 
 def assert_complete(db: Path, trials: int, backend: str = "naive") -> None:
+    """The whole budget finished (a trial ends COMPLETE, or PRUNED by the multi-fidelity search), nothing left
+    running or queued, at least one trial complete, and the only failures the trials a kill cut short."""
     study = study_of(db, backend)
     states = [t.state.name for t in study.trials]
-    assert states.count("COMPLETE") == trials, states
+    assert states.count("COMPLETE") + states.count("PRUNED") == trials and "COMPLETE" in states, states
+    assert set(states) <= {"COMPLETE", "PRUNED", "FAIL"}, states
     assert all(t.user_attrs.get(INTERRUPTED) for t in study.trials if t.state.name == "FAIL")
 
 
@@ -114,7 +146,8 @@ def test_a_run_killed_at_any_write_resumes_or_starts_again(match: str, nth: int,
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "results" / "x" / "manifest.json").read_text())["status"] == "complete"
-    assert json.loads((tmp_path / "hyperparams" / "x" / "ETHUSD.json").read_text())["backends"]["naive"]["trials"] == 8
+    naive = json.loads((tmp_path / "hyperparams" / "x" / "ETHUSD.json").read_text())["backends"]["naive"]
+    assert naive["trials"] + naive["pruned_trials"] == 8 and naive["trials"] > 0
     assert_complete(tmp_path / "results" / "x" / "study.db", 8)
     assert leftovers(tmp_path) == []  # the killed writer's temporary file was cleaned on start
 
@@ -141,10 +174,16 @@ def test_a_run_killed_at_random_resumes_to_the_uninterrupted_run(
     time.sleep(random.Random(seed).random() * 0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
+    before = {b: finished_trials(study_of(db, b)) for b in ("naive", "drift") if has_study(db, b)}
     done = sweep_cli("run", "--resume", "u", "--out", tmp_path)
     assert done.returncode == 0, done.stderr
     for backend in ("naive", "drift"):
-        assert kept(study_of(db, backend)) == kept(study_of(uninterrupted / "results" / "u" / "study.db", backend))
+        reference = study_of(uninterrupted / "results" / "u" / "study.db", backend)
+        assert "PRUNED" in {t.state.name for t in reference.trials}  # the run prunes, and resumes alike
+        assert kept(study_of(db, backend)) == kept(reference)
+        # no finished trial lost: each one finished before the kill is still there, as it was
+        after = finished_trials(study_of(db, backend))
+        assert {n: after[n] for n in before.get(backend, {})} == before.get(backend, {})
     resumed = json.loads((tmp_path / "hyperparams" / "u" / "ETHUSD.json").read_text())
     reference = json.loads((uninterrupted / "hyperparams" / "u" / "ETHUSD.json").read_text())
     assert resumed["chosen"] == reference["chosen"]
@@ -184,21 +223,30 @@ def references(small_task, tmp_path_factory: pytest.TempPathFactory) -> dict[int
 
 @pytest.mark.parametrize("kill_after", [0, 11])
 @pytest.mark.parametrize("seed", [0, 7])
-@pytest.mark.parametrize("with_knobs", [True, False], ids=["mid-trial", "before-its-knobs"])
+@pytest.mark.parametrize("dies", ["before-its-knobs", "mid-trial", "after-a-rung"])
 def test_resumed_run_equals_the_uninterrupted_one(
-    kill_after: int, seed: int, with_knobs: bool, small_task, references, tmp_path: Path
+    kill_after: int, seed: int, dies: str, small_task, references, tmp_path: Path
 ) -> None:
-    """Same trials, same values, same choice as a run with the same seed that was never stopped."""
+    """Same trials (knobs, states, values, running means), same choice as a run with the same seed that was
+    never stopped, also when the dying trial had already forecast, cached and reported a chunk of origins
+    (its rung must not count when the later trials are ranked, and its cached chunk must change nothing)."""
+    states = [t.state.name for t in references[seed].trials]
+    assert "PRUNED" in states and "COMPLETE" in states  # the reference prunes: the resume must prune alike
     url = f"journal:{tmp_path / 'b.journal'}"
     run_study(
         small_task, "naive", StudySettings(url, ("crps",), Budget(kill_after), seed)
     )  # 0: only the defaults queued
-    dying = open_study(url, "ETHUSD", "naive", ("crps",), seed).ask()  # the process dies in this trial
-    if with_knobs:
-        small_task.spaces["naive"].suggest(dying)
+    dying = open_study(url, "ETHUSD", "naive", ("crps",), seed, prune=True).ask()  # the process dies in it
+    space = small_task.spaces["naive"]
+    if dies != "before-its-knobs":
+        space.suggest(dying)
+    if dies == "after-a-rung":
+        cand = Candidate("naive", space.values(dying.params))
+        _, scores = next(small_task.rungs(cand, space.aggregations, "crps"))
+        optuna_report(dying)(1, float(np.mean(scores["crps"])))
+        assert dying.study._storage.get_trial(dying._trial_id).system_attrs  # the pruner recorded its rung
     resumed = run_study(small_task, "naive", StudySettings(url, ("crps",), Budget(25), seed))
     assert kept(resumed) == kept(references[seed])
-    space = small_task.spaces["naive"]
     assert best_params(resumed, space, "crps") == best_params(references[seed], space, "crps")
 
 
@@ -277,8 +325,11 @@ def test_sigterm_exits_143_and_resume_redoes_the_cut_trial(tmp_path: Path) -> No
     proc, stderr, db = signal_mid_sweep(tmp_path, "t", ["naive"], 60, 10, signal.SIGTERM)
     assert proc.returncode == 128 + signal.SIGTERM, stderr
     assert "sweep run --resume t" in stderr and "Traceback" not in stderr
+    kept_before = finished_trials(study_of(db))
     done = sweep_cli("run", "--resume", "t", "--out", tmp_path)
     assert done.returncode == 0, done.stderr
+    after = finished_trials(study_of(db))
+    assert len(kept_before) >= 10 and {n: after[n] for n in kept_before} == kept_before  # none lost or changed
     assert_complete(db, 60)
 
 
@@ -318,10 +369,13 @@ def test_a_full_disk_stops_the_run_in_one_line_and_resume_loses_nothing(small_di
     assert len(lines) == 1 and "sweep run --resume d" in lines[0], stderr
     assert "No space left" in lines[0] or "disk is full" in lines[0], stderr
     before = count_trials(db)
+    kept_before = finished_trials(study_of(db))
     filler.unlink()
     done = sweep_cli("run", "--resume", "d", "--out", small_disk)
     assert done.returncode == 0, done.stderr
     assert 20 <= before < 400
+    after = finished_trials(study_of(db))
+    assert {n: after[n] for n in kept_before} == kept_before  # no finished trial lost or changed
     assert_complete(db, 400)  # the trial the disk cut short did not use up the budget
 
 

@@ -21,7 +21,7 @@ RUN = ["--lake", SHARED_LAKE, "--trials", 4, "--val-origins", 60, "--test-origin
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 1d run at horizon 3 (SOLUSDT's ensemble mixes naive, drift and seasonal_naive) and a 1h run."""
+    """A 1d run at horizon 3 (SOLUSDT's ensemble mixes several baselines) and a 1h run."""
     from typer.testing import CliRunner
 
     from sweeper.cli import app, expand_list_options
@@ -46,7 +46,7 @@ def test_live_forecast_equals_the_sweeps_recorded_forecast(swept: Path, ensemble
     config = swept / "hyperparams" / "daily" / "SOLUSDT.json"
     predictor = load_config(config, ensemble=ensemble)
     cfg = json.loads(config.read_text())
-    assert len(cfg["ensemble"]["weights"]) == 3  # a real mixture, not one member
+    assert len(cfg["ensemble"]["weights"]) >= 2  # a real mixture, not one member
     recorded = _recorded(swept, "daily", "SOLUSDT", "ensemble" if ensemble else cfg["chosen"]["backend"])
     series = load(SHARED_LAKE, ["SOLUSDT"], "1d")[0]
     bars = bars_frame(series)
