@@ -124,10 +124,9 @@ def claim(study: optuna.Study, url: str, budget: int) -> optuna.Trial | None:
 def drain(study: optuna.Study, task: SymbolTask, backend: str, s: StudySettings) -> None:
     """Claim and run trials of one study until its budget is taken or its timeout has passed."""
     deadline = time.monotonic() + (s.budget.timeout or float("inf"))
-    prune = s.prune and len(s.objectives) == 1
     while time.monotonic() < deadline and (trial := claim(study, s.storage, s.budget.trials)) is not None:
         try:
-            value = objective(trial, task, backend, s.objectives, optuna_report(trial) if prune else None)
+            value = objective(trial, task, backend, s.objectives, optuna_report(trial) if s.prunes else None)
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
             continue
@@ -165,7 +164,7 @@ def work(job: Job, worker: int) -> dict[str, str]:
                 task.forecaster.model(backend)  # load it now, then fit the threads to this process's share
                 set_threads(job.threads)
                 study = open_study(
-                    s.storage, task.series.symbol, backend, s.objectives, s.seed, s.namespace, worker, s.prune
+                    s.storage, task.series.symbol, backend, s.objectives, s.seed, s.namespace, worker, s.prunes
                 )
                 drain(study, task, backend, s)
             except SweepError as exc:  # a backend that cannot load: the parent skips it and says why

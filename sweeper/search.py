@@ -62,6 +62,11 @@ class StudySettings:
     attrs: dict[str, Any] = field(default_factory=dict)  # study user attributes: run, metric, lake
     prune: bool = True  # multi-fidelity: report every chunk of validation origins, stop trials behind
 
+    @property
+    def prunes(self) -> bool:
+        """Whether trials are pruned: asked for, and a single objective (Optuna prunes no other study)."""
+        return self.prune and len(self.objectives) == 1
+
 
 class _Counted:
     """A study as a pruner should see it: without the trials a killed process cut short. Such a trial runs
@@ -246,7 +251,7 @@ def open_study(
         study_name=name,
         storage=storage_for(storage),
         sampler=sampler,
-        pruner=pruner(prune and len(objectives) == 1),
+        pruner=pruner(prune),
         directions=[get(m).direction for m in objectives],
         load_if_exists=True,
     )
@@ -308,7 +313,7 @@ def finished(study: optuna.Study) -> int:
 
 def prepare_study(task: SymbolTask, backend: str, s: StudySettings) -> optuna.Study:
     """Open the study, recover trials of dead processes, and queue the defaults as trial 0 of a new study."""
-    study = open_study(s.storage, task.series.symbol, backend, s.objectives, s.seed, s.namespace, prune=s.prune)
+    study = open_study(s.storage, task.series.symbol, backend, s.objectives, s.seed, s.namespace, prune=s.prunes)
     recover(study)
     protocol = task.plan.protocol
     attrs = {**s.attrs, "symbol": task.series.symbol, "freq": task.series.freq, "horizon": protocol.horizon}
@@ -379,13 +384,12 @@ def run_study(
     remaining = s.budget.trials - finished(study)
     if remaining > 0:
         callbacks = [lambda st, _t: on_trial(st)] if on_trial else None
-        prune = s.prune and len(s.objectives) == 1
 
         def interruptible(trial: optuna.Trial) -> float | tuple:
             INTERRUPTS.in_trial, INTERRUPTS.cut = True, False
             try:
                 INTERRUPTS.check()
-                return objective(trial, task, backend, s.objectives, optuna_report(trial) if prune else None)
+                return objective(trial, task, backend, s.objectives, optuna_report(trial) if s.prunes else None)
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM: like a killed process, a resume redoes this trial
                 INTERRUPTS.pending = None
                 requeue(study, trial)
