@@ -379,7 +379,7 @@ def run(
     if objectives and not metric:
         given["metric"] = given["objectives"][0]
     if resume:
-        extra = [k for k, v in given.items() if v]
+        extra = [k for k, v in given.items() if v is not None and v != []]  # `--seed 0`, `--no-prune` too
         if extra or run_id:
             raise SweepError(
                 f"--resume repeats the recorded settings; only --trials, --timeout and --out may be given "

@@ -235,6 +235,8 @@ BAD_OPTIONS = {
     "--backends with newline": (["--symbols", "ETHUSD", "--backends", "naive\n"], r"unknown backend 'naive\\n'"),
     "duplicate symbols": (["--symbols", "ETHUSD", "ETHUSD"], r"duplicate symbols"),
     "--resume with --freq": (["--resume", "r1", "--freq", "1d"], r"--resume repeats the recorded settings"),
+    "--resume with --no-prune": (["--resume", "r1", "--no-prune"], r"--resume repeats .* \(got prune\)"),
+    "--resume with --seed 0": (["--resume", "r1", "--seed", "0"], r"--resume repeats .* \(got seed\)"),
     "--resume of nothing": (["--resume", "nothing-here"], r"run nothing-here not found"),
     "--checkpoint without =": (["--symbols", "ETHUSD", "--checkpoint", "naive"], r"invalid --checkpoint 'naive'"),
     "--checkpoint of another backend": (
