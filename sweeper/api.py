@@ -11,11 +11,16 @@ from the same `Forecaster` (seeded per origin from the configuration and the las
 candidate keeps the first `num_samples` of the config's `draws` and aggregates them (`from_draws`), an
 ensemble is the weighted mixture of its members (`ensemble.mixture`), and the quantiles are read as the
 scores read them (`metrics.quantiles`). So a forecast made from the bars before a recorded origin equals
-that origin's row of `origins.parquet`.
+that origin's row of `origins.parquet`. A fine-tuned candidate forecasts from the weights of its latest
+recorded cut, which are just another checkpoint to the `Forecaster` (loaded by key, or re-fitted from the
+same bars into a cache folder when the run folder is gone).
 """
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +33,9 @@ from sweeper.data import Series, bars_series, load, resolve_lake
 from sweeper.ensemble import mixture
 from sweeper.errors import SweepError
 from sweeper.evaluate import chosen_candidate, config_candidate, config_forecaster, read_config
+from sweeper.finetune.fit import FinetuneStore
 from sweeper.finetune.settings import FinetuneSettings
+from sweeper.finetune.tuner import recorded_checkpoint
 from sweeper.forecast import Forecaster
 from sweeper.objective import Forecast, from_draws
 from sweeper.plan import contexts
@@ -72,12 +79,28 @@ class Prediction:
         ]
 
 
+def print_note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+def default_cache() -> Path:
+    """Where live forecasts re-fit fine-tuned weights whose run folder is gone: $XDG_CACHE_HOME/sweep/finetuned
+    (else ~/.cache/sweep/finetuned), keyed like a run's, so the next forecast loads them."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweep" / "finetuned"
+
+
 class Predictor:
     """A config ready to forecast: its members (one, or an ensemble's) and their weights, and one
     forecaster with the config's seed and checkpoints (each model is loaded once)."""
 
     def __init__(
-        self, config: dict[str, Any], ensemble: bool = False, backend: str | None = None, device: str = "auto"
+        self,
+        config: dict[str, Any],
+        ensemble: bool = False,
+        backend: str | None = None,
+        device: str = "auto",
+        cache: Path | None = None,
+        say: Callable[[str], None] | None = print_note,
     ) -> None:
         self.config = config
         if ensemble and backend:
@@ -91,13 +114,10 @@ class Predictor:
             cand = config_candidate(config, backend) if backend else chosen_candidate(config)
             self.name = backend or cand.backend
             self.weights, self.members = {self.name: 1.0}, {self.name: cand}
-        tuned = sorted(n for n, c in self.members.items() if FinetuneSettings.from_knobs(c.params).active)
-        if tuned:  # `Forecaster.draw` loads the base checkpoint: its draws would not be this config's model
-            raise SweepError(
-                f"config for {config['symbol']}: {', '.join(tuned)} forecasts with fine-tuned weights, which a live"
-                " forecast cannot load yet; use `sweep eval` to re-score it, or forecast with another --backend"
-            )
         self.forecaster: Forecaster = config_forecaster(config, device)
+        for name, c in self.members.items():  # a fine-tuned member forecasts from its weights: as the base
+            if FinetuneSettings.from_knobs(c.params).active:
+                self.forecaster.checkpoints[c.backend] = str(live_weights(config, name, cache, device, say))
 
     @property
     def context_length(self) -> int:
@@ -139,11 +159,41 @@ class Predictor:
 
 
 def load_config(
-    path: str | Path, ensemble: bool = False, backend: str | None = None, device: str = "auto"
+    path: str | Path,
+    ensemble: bool = False,
+    backend: str | None = None,
+    device: str = "auto",
+    cache: str | Path | None = None,
+    say: Callable[[str], None] | None = print_note,
 ) -> Predictor:
     """The predictor of a config written by `sweep run` or `sweep promote`: its chosen backend, or with
-    `ensemble` its ensemble, or with `backend` that backend's best knobs in the config."""
-    return Predictor(read_config(Path(path)), ensemble, backend, device)
+    `ensemble` its ensemble, or with `backend` that backend's best knobs in the config. A fine-tuned
+    candidate forecasts with its recorded weights, re-fitted into `cache` (default `default_cache()`)
+    when the run folder no longer holds them; `say` is told when that happens."""
+    return Predictor(read_config(Path(path)), ensemble, backend, device, None if cache is None else Path(cache), say)
+
+
+def live_weights(
+    config: dict[str, Any],
+    name: str,
+    cache: Path | None = None,
+    device: str = "auto",
+    say: Callable[[str], None] | None = None,
+) -> Path:
+    """The fine-tuned weights a live forecast of backend `name` uses: those of the config's latest cut (the
+    last test block; with walk-forward `ft_refit_every` the last block's), loaded from the run folder by
+    key, else re-fitted into `cache` from the same bars of the config's lake, seed and knobs."""
+    from sweeper.backends import backend_class
+
+    record = config["backends"].get(name) or {}
+    tuned = record.get("finetune")
+    if not tuned:
+        raise SweepError(f"config for {config['symbol']}: {name} has fine-tuning knobs but no recorded weights")
+    block = (tuned["test"] or tuned["val"])[-1]
+    base = record.get("checkpoint") or str(backend_class(name).default_checkpoint)
+    series = load(resolve_lake(config["data"]["lake"]), list(block["symbols"]), config["freq"])
+    store = FinetuneStore(cache or default_cache())
+    return recorded_checkpoint(block, name, base, series, record["params"], config["seed"], store, device, say)
 
 
 def promoted_config(out: Path, symbol: str, freq: str | None = None, horizon: int | None = None) -> Path:

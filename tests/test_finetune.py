@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -258,3 +259,81 @@ def test_killed_finetuning_sweep_resumes_and_its_promoted_config_reproduces(swee
     assert promoted.exit_code == 0 and best_configs(tmp_path), promoted.stdout
     check = sweep("eval", "--check", "--out", tmp_path)
     assert check.exit_code == 0, check.stdout + check.stderr
+
+
+@pytest.fixture(scope="module")
+def tuned_run(checkpoints: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sweep of one toto trial fine-tuned walk-forward (blocks of 10 origins: two test blocks)."""
+    from typer.testing import CliRunner
+
+    from sweeper.cli import app, expand_list_options
+
+    out = tmp_path_factory.mktemp("live")
+    spaces = out / "spaces"
+    spaces.mkdir()
+    (spaces / "naive.yaml").write_text((SPACES / "naive.yaml").read_text())
+    toto = (SPACES / "toto.yaml").read_text().replace("choices: [0, 20, 40], default: 0", "choices: [6], default: 6")
+    (spaces / "toto.yaml").write_text(toto + "  ft_refit_every: {type: categorical, choices: [10], default: 10}\n")
+    args = ["run", "--symbols", "BTCUSDT", "--lake", SHARED_LAKE, "--freq", "1h", "--backends", "toto",
+            "--checkpoint", f"toto={checkpoints['toto']}", "--spaces", spaces, "--val-origins", 30,
+            "--test-origins", 20, "--trials", 1, "--run-id", "live", "--out", out]  # fmt: skip
+    result = CliRunner().invoke(app, expand_list_options([str(a) for a in args]), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out / "hyperparams" / "live" / "BTCUSDT.json"
+
+
+def test_a_live_forecast_of_a_finetuned_config_uses_the_last_blocks_weights(tuned_run, checkpoints, tmp_path) -> None:
+    from sweeper import load_config
+    from tests.helpers import bars_frame
+
+    cfg = json.loads(tuned_run.read_text())
+    rec = cfg["backends"]["toto"]
+    last = rec["finetune"]["test"][-1]
+    assert len(rec["finetune"]["test"]) == 2 and last["cut"] > rec["finetune"]["test"][0]["cut"]
+    series = shared_series("BTCUSDT", "1h")
+    bars = bars_frame(series).head(len(series) - 3)
+    origin, n = np.array([len(series) - 3]), int(rec["draws"])
+
+    def draws(checkpoint: str) -> np.ndarray:
+        fc = Forecaster(ForecastCache(None), cfg["seed"], "cpu", {"toto": checkpoint})
+        got = fc.draw(series, origin, 1, "toto", rec["params"], n)[0, : int(rec["params"]["num_samples"])]
+        return np.sort(got.astype(np.float64), axis=0)
+
+    said: list[str] = []
+    live = load_config(tuned_run, backend="toto", device="cpu", cache=tmp_path / "c", say=said.append)
+    got = live.forecast(bars, draws=True).draws
+    np.testing.assert_array_equal(got, draws(last["weights"]))
+    assert not np.array_equal(got, draws(checkpoints["toto"])) and said == []  # not the base; nothing re-fitted
+    weights = (Path(last["weights"]) / "model.safetensors").read_bytes()
+
+    shutil.rmtree(tuned_run.parents[2] / "results" / "live" / "finetuned")  # the run folder's weights are gone
+    again = load_config(tuned_run, backend="toto", device="cpu", cache=tmp_path / "c", say=said.append)
+    assert len(said) == 1 and "re-fitting" in said[0]
+    assert (tmp_path / "c" / last["key"] / "model.safetensors").read_bytes() == weights
+    np.testing.assert_array_equal(again.forecast(bars, draws=True).draws, got)
+    load_config(tuned_run, backend="toto", device="cpu", cache=tmp_path / "c", say=said.append)
+    assert len(said) == 1  # the re-fitted weights are kept under their key: the next forecast loads them
+
+
+def test_refitting_into_a_folder_that_cannot_be_made_is_one_line(tuned_run, sweep, tmp_path, monkeypatch) -> None:
+    import tempfile
+
+    from sweeper.store import best_path
+
+    cfg = json.loads(tuned_run.read_text())
+    rec = cfg["backends"]["toto"]
+    cfg["chosen"] = {"backend": "toto", "params": rec["params"], "draws": rec["draws"]}  # as if toto had won
+    promoted = best_path(tmp_path, "BTCUSDT", "1h", 1)
+    promoted.parent.mkdir(parents=True)
+    promoted.write_text(json.dumps(cfg))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    shutil.rmtree(tuned_run.parents[2] / "results" / "live" / "finetuned", ignore_errors=True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # the live re-fit's folder would be inside a file
+    r = sweep("forecast", "--symbols", "BTCUSDT", "--out", tmp_path, "--device", "cpu")
+    assert r.exit_code == 2 and "cannot write fine-tuned weights" in r.stderr, r.output
+    assert len(r.stderr.strip().splitlines()) == 1
+    monkeypatch.setattr(tempfile, "tempdir", str(blocker))  # eval re-fits into a temporary folder
+    r = sweep("eval", "--check", "--out", tmp_path, "--device", "cpu")
+    assert r.exit_code == 2 and "cannot make a temporary folder for fine-tuned weights" in r.stdout, r.output
+    assert "Traceback" not in r.output

@@ -128,12 +128,12 @@ def test_forecast_of_too_few_bars_is_one_line(swept: Path) -> None:
         predictor.forecast(bars_frame(series).head(5))
 
 
-def test_a_fine_tuned_config_is_refused_not_forecast_with_base_weights(swept: Path, tmp_path: Path) -> None:
+def test_a_fine_tuned_config_without_recorded_weights_is_refused(swept: Path, tmp_path: Path) -> None:
     config = json.loads((swept / "hyperparams" / "hourly" / "BTCUSDT.json").read_text())
     config["chosen"]["params"]["ft_steps"] = 20  # as a sweep writes a fine-tuned winner's knobs
     path = tmp_path / "tuned.json"
     path.write_text(json.dumps(config))
-    with pytest.raises(SweepError, match="fine-tuned weights"):
+    with pytest.raises(SweepError, match="naive has fine-tuning knobs but no recorded weights"):
         load_config(path)
 
 

@@ -14,6 +14,7 @@ stored too, and `on_rung(step, path)` may raise (Optuna's TrialPruned) to stop a
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -81,8 +82,21 @@ class FinetuneStore:
     def root(self) -> Path:
         """The folder; without one, a temporary folder made on first use (weights live for this process)."""
         if self._root is None:
-            self._root = Path(tempfile.mkdtemp(prefix="sweep-finetuned-"))
+            try:
+                self._root = Path(tempfile.mkdtemp(prefix="sweep-finetuned-"))
+            except OSError as exc:
+                raise SweepError(f"cannot make a temporary folder for fine-tuned weights: {exc}") from None
         return self._root
+
+    def writable(self) -> Path:
+        """The folder, made if missing; one line (SweepError) when it cannot be, before anything trains."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.root, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "Permission denied")
+        except OSError as exc:
+            raise SweepError(f"cannot write fine-tuned weights into {self.root}: {exc.strerror or exc}") from None
+        return self.root
 
     def path(self, key: str) -> Path:
         return self.root / key
@@ -93,14 +107,13 @@ class FinetuneStore:
 
     @contextlib.contextmanager
     def claim(self, key: str) -> Iterator[None]:
-        with locked(self.root / f"{key}.lock"):
+        with locked(self.writable() / f"{key}.lock"):
             yield
 
     def put(self, key: str, save: Callable[[Path], None], meta: dict[str, Any]) -> Path:
         """Write the weights and then the metadata into a temporary folder and rename it into place."""
         out = self.path(key)
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.writable()))
         try:
             save(tmp)
             write_json(tmp / META, meta)

@@ -9,7 +9,7 @@ plus any `--finetune-on` symbols of the same frequency, each cut at the same tim
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,47 @@ class Tuner:
             out.append({"key": job.key(), "cut": str(job.windows.cut), "symbols": list(job.windows.symbols),
                         "data": job.windows.fingerprint(), "weights": str(folder)})  # fmt: skip
         return out
+
+
+def recorded_checkpoint(
+    block: Mapping[str, Any],
+    backend: str,
+    base: str,
+    series: Sequence[Series],
+    params: Mapping[str, Any],
+    seed: int,
+    store: FinetuneStore,
+    device: str = "auto",
+    say: Callable[[str], None] | None = None,
+) -> Path:
+    """The weights of one recorded block of a config (`backends.<name>.finetune.<split>[i]`): its folder
+    while that still holds them, else re-fitted into `store` from the same bars before the recorded cut,
+    seed and knobs (the key proves it: bars before the cut that changed since are refused)."""
+    from sweeper.backends.pretrained import torch_device
+    from sweeper.forecast import checkpoint_id
+
+    folder = Path(block["weights"])
+    kept = FinetuneStore(folder.parent).get(folder.name)
+    if kept is not None:
+        return kept
+    by_symbol = {s.symbol: s for s in series}
+    s = FinetuneSettings.from_knobs(params)
+    length = s.context + finetuner_class(backend).window_prediction(base, s)
+    cut = np.datetime64(block["cut"])
+    windows = Windows.before([by_symbol[sym] for sym in block["symbols"]], cut, length)
+    job = FinetuneJob(backend, base, checkpoint_id(base), s, windows, dict(params), seed)
+    if job.key() != block["key"]:
+        raise SweepError(
+            f"{backend}: the bars before the fine-tuning cut {cut} changed since the config was recorded "
+            f"(training data {windows.fingerprint()}, recorded {block['data']}): its weights cannot be re-fitted"
+        )
+    found = store.get(job.key())
+    if found is not None:
+        return found
+    store.writable()  # one line before anything is said or trained
+    if say is not None:
+        say(f"{backend}: fine-tuned weights {folder} are gone; re-fitting them into {store.path(job.key())}")
+    return fit(job, store, torch_device(device))
 
 
 def make_checkpoint(
