@@ -224,12 +224,15 @@ def _param(path: Path, name: str, spec: Any) -> Param:
 
 
 def _check_finetune_knobs(path: Path, params: dict[str, Param]) -> None:
-    """ft_ knobs: known names, a backend that can be fine-tuned, every categorical choice valid on its own."""
+    """ft_ knobs: known names, a backend that can be fine-tuned, every categorical choice valid on its own;
+    MarketGPT's retired fine-tuning knobs name their replacement."""
     from sweeper.finetune.base import FINETUNERS
-    from sweeper.finetune.settings import FinetuneSettings, is_finetune_knob
+    from sweeper.finetune.settings import RETIRED, FinetuneSettings, is_finetune_knob
 
     backend = path.stem
     for p in params.values():
+        if p.name in RETIRED:
+            raise _fail(path, f"params.{p.name}", f"is no longer a knob: use {RETIRED[p.name]} (README 'Fine-tuning')")
         if not is_finetune_knob(p.name):
             continue
         if backend not in FINETUNERS:

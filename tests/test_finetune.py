@@ -1,4 +1,4 @@
-"""Fine-tuning as searched knobs: tiny random checkpoints of Toto, Moirai and Kronos on real candles.
+"""Fine-tuning as searched knobs: tiny random checkpoints of Toto, Moirai, Kronos and MarketGPT on real candles.
 
 One store of fine-tuned weights is shared by the whole module, so a job trained by one test is loaded,
 not retrained, by the next (which is itself one of the rules tested).
@@ -35,7 +35,7 @@ from sweeper.store import best_configs
 from tests.helpers import SHARED_LAKE, shared_series
 from tests.test_sweep import SWEEP_BIN, count_trials
 
-BACKENDS = ("toto", "moirai", "kronos")
+BACKENDS = ("toto", "moirai", "kronos", "marketgpt")
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces" / "cpu-tiny"
 PROTOCOL = Protocol(horizon=1, max_context=128, val_origins=30, test_origins=10)
 BASE = {"num_samples": 16, "aggregation": "median", "context_length": 64}
@@ -47,9 +47,9 @@ TUNE = {
     "ft_context": 64,
     "ft_batch_size": 8,
 }
-MODEL_KNOBS = {"moirai": {"patch_size": 16}, "toto": {}, "kronos": {}}
+MODEL_KNOBS = {"moirai": {"patch_size": 16}, "toto": {}, "kronos": {}, "marketgpt": {"mode": "sample"}}
 # Moirai's random mixture starts near the naive spread; it needs more (smaller) steps to improve on it
-PER_BACKEND = {"moirai": {"ft_steps": 96, "ft_lr": 1e-3, "ft_prediction": 1}, "toto": {}, "kronos": {}}
+PER_BACKEND = {"moirai": {"ft_steps": 96, "ft_lr": 1e-3, "ft_prediction": 1}, "toto": {}, "kronos": {}, "marketgpt": {}}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -71,9 +71,23 @@ def series() -> Series:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory, series: Series) -> dict[str, str]:
     root = tmp_path_factory.mktemp("ck")
-    paths = {b: str(backend_class(b).init_checkpoint("tiny", root / b)) for b in BACKENDS}
+    paths = {b: str(backend_class(b).init_checkpoint("tiny", root / b)) for b in BACKENDS if b != "marketgpt"}
     fit_kronos_tokenizer(paths["kronos"], series, int(make_plan(series, PROTOCOL).val[0]))
+    paths["marketgpt"] = random_marketgpt(series, root)
     return paths
+
+
+def random_marketgpt(series: Series, root: Path) -> str:
+    """A tiny MarketGPT with random weights and real bins (64, fitted on the bars before the first
+    validation origin of PROTOCOL's plan, as `sweep train` fits them)."""
+    from sweeper.marketgpt.train import train
+    from tests.marketgpt_support import write_lake
+
+    lake = write_lake(root / "mg_lake", [series])
+    out = root / "marketgpt"
+    train([series.symbol], series.freq, lake, "tiny", out, max_steps=0, protocol=PROTOCOL, vocab_size=64,
+          progress=False)  # fmt: skip
+    return str(out)
 
 
 def fit_kronos_tokenizer(checkpoint: str, series: Series, before: int, steps: int = 200) -> None:
@@ -145,7 +159,8 @@ def test_a_second_trial_with_the_same_finetuning_knobs_trains_nothing(backend, s
     assert again.forecaster.tuner.trained == 1
 
 
-def test_no_training_window_reaches_the_origin_it_is_scored_on(series, checkpoints, tmp_path) -> None:
+@pytest.mark.parametrize("backend", ["toto", "marketgpt"])
+def test_no_training_window_reaches_the_origin_it_is_scored_on(backend, series, checkpoints, tmp_path) -> None:
     plan = make_plan(series, PROTOCOL)
     first = int(plan.val[0])
     windows = Windows.before([series], series.ts[first], 80)
@@ -155,7 +170,7 @@ def test_no_training_window_reaches_the_origin_it_is_scored_on(series, checkpoin
 
     def weights(s: Series, store: Path) -> tuple[str, bytes]:
         tuner = Tuner(FinetuneStore(store), seed=0, device="cpu")
-        job = tuner.job("toto", checkpoints["toto"], "tiny", s, first, {**BASE, **TUNE, "ft_steps": 6})
+        job = tuner.job(backend, checkpoints[backend], "tiny", s, first, {**BASE, **TUNE, "ft_steps": 6})
         return job.key(), (tuner.checkpoint(job) / "model.safetensors").read_bytes()
 
     def with_bars(rows: slice) -> Series:
@@ -196,6 +211,25 @@ def test_a_finetuning_trial_reports_validation_at_each_rung_and_can_be_pruned(se
     kept.optimize(lambda t: objective(t, task, "kronos", ("crps",), optuna_report(t)), n_trials=1)
     assert list(kept.trials[0].intermediate_values) == FinetuneSettings.from_knobs(fixed).rungs() == [5, 10, 20]
     assert kept.trials[0].state.name == "COMPLETE"
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("finetune_epochs", "ft_steps"), ("finetune_lr", "ft_lr"), ("freeze_blocks", "ft_freeze"),
+     ("finetune_every", "ft_refit_every")],
+)  # fmt: skip
+def test_a_space_naming_a_retired_marketgpt_knob_names_its_replacement(old, new, sweep, checkpoints, tmp_path) -> None:
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    (spaces / "naive.yaml").write_text((SPACES / "naive.yaml").read_text())
+    text = (SPACES / "marketgpt.yaml").read_text()
+    (spaces / "marketgpt.yaml").write_text(text + f"  {old}: {{type: categorical, choices: [1], default: 1}}\n")
+    ck = f"marketgpt={checkpoints['marketgpt']}"
+    result = sweep("run", "--symbols", "BTCUSDT", "--lake", SHARED_LAKE, "--freq", "1h", "--backends", "marketgpt",
+                   "--checkpoint", ck, "--spaces", spaces, "--out", tmp_path)  # fmt: skip
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert old in result.stderr and f"use {new}" in result.stderr
+    assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The marketgpt backend: sample shapes, seeding, no look-ahead (walk-forward fine-tuning included), guards."""
+"""The marketgpt backend: sample shapes, seeding, no look-ahead, guards (fine-tuning: tests/test_finetune.py)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,7 @@ from sweeper.cache import ForecastCache
 from sweeper.data import Series, load
 from sweeper.errors import SweepError
 from sweeper.forecast import Forecaster, chunk_bounds
-from sweeper.marketgpt import finetune as finetune_module
 from sweeper.marketgpt.checkpoint import from_pretrained
-from sweeper.marketgpt.finetune import context_windows
-from sweeper.marketgpt.model import Batch
-from sweeper.marketgpt.tokenizer import CandleTokenizer
 from sweeper.marketgpt.train import TrainSummary
 from sweeper.plan import Contexts, Protocol, contexts, make_plan
 from sweeper.space import load_space
@@ -28,7 +24,6 @@ pytestmark = pytest.mark.xdist_group("marketgpt")
 
 SAMPLE = {"context_length": 64, "mode": "sample", "temperature": 1.0, "top_k": 0, "top_p": 0.9}
 DIRECT = {"context_length": 64, "mode": "direct"}
-TUNED = {**SAMPLE, "finetune_epochs": 1, "finetune_lr": 1e-3, "freeze_blocks": 1, "finetune_every": 168}
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +55,8 @@ def origins(series: Series) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "knobs,horizon,n",
-    [(SAMPLE, 1, 7), (SAMPLE, 5, 4), (DIRECT, 20, 3), (TUNED, 3, 5)],
-    ids=["sample-h1", "sample-h5", "direct-beyond-head", "finetuned"],
+    [(SAMPLE, 1, 7), (SAMPLE, 5, 4), (DIRECT, 20, 3)],
+    ids=["sample-h1", "sample-h5", "direct-beyond-head"],
 )
 def test_shapes_and_seeding(model, series, origins, knobs, horizon: int, n: int) -> None:
     ctx = contexts(series, origins, 64)
@@ -81,59 +76,9 @@ def test_top_k_one_is_greedy(model, series, origins) -> None:
     assert np.all(out == out[:, :1])
 
 
-@pytest.mark.parametrize("knobs,horizon", [(SAMPLE, 3), (DIRECT, 2), (TUNED, 2)], ids=["sample", "direct", "tuned"])
+@pytest.mark.parametrize("knobs,horizon", [(SAMPLE, 3), (DIRECT, 2)], ids=["sample", "direct"])
 def test_no_leak(model, series, origins, knobs, horizon: int) -> None:
     assert_no_leak(model, series, knobs, origins, horizon)
-
-
-def test_walk_forward_blocks_never_see_their_future(model, series) -> None:
-    """One batch, three fine-tuning blocks: poisoning the bars from any origin on leaves that origin's
-    forecast (and every earlier one) unchanged, while fine-tuning does change the forecasts."""
-    idx = make_plan(series, Protocol()).val[300:306]
-    knobs = {**DIRECT, "finetune_epochs": 2, "finetune_lr": 1e-3, "finetune_every": 2}
-    base = model.forecast(contexts(series, idx, 64), 2, 1, knobs, seed=0)
-    assert not np.allclose(base, model.forecast(contexts(series, idx, 64), 2, 1, DIRECT, seed=0))
-    for i in (1, 2, 4):
-        ohlcv = series.ohlcv.copy()
-        ohlcv[idx[i] :, :4] *= 10.0
-        poisoned = Series(series.symbol, series.freq, series.asset_class, series.ts, ohlcv, series.source)
-        out = model.forecast(contexts(poisoned, idx, 64), 2, 1, knobs, seed=0)
-        np.testing.assert_array_equal(out[: i + 1], base[: i + 1], err_msg=f"origin {i} saw its future")
-        assert not np.array_equal(out[i + 1 :], base[i + 1 :])
-
-
-def test_fine_tuning_data_cut(model, series, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each block trains on bars before its first origin, and only on those it has not trained on yet."""
-    seen: list[tuple[np.ndarray, np.datetime64 | None]] = []
-    real = finetune_module.context_windows
-
-    def spy(
-        tokenizer: CandleTokenizer, values: np.ndarray, ts: np.ndarray, length: int, after: np.datetime64 | None = None
-    ) -> Batch | None:
-        seen.append((ts.copy(), after))
-        return real(tokenizer, values, ts, length, after)
-
-    monkeypatch.setattr(finetune_module, "context_windows", spy)
-    idx = make_plan(series, Protocol()).val[100:130]
-    model.forecast(contexts(series, idx, 64), 2, 2, {**TUNED, "finetune_every": 10}, seed=0)
-    firsts = idx[::10]
-    assert len(seen) == firsts.size
-    for k, (o, (ts, after)) in enumerate(zip(firsts, seen, strict=True)):
-        assert ts.max() < series.ts[o] and ts[-1] == series.ts[o - 1]  # strictly before the block
-        assert after == (None if k == 0 else series.ts[firsts[k - 1] - 1])  # only newly past bars are targets
-
-
-def test_context_windows_mask_learned_bars(model, series) -> None:
-    tok = model.pretrained.tokenizer
-    values, ts = series.ohlcv[:41], series.ts[:41]  # 40 returns
-    batch = context_windows(tok, values, ts, 16, after=ts[30])
-    assert batch is not None and batch.tokens.shape[1] == 16
-    targets = batch.mask[:, 1:].sum().item()
-    assert targets >= 10  # bars 31..40 are new (some are targets in two overlapping windows)
-    assert not batch.mask[:, : 16 - 10].any()  # every window ends at or before bar 40: early slots are old bars
-    assert context_windows(tok, values, ts, 16, after=ts[-1]) is None
-    full = context_windows(tok, values, ts, 16)
-    assert full is not None and full.mask.all()
 
 
 def test_guards(model, mg_trained, series, origins) -> None:
@@ -147,7 +92,7 @@ def test_guards(model, mg_trained, series, origins) -> None:
     early = contexts(series, np.array([1000]), 64)  # inside the training data
     with pytest.raises(SweepError, match="may have been training data"):
         model.forecast(early, 1, 2, SAMPLE, 0)
-    for bad in ({"mode": "beam"}, {"temperature": 0.0}, {"top_p": 0.0}, {"finetune_epochs": -1}):
+    for bad in ({"mode": "beam"}, {"temperature": 0.0}, {"top_p": 0.0}):
         with pytest.raises(SweepError, match="marketgpt"):
             model.forecast(ctx, 1, 2, {**SAMPLE, **bad}, 0)
 

@@ -1,11 +1,8 @@
 """MarketGPT as a sweep backend: the project's own candle model, tuned like the foundation models.
 
 Knobs (search_spaces/marketgpt.yaml): `mode` sample (token paths; `temperature`, `top_k`, `top_p`) or
-direct (the multi-step head's point path, repeated for every sample); walk-forward fine-tuning with
-`finetune_epochs` (0 = off), `finetune_lr`, `freeze_blocks`, `finetune_every`: within one forecast call
-the origins are cut into blocks of `finetune_every`, and before each block an in-memory copy of the
-model is fine-tuned on the context bars before the block's first origin (sweeper.marketgpt.finetune),
-so no forecast ever trains on its own target or later bars.
+direct (the multi-step head's point path, repeated for every sample). Fine-tuning is the shared `ft_`
+knobs (sweeper.finetune.marketgpt): the weights it writes are just another checkpoint to this backend.
 
 Two guards: the checkpoint's bar frequency must match the contexts', and no context may end before the
 last bar the weights were trained on (that origin's target would have been in the training data).
@@ -28,7 +25,7 @@ INIT_FREQ = "1h"  # a random-init checkpoint fits its bins on the lake's bars at
 
 class MarketGPTBackend(Backend):
     name = "marketgpt"
-    batch_size = 1_000_000  # one call per split, so walk-forward fine-tuning runs across all its origins
+    batch_size = 1_000_000  # one call per split
     draw_block = 16  # sampled paths cost a token per step each: extend in small blocks
 
     def __init__(self, checkpoint: str | None = None, device: str = "cpu") -> None:
@@ -44,7 +41,6 @@ class MarketGPTBackend(Backend):
         self.pretrained = from_pretrained(Path(self.checkpoint), device)
         meta = self.pretrained.meta
         self.trained_until = None if meta.trained_until is None else np.datetime64(meta.trained_until, "us")
-        self.alpha = float(meta.settings.get("alpha", 0.7))
 
     def _check(self, ctx: Contexts) -> None:
         meta = self.pretrained.meta
@@ -63,23 +59,13 @@ class MarketGPTBackend(Backend):
     def forecast(
         self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds, first: int = 0
     ) -> np.ndarray:
-        from sweeper.marketgpt.finetune import FinetuneSettings, walk_forward
         from sweeper.marketgpt.sampling import SamplingSettings, close_paths
 
         self._check(ctx)
         sampling = SamplingSettings.from_knobs(knobs)
-        tuning = FinetuneSettings.from_knobs(knobs)
         model, tokenizer = self.pretrained.model, self.pretrained.tokenizer
-        base = batch_seed(seed)
-        if tuning.epochs == 0:
-            seeds = self.block_seeds(base, first, num_samples)
-            return close_paths(model, tokenizer, ctx, horizon, num_samples, sampling, seeds, self.draw_block)
-        out = np.empty((ctx.values.shape[0], num_samples, horizon))
-        for block, tuned in walk_forward(model, tokenizer, ctx, tuning, self.alpha, base):
-            part = Contexts(ctx.values[block], ctx.ts[block], ctx.freq)
-            seeds = self.block_seeds(base + block.start, first, num_samples)
-            out[block] = close_paths(tuned, tokenizer, part, horizon, num_samples, sampling, seeds, self.draw_block)
-        return out
+        seeds = self.block_seeds(batch_seed(seed), first, num_samples)
+        return close_paths(model, tokenizer, ctx, horizon, num_samples, sampling, seeds, self.draw_block)
 
     @classmethod
     def init_checkpoint(cls, preset: str, out: Path) -> Path:

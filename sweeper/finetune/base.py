@@ -34,6 +34,7 @@ FINETUNERS: dict[str, str] = {
     "toto": "sweeper.finetune.toto:TotoFinetuner",
     "moirai": "sweeper.finetune.moirai:MoiraiFinetuner",
     "kronos": "sweeper.finetune.kronos:KronosFinetuner",
+    "marketgpt": "sweeper.finetune.marketgpt:MarketGPTFinetuner",
 }
 
 

@@ -19,6 +19,13 @@ PREFIX = "ft_"
 SCHEDULES = ("constant", "cosine", "linear")
 MIN_LR_SHARE = 0.1  # cosine and linear decay end at this share of the peak rate
 RUNGS = (0.25, 0.5, 1.0)  # shares of ft_steps at which a trial reports its validation score
+# MarketGPT's knobs before it fine-tuned through this path: a space naming one is told its replacement
+RETIRED = {
+    "finetune_epochs": "ft_steps (optimiser steps)",
+    "finetune_lr": "ft_lr",
+    "freeze_blocks": "ft_freeze (first_K)",
+    "finetune_every": "ft_refit_every (origins per walk-forward block)",
+}
 
 
 @dataclass(frozen=True)
