@@ -129,3 +129,33 @@ def signal_mid_sweep(tmp_path: Path, run_id: str, backends: list[str], trials: i
     os.killpg(proc.pid, sig)
     _, stderr = proc.communicate(timeout=60)
     return proc, stderr, db
+
+
+def assert_draws_per_origin(
+    model: Backend,
+    series: Series,
+    knobs: Mapping[str, Any],
+    origins: np.ndarray,
+    horizon: int,
+    num_samples: int,
+    stranger: int,
+    rtol: float = 0.0,
+) -> None:
+    """An origin's draws depend on its own seed and context alone: the same in a batch of many as in a batch
+    of one, and whatever its neighbours (the batch reversed, one origin replaced by `stranger`, a row).
+
+    Seeds as the forecaster gives them (one per origin); `rtol` allows float32 rounding of batched matmuls.
+    """
+    ctx_len = int(knobs["context_length"])
+    seeds = np.arange(origins.size) * 7919 + 13
+    batch = model.forecast(contexts(series, origins, ctx_len), horizon, num_samples, knobs, seeds)
+    for i, o in enumerate(origins):
+        alone = model.forecast(contexts(series, np.array([o]), ctx_len), horizon, num_samples, knobs, seeds[i : i + 1])
+        np.testing.assert_allclose(batch[i], alone[0], rtol=rtol, err_msg=f"origin {i} of the batch differs alone")
+    order = np.arange(origins.size)[::-1]
+    others = origins[order].copy()
+    others[0] = stranger
+    moved = model.forecast(contexts(series, others, ctx_len), horizon, num_samples, knobs, seeds[order])
+    for k, i in enumerate(order[1:], start=1):
+        np.testing.assert_allclose(moved[k], batch[i], rtol=rtol, err_msg=f"origin {i} moved with its neighbours")
+    assert not np.allclose(moved[0], batch[order[0]]), "the stranger drew its neighbour's paths"

@@ -13,7 +13,7 @@ from sweeper.backends.moirai import MoiraiBackend
 from sweeper.errors import SweepError
 from sweeper.plan import contexts
 from sweeper.space import load_space
-from tests.helpers import SHARED_LAKE, assert_no_leak, shared_series
+from tests.helpers import SHARED_LAKE, assert_draws_per_origin, assert_no_leak, shared_series
 from tests.pretrained_support import assert_imports_stay_light
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("moirai")]
@@ -96,6 +96,13 @@ def test_draws_follow_the_library_forecast(tiny: MoiraiBackend, series, patch) -
     ours = tiny.forecast(ctx, H, n, {**KNOBS, "patch_size": patch}, seed=1)
     pvalues = [ks_2samp(ours[o, :, h], library[o, :, h].numpy()).pvalue for o in range(2) for h in range(H)]
     assert min(pvalues) > 1e-3, pvalues
+
+
+@pytest.mark.parametrize("patch", [16, "auto"])
+def test_an_origins_draws_are_the_same_alone_as_in_any_batch(tiny: MoiraiBackend, series, patch) -> None:
+    origins = np.arange(len(series) - 45, len(series) - 40)
+    knobs = {**KNOBS, "patch_size": patch, "use_covariates": True}
+    assert_draws_per_origin(tiny, series, knobs, origins, H, 40, len(series) - 200, rtol=1e-5)
 
 
 def test_patch_size_and_covariates(tiny: MoiraiBackend, series) -> None:

@@ -13,7 +13,7 @@ from sweeper.backends.toto import PRESETS, TotoBackend, samples_per_batch
 from sweeper.errors import SweepError
 from sweeper.plan import contexts
 from sweeper.space import load_space
-from tests.helpers import SHARED_LAKE, assert_no_leak, shared_series
+from tests.helpers import SHARED_LAKE, assert_draws_per_origin, assert_no_leak, shared_series
 from tests.pretrained_support import assert_imports_stay_light
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("toto")]
@@ -95,6 +95,12 @@ def test_first_n_of_n_draws_are_the_n_draw_forecast(tiny: TotoBackend, series) -
     np.testing.assert_array_equal(tiny.forecast(ctx, H, 8, KNOBS, seed=1), many[:, :8])
     longer = tiny.forecast(ctx, PATCH + 1, 16, KNOBS, seed=1)  # two patches: the library's sampler
     np.testing.assert_array_equal(tiny.forecast(ctx, PATCH + 1, 8, KNOBS, seed=1), longer[:, :8])
+
+
+@pytest.mark.parametrize("horizon", [H, PATCH + 1], ids=["one-patch", "decoded"])
+def test_an_origins_draws_are_the_same_alone_as_in_any_batch(tiny: TotoBackend, series, horizon: int) -> None:
+    origins = np.arange(len(series) - 45, len(series) - 40)
+    assert_draws_per_origin(tiny, series, KNOBS, origins, horizon, 16, len(series) - 200, rtol=1e-5)
 
 
 def test_samples_per_batch_always_divides_the_sample_count(tiny: TotoBackend, series) -> None:

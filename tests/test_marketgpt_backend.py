@@ -22,7 +22,7 @@ from sweeper.marketgpt.train import TrainSummary
 from sweeper.plan import Contexts, Protocol, contexts, make_plan
 from sweeper.space import load_space
 from tests import marketgpt_support as support
-from tests.helpers import assert_no_leak
+from tests.helpers import assert_draws_per_origin, assert_no_leak
 
 pytestmark = pytest.mark.xdist_group("marketgpt")
 
@@ -74,6 +74,13 @@ def test_shapes_and_seeding(model, series, origins, knobs, horizon: int, n: int)
     else:
         assert not np.array_equal(model.forecast(ctx, horizon, n, knobs, seed=4), out)
         assert np.unique(out[:, :, -1]).size > origins.size  # draws differ within an origin
+
+
+@pytest.mark.parametrize("horizon", [1, 5])
+def test_an_origins_draws_are_the_same_alone_as_in_any_batch(model, series, origins, horizon: int) -> None:
+    plan = make_plan(series, Protocol())
+    few = plan.val[[0, 40, 80, 120]]
+    assert_draws_per_origin(model, series, SAMPLE, few, horizon, 2 * model.draw_block, int(plan.val[200]), rtol=1e-6)
 
 
 def test_top_k_one_is_greedy(model, series, origins) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.backends.base import Backend, Seeds, batch_seed
+from sweeper.backends.base import Backend, Seeds, origin_seed_list
 from sweeper.errors import SweepError
 from sweeper.plan import Contexts
 
@@ -70,15 +70,18 @@ class MarketGPTBackend(Backend):
         sampling = SamplingSettings.from_knobs(knobs)
         tuning = FinetuneSettings.from_knobs(knobs)
         model, tokenizer = self.pretrained.model, self.pretrained.tokenizer
-        base = batch_seed(seed)
+        b = ctx.values.shape[0]
+        seeds = self.block_seeds(seed, b, first, num_samples)
         if tuning.epochs == 0:
-            seeds = self.block_seeds(base, first, num_samples)
             return close_paths(model, tokenizer, ctx, horizon, num_samples, sampling, seeds, self.draw_block)
-        out = np.empty((ctx.values.shape[0], num_samples, horizon))
-        for block, tuned in walk_forward(model, tokenizer, ctx, tuning, self.alpha, base):
+        out = np.empty((b, num_samples, horizon))
+        # the weights of a block depend on the block (trained on the bars before its first origin), so the
+        # training is seeded from the batch's first origin; the draws stay per origin
+        for block, tuned in walk_forward(model, tokenizer, ctx, tuning, self.alpha, origin_seed_list(seed, b)[0]):
             part = Contexts(ctx.values[block], ctx.ts[block], ctx.freq)
-            seeds = self.block_seeds(base + block.start, first, num_samples)
-            out[block] = close_paths(tuned, tokenizer, part, horizon, num_samples, sampling, seeds, self.draw_block)
+            out[block] = close_paths(
+                tuned, tokenizer, part, horizon, num_samples, sampling, seeds[block], self.draw_block
+            )
         return out
 
     @classmethod
