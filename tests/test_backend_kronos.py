@@ -26,7 +26,13 @@ from sweeper.backends.kronos import (
 from sweeper.errors import SweepError
 from sweeper.plan import contexts
 from sweeper.space import SPACES_DIR, load_space
-from tests.helpers import SHARED_LAKE, assert_draws_per_origin, assert_no_leak, shared_series
+from tests.helpers import (
+    SHARED_LAKE,
+    assert_draws_per_origin,
+    assert_live_forecast_is_recorded,
+    assert_no_leak,
+    shared_series,
+)
 from tests.pretrained_support import fake_hub_cache, use_hub_cache
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kronos")]
@@ -191,3 +197,5 @@ def test_sweep_run_end_to_end(tiny_dir: Path, tmp_path: Path) -> None:
         assert kronos["checkpoint"] == str(tiny_dir)
         assert set(KNOB_DEFAULTS) <= set(kronos["params"])
         assert kronos["validation"] and kronos["test"]
+    # a live forecast from the bars before a recorded origin is the sweep's forecast there
+    assert_live_forecast_is_recorded(run_dir / "ETHUSDT.json", "kronos")

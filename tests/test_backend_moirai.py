@@ -13,7 +13,13 @@ from sweeper.backends.moirai import MoiraiBackend
 from sweeper.errors import SweepError
 from sweeper.plan import contexts
 from sweeper.space import load_space
-from tests.helpers import SHARED_LAKE, assert_draws_per_origin, assert_no_leak, shared_series
+from tests.helpers import (
+    SHARED_LAKE,
+    assert_draws_per_origin,
+    assert_live_forecast_is_recorded,
+    assert_no_leak,
+    shared_series,
+)
 from tests.pretrained_support import assert_imports_stay_light
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("moirai")]
@@ -147,3 +153,5 @@ def test_sweep_run_end_to_end(sweep, tiny_dir: Path, tmp_path: Path) -> None:
         )
         assert set(moirai["params"]) == knobs
         assert np.isfinite(moirai["validation"]["crps"]) and np.isfinite(moirai["test"]["crps"])
+    # a live forecast from the bars before a recorded origin is the sweep's forecast there
+    assert_live_forecast_is_recorded(tmp_path / "hyperparams" / "e2e" / "BTCUSDT.json", "moirai")

@@ -13,7 +13,13 @@ from sweeper.backends.toto import PRESETS, TotoBackend, samples_per_batch
 from sweeper.errors import SweepError
 from sweeper.plan import contexts
 from sweeper.space import load_space
-from tests.helpers import SHARED_LAKE, assert_draws_per_origin, assert_no_leak, shared_series
+from tests.helpers import (
+    SHARED_LAKE,
+    assert_draws_per_origin,
+    assert_live_forecast_is_recorded,
+    assert_no_leak,
+    shared_series,
+)
 from tests.pretrained_support import assert_imports_stay_light
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("toto")]
@@ -150,3 +156,9 @@ def test_sweep_run_end_to_end(sweep, tiny_dir: Path, tmp_path: Path) -> None:
         )
         assert set(toto["params"]) == knobs
         assert np.isfinite(toto["validation"]["crps"]) and np.isfinite(toto["test"]["crps"])
+    # a live forecast from the bars before a recorded origin is the sweep's forecast there: toto's, and the
+    # ensemble's, a mixture with toto in it
+    config = tmp_path / "hyperparams" / "e2e" / "BTCUSDT.json"
+    assert "toto" in json.loads(config.read_text())["ensemble"]["weights"]
+    assert_live_forecast_is_recorded(config, "toto")
+    assert_live_forecast_is_recorded(config, "toto", ensemble=True)
