@@ -5,8 +5,9 @@ independent samples of it. `MoiraiForecast.forward` builds the distribution of e
 included, each padded to the largest patch), samples all of it and keeps the forecast tokens: on a CPU
 that is almost all of its cost (36 s for 32 origins x 256 draws at patch 8). Here the same inputs go
 through the same module, and the distribution head runs on the forecast tokens only: the same
-distribution, hundreds of times cheaper to sample. Draws come in seeded blocks (`Backend.block_seeds`),
-so draws a..b are the same whichever call made them.
+distribution, hundreds of times cheaper to sample. The pass is batched over the origins; each origin's
+draws come from its own slice of the distribution, in seeded blocks per origin (`Backend.block_seeds`), so
+draws a..b are the same whichever call, and whichever batch, made them.
 The module standardises each variate itself, so raw prices go in and prices come out.
 
 Knobs: `patch_size`, one of the checkpoint's patch sizes or "auto". Auto does what the library's auto

@@ -6,12 +6,14 @@ draw feeding its own sampled patch back. So:
 
 - horizon within one patch: one forward pass per origin, then all draws from that distribution. This is
   exactly the distribution the library's sampler draws from (it repeats the context once per draw and
-  runs the same pass on each copy), at a fraction of the cost. Draws come in seeded blocks
-  (`Backend.block_seeds`), so draws a..b are the same whichever call made them.
-- longer horizons: `TotoForecaster.forecast`, once per draw block under the block's seed, `samples_per_batch`
-  paths per pass. That knob changes speed, not the draws' distribution, so the cache ignores it; it must
-  divide the block, and the largest divisor not above the knob is used. Past one patch the library repeats
-  the context for every path (each carries its own key/value cache), so the context's cost grows with
+  runs the same pass on each copy), at a fraction of the cost. The pass is batched over the origins; each
+  origin's draws come from its own slice of the head's output, in seeded blocks per origin
+  (`Backend.block_seeds`), so draws a..b are the same whichever call, and whichever batch, made them.
+- longer horizons: `TotoForecaster.forecast`, once per origin and draw block under that block's seed (a
+  batch of one: the library samples a whole batch from the global RNG), `samples_per_batch` paths per pass.
+  That knob changes speed, not the draws' distribution, so the cache ignores it; it must divide the block,
+  and the largest divisor not above the knob is used. Past one patch the library repeats the context for
+  every path (each carries its own key/value cache), so the context's cost grows with
   the draws: what the draw blocks and the cache's draws-as-needed keep small.
 
 With `use_covariates` the five OHLCV columns go in as one multivariate series (Toto attends across
