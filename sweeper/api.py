@@ -7,7 +7,9 @@
     f.point, f.quantiles[0.9], f.frame()
 
 A forecast here is the sweep's forecast of the same bars, not a re-implementation of it: the draws come
-from the same `Forecaster` (seeded per origin from the configuration and the last bar's time), a
+from the same `Forecaster` (seeded per origin from the configuration and the last bar's time; every
+backend's draws of an origin depend on its own seed and context alone, so a batch of one draws what the
+sweep's batches drew), a
 candidate keeps the first `num_samples` of the config's `draws` and aggregates them (`from_draws`), an
 ensemble is the weighted mixture of its members (`ensemble.mixture`), and the quantiles are read as the
 scores read them (`metrics.quantiles`). So a forecast made from the bars before a recorded origin equals

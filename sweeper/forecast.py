@@ -221,7 +221,7 @@ class Forecaster:
     ) -> tuple[dict[str, Any], str]:
         """A chunk's cache fields and key (`checkpoint`: fine-tuned weights instead of the base)."""
         fields = {
-            "seeding": "per-origin-blocks",  # draws of older runs were seeded otherwise: never mix them
+            "seeding": "per-origin-draws",  # draws of older runs were seeded otherwise: never mix them
             **self._config_fields(self.model(backend, checkpoint), params),
             "data": series.fingerprint,
             "plan": plan.fingerprint(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -129,3 +130,54 @@ def signal_mid_sweep(tmp_path: Path, run_id: str, backends: list[str], trials: i
     os.killpg(proc.pid, sig)
     _, stderr = proc.communicate(timeout=60)
     return proc, stderr, db
+
+
+def assert_draws_per_origin(
+    model: Backend,
+    series: Series,
+    knobs: Mapping[str, Any],
+    origins: np.ndarray,
+    horizon: int,
+    num_samples: int,
+    stranger: int,
+    rtol: float = 0.0,
+) -> None:
+    """An origin's draws depend on its own seed and context alone: the same in a batch of many as in a batch
+    of one, and whatever its neighbours (the batch reversed, one origin replaced by `stranger`, a row).
+
+    Seeds as the forecaster gives them (one per origin); `rtol` allows float32 rounding of batched matmuls.
+    """
+    ctx_len = int(knobs["context_length"])
+    seeds = np.arange(origins.size) * 7919 + 13
+    batch = model.forecast(contexts(series, origins, ctx_len), horizon, num_samples, knobs, seeds)
+    for i, o in enumerate(origins):
+        alone = model.forecast(contexts(series, np.array([o]), ctx_len), horizon, num_samples, knobs, seeds[i : i + 1])
+        np.testing.assert_allclose(batch[i], alone[0], rtol=rtol, err_msg=f"origin {i} of the batch differs alone")
+    order = np.arange(origins.size)[::-1]
+    others = origins[order].copy()
+    others[0] = stranger
+    moved = model.forecast(contexts(series, others, ctx_len), horizon, num_samples, knobs, seeds[order])
+    for k, i in enumerate(order[1:], start=1):
+        np.testing.assert_allclose(moved[k], batch[i], rtol=rtol, err_msg=f"origin {i} moved with its neighbours")
+    assert not np.allclose(moved[0], batch[order[0]]), "the stranger drew its neighbour's paths"
+
+
+def assert_live_forecast_is_recorded(config: Path, backend: str, ensemble: bool = False, rtol: float = 1e-6) -> None:
+    """`load_config(config).forecast(bars before a recorded origin)` is that origin's row of origins.parquet
+    (point and every quantile, to float32 rounding), for `backend`'s best knobs or the ensemble: at a
+    validation origin in the middle of its batch and at the last test origin, the last of its batch."""
+    from sweeper import load_config
+    from sweeper.metrics import LEVELS
+    from sweeper.store import level_column
+
+    cfg = json.loads(config.read_text())
+    origins = pl.read_parquet(config.parents[2] / "results" / cfg["run_id"] / "origins.parquet")
+    recorded = origins.filter(symbol=cfg["symbol"], candidate="ensemble" if ensemble else backend)
+    predictor = load_config(config, ensemble=True) if ensemble else load_config(config, backend=backend)
+    bars = bars_frame(load(Path(cfg["data"]["lake"]), [cfg["symbol"]], cfg["freq"])[0])
+    for split, at in (("val", 6), ("test", -1)):
+        row = recorded.filter(split=split).sort("origin_row").row(at, named=True)
+        f = predictor.forecast(bars.head(row["origin_row"]))
+        np.testing.assert_allclose(f.point, row["point"], rtol=rtol, err_msg=f"{split} origin {row['origin_row']}")
+        for q in LEVELS:
+            np.testing.assert_allclose(f.quantiles[q], row[level_column(q)], rtol=rtol)

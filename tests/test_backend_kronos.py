@@ -26,7 +26,13 @@ from sweeper.backends.kronos import (
 from sweeper.errors import SweepError
 from sweeper.plan import contexts
 from sweeper.space import SPACES_DIR, load_space
-from tests.helpers import SHARED_LAKE, assert_no_leak, shared_series
+from tests.helpers import (
+    SHARED_LAKE,
+    assert_draws_per_origin,
+    assert_live_forecast_is_recorded,
+    assert_no_leak,
+    shared_series,
+)
 from tests.pretrained_support import fake_hub_cache, use_hub_cache
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kronos")]
@@ -102,8 +108,9 @@ def test_shapes_reproducible_and_every_path_returned(tiny: KronosBackend, series
 
 @pytest.mark.parametrize("top_k", [0, 16])
 def test_shared_context_sampling_equals_the_packages_sampler_draw_for_draw(tiny: KronosBackend, series, top_k) -> None:
-    """The context once per origin, only new tokens per draw: the same paths as auto_regressive_inference
-    (its predictor's 512-bar window, every origin repeated once per draw) under the block's seed."""
+    """The context once per origin, only new tokens per draw, origins batched: each origin's paths equal
+    auto_regressive_inference (its predictor's 512-bar window, the origin alone, repeated once per draw)
+    under that origin's block seed."""
     import torch
     from model.kronos import auto_regressive_inference
 
@@ -113,22 +120,30 @@ def test_shared_context_sampling_equals_the_packages_sampler_draw_for_draw(tiny:
     c, d = KNOBS["context_length"], KronosBackend.draw_block
     ctx = contexts(series, _origins(series, 3), c)
     knobs = {**KNOBS, "temperature": 0.7, "top_k": top_k}
-    ours = tiny.forecast(ctx, H, 2 * d, knobs, seed=5)
+    seeds = np.array([5, 91, 3])
+    ours = tiny.forecast(ctx, H, 2 * d, knobs, seed=seeds)
     x = _features(ctx.values.astype(np.float64))
     mean, std = x.mean(1, keepdims=True), x.std(1, keepdims=True) + 1e-5
     z = np.clip((x - mean) / std, -5, 5).astype(np.float32)
     xs, ys = _time_features(ctx.ts), _time_features(ctx.future_ts(H))
-    rows = np.repeat(np.arange(3), d)
-    for j in range(2):  # each draw block is one call of the package's sampler under that block's seed
-        torch.manual_seed(block_seed(5, j))
-        tensors = [torch.from_numpy(a[rows]) for a in (z, xs, ys)]
-        theirs = auto_regressive_inference(
-            tiny.tokenizer, tiny.model, *tensors, 512, H, T=0.7, top_k=top_k, top_p=0.9, sample_count=1
-        )
-        close = theirs[:, -H:, CLOSE].reshape(3, d, H) * std[:, :, CLOSE, None] + mean[:, :, CLOSE, None]
-        np.testing.assert_allclose(ours[:, j * d : (j + 1) * d], close, rtol=1e-5)
+    for u in range(3):
+        rows = np.full(d, u)
+        for j in range(2):  # each draw block is one call of the package's sampler under that block's seed
+            torch.manual_seed(block_seed(int(seeds[u]), j))
+            tensors = [torch.from_numpy(a[rows]) for a in (z, xs, ys)]
+            theirs = auto_regressive_inference(
+                tiny.tokenizer, tiny.model, *tensors, 512, H, T=0.7, top_k=top_k, top_p=0.9, sample_count=1
+            )
+            close = theirs[:, -H:, CLOSE] * std[u, :, CLOSE, None] + mean[u, :, CLOSE, None]
+            np.testing.assert_allclose(ours[u, j * d : (j + 1) * d], close, rtol=1e-5)
     # a second call for the next block alone gives the same draws: what the cache extends with
-    np.testing.assert_array_equal(tiny.forecast(ctx, H, d, knobs, seed=5, first=d), ours[:, d:])
+    np.testing.assert_array_equal(tiny.forecast(ctx, H, d, knobs, seed=seeds, first=d), ours[:, d:])
+
+
+def test_an_origins_draws_are_the_same_alone_as_in_any_batch(tiny: KronosBackend, series) -> None:
+    knobs = {**KNOBS, "temperature": 0.7, "top_k": 16}
+    origins = _origins(series, 5)
+    assert_draws_per_origin(tiny, series, knobs, origins[1:], H, 2 * KronosBackend.draw_block, origins[0], rtol=1e-5)
 
 
 def test_time_features_and_future_timestamps_come_from_the_context(series) -> None:
@@ -182,3 +197,5 @@ def test_sweep_run_end_to_end(tiny_dir: Path, tmp_path: Path) -> None:
         assert kronos["checkpoint"] == str(tiny_dir)
         assert set(KNOB_DEFAULTS) <= set(kronos["params"])
         assert kronos["validation"] and kronos["test"]
+    # a live forecast from the bars before a recorded origin is the sweep's forecast there
+    assert_live_forecast_is_recorded(run_dir / "ETHUSDT.json", "kronos")

@@ -13,7 +13,13 @@ from sweeper.backends.moirai import MoiraiBackend
 from sweeper.errors import SweepError
 from sweeper.plan import contexts
 from sweeper.space import load_space
-from tests.helpers import SHARED_LAKE, assert_no_leak, shared_series
+from tests.helpers import (
+    SHARED_LAKE,
+    assert_draws_per_origin,
+    assert_live_forecast_is_recorded,
+    assert_no_leak,
+    shared_series,
+)
 from tests.pretrained_support import assert_imports_stay_light
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("moirai")]
@@ -98,6 +104,13 @@ def test_draws_follow_the_library_forecast(tiny: MoiraiBackend, series, patch) -
     assert min(pvalues) > 1e-3, pvalues
 
 
+@pytest.mark.parametrize("patch", [16, "auto"])
+def test_an_origins_draws_are_the_same_alone_as_in_any_batch(tiny: MoiraiBackend, series, patch) -> None:
+    origins = np.arange(len(series) - 45, len(series) - 40)
+    knobs = {**KNOBS, "patch_size": patch, "use_covariates": True}
+    assert_draws_per_origin(tiny, series, knobs, origins, H, 40, len(series) - 200, rtol=1e-5)
+
+
 def test_patch_size_and_covariates(tiny: MoiraiBackend, series) -> None:
     ctx = _ctx(series, 2)
     alone = tiny.forecast(ctx, H, N, KNOBS, seed=0)
@@ -140,3 +153,5 @@ def test_sweep_run_end_to_end(sweep, tiny_dir: Path, tmp_path: Path) -> None:
         )
         assert set(moirai["params"]) == knobs
         assert np.isfinite(moirai["validation"]["crps"]) and np.isfinite(moirai["test"]["crps"])
+    # a live forecast from the bars before a recorded origin is the sweep's forecast there
+    assert_live_forecast_is_recorded(tmp_path / "hyperparams" / "e2e" / "BTCUSDT.json", "moirai")

@@ -13,7 +13,13 @@ from sweeper.backends.toto import PRESETS, TotoBackend, samples_per_batch
 from sweeper.errors import SweepError
 from sweeper.plan import contexts
 from sweeper.space import load_space
-from tests.helpers import SHARED_LAKE, assert_no_leak, shared_series
+from tests.helpers import (
+    SHARED_LAKE,
+    assert_draws_per_origin,
+    assert_live_forecast_is_recorded,
+    assert_no_leak,
+    shared_series,
+)
 from tests.pretrained_support import assert_imports_stay_light
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("toto")]
@@ -97,6 +103,12 @@ def test_first_n_of_n_draws_are_the_n_draw_forecast(tiny: TotoBackend, series) -
     np.testing.assert_array_equal(tiny.forecast(ctx, PATCH + 1, 8, KNOBS, seed=1), longer[:, :8])
 
 
+@pytest.mark.parametrize("horizon", [H, PATCH + 1], ids=["one-patch", "decoded"])
+def test_an_origins_draws_are_the_same_alone_as_in_any_batch(tiny: TotoBackend, series, horizon: int) -> None:
+    origins = np.arange(len(series) - 45, len(series) - 40)
+    assert_draws_per_origin(tiny, series, KNOBS, origins, horizon, 16, len(series) - 200, rtol=1e-5)
+
+
 def test_samples_per_batch_always_divides_the_sample_count(tiny: TotoBackend, series) -> None:
     assert [samples_per_batch(n, k) for n, k in ((12, 8), (7, 32), (13, 8), (256, 32), (5, 0))] == [6, 7, 1, 32, 1]
     paths = tiny.forecast(_ctx(series, 2), PATCH + 2, 12, {**KNOBS, "samples_per_batch": 8}, seed=0)
@@ -144,3 +156,9 @@ def test_sweep_run_end_to_end(sweep, tiny_dir: Path, tmp_path: Path) -> None:
         )
         assert set(toto["params"]) == knobs
         assert np.isfinite(toto["validation"]["crps"]) and np.isfinite(toto["test"]["crps"])
+    # a live forecast from the bars before a recorded origin is the sweep's forecast there: toto's, and the
+    # ensemble's, a mixture with toto in it
+    config = tmp_path / "hyperparams" / "e2e" / "BTCUSDT.json"
+    assert "toto" in json.loads(config.read_text())["ensemble"]["weights"]
+    assert_live_forecast_is_recorded(config, "toto")
+    assert_live_forecast_is_recorded(config, "toto", ensemble=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from sweeper.backends import backend_class
 from sweeper.backends.marketgpt import MarketGPTBackend
@@ -16,9 +17,9 @@ from sweeper.forecast import Forecaster, chunk_bounds
 from sweeper.marketgpt.checkpoint import from_pretrained
 from sweeper.marketgpt.train import TrainSummary
 from sweeper.plan import Contexts, Protocol, contexts, make_plan
-from sweeper.space import load_space
+from sweeper.space import SPACES_DIR, load_space
 from tests import marketgpt_support as support
-from tests.helpers import assert_no_leak
+from tests.helpers import assert_draws_per_origin, assert_live_forecast_is_recorded, assert_no_leak
 
 pytestmark = pytest.mark.xdist_group("marketgpt")
 
@@ -71,6 +72,13 @@ def test_shapes_and_seeding(model, series, origins, knobs, horizon: int, n: int)
         assert np.unique(out[:, :, -1]).size > origins.size  # draws differ within an origin
 
 
+@pytest.mark.parametrize("horizon", [1, 5])
+def test_an_origins_draws_are_the_same_alone_as_in_any_batch(model, series, origins, horizon: int) -> None:
+    plan = make_plan(series, Protocol())
+    few = plan.val[[0, 40, 80, 120]]
+    assert_draws_per_origin(model, series, SAMPLE, few, horizon, 2 * model.draw_block, int(plan.val[200]), rtol=1e-6)
+
+
 def test_top_k_one_is_greedy(model, series, origins) -> None:
     out = model.forecast(contexts(series, origins, 64), 3, 6, {**SAMPLE, "top_k": 1}, seed=0)
     assert np.all(out == out[:, :1])
@@ -113,3 +121,26 @@ def test_init_checkpoint_fits_bins_on_the_lake(mg_lake, series, origins, tmp_pat
     assert pre.meta.symbols == ("BTCUSDT", "ETHUSDT") and pre.tokenizer.vocab_size == 1024
     out = MarketGPTBackend(str(path)).forecast(contexts(series, origins, 64), 2, 3, SAMPLE, 0)
     assert out.shape == (origins.size, 3, 2)
+
+
+def test_live_forecast_equals_the_sweeps_recorded_forecast(sweep, mg_lake, mg_trained, tmp_path: Path) -> None:
+    """After a real `sweep run` (sampled paths, no walk-forward fine-tuning: those weights depend on the
+    block of origins), a live forecast from the bars before a recorded origin is the sweep's forecast there."""
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    space = yaml.safe_load((SPACES_DIR / "marketgpt.yaml").read_text())
+    space["params"] |= {
+        "num_samples": {"type": "categorical", "choices": [16, 32], "default": 16},
+        "context_length": {"type": "categorical", "choices": [32, 64], "default": 64},
+        "mode": {"type": "categorical", "choices": ["sample"], "default": "sample"},
+        "finetune_epochs": {"type": "categorical", "choices": [0], "default": 0},
+    }
+    (spaces / "marketgpt.yaml").write_text(yaml.safe_dump(space))
+    (spaces / "naive.yaml").write_text((SPACES_DIR / "naive.yaml").read_text())
+    result = sweep(
+        "run", "--symbols", "BTCUSDT", "--lake", mg_lake, "--freq", "1h", "--backends", "marketgpt", "naive",
+        "--checkpoint", f"marketgpt={mg_trained.out_dir}", "--trials", 3, "--val-origins", 40,
+        "--test-origins", 20, "--spaces", spaces, "--out", tmp_path, "--run-id", "e2e",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert_live_forecast_is_recorded(tmp_path / "hyperparams" / "e2e" / "BTCUSDT.json", "marketgpt")

@@ -36,10 +36,13 @@ def origin_rngs(seed: Seeds, count: int) -> list[np.random.Generator]:
     return [np.random.default_rng(s) for s in seeds]
 
 
-def batch_seed(seed: Seeds) -> int:
-    """The one seed of a backend that samples a whole batch from one torch generator: its draws depend
-    on the batch they were made in (the first origin's seed seeds the batch)."""
-    return int(seed) if np.ndim(seed) == 0 else int(np.ravel(seed)[0])
+def origin_seed_list(seed: Seeds, count: int) -> list[int]:
+    """One int seed per origin: the forecaster's per-origin seeds as they are, or, for one int (tests,
+    direct calls), an independent seed per position derived from it."""
+    seeds = [block_seed(int(seed), i) for i in range(count)] if np.ndim(seed) == 0 else [int(s) for s in np.ravel(seed)]
+    if len(seeds) != count:
+        raise ValueError(f"{len(seeds)} seeds for {count} origins")
+    return seeds
 
 
 class Backend(ABC):
@@ -72,20 +75,23 @@ class Backend(ABC):
         """Sample paths of the close for the `horizon` bars after each context: (B, num_samples, H).
 
         They are draws `first .. first + num_samples - 1` of one endless seeded sequence per origin (numpy
-        backends, `origin_rngs`) or per batch and draw block (torch backends: block j from
-        `block_seeds(seed, ...)[j]` alone), so `forecast(.., n, .., first=0)` followed by
-        `forecast(.., m, .., first=n)` equals `forecast(.., n + m, ..)` (the cache extends entries so).
-        `first` is a multiple of `draw_block`. Draws are independent, so any n of them are an n-sample forecast.
+        backends, `origin_rngs`) or per origin and draw block (torch backends: block j of origin i from
+        `block_seeds(seed, ...)[i][j]` alone; the forward pass batched, the sampling per origin), so
+        `forecast(.., n, .., first=0)` followed by `forecast(.., m, .., first=n)` equals `forecast(.., n + m, ..)`
+        (the cache extends entries so). `first` is a multiple of `draw_block`. Draws are independent, so any n
+        of them are an n-sample forecast.
         """
 
-    def block_seeds(self, seed: Seeds, first: int, num_samples: int) -> list[int]:
-        """The seeds of the draw blocks that hold draws `first .. first + num_samples - 1` of a batch (seeded
-        by `batch_seed`); each backend samples every block in full and keeps the draws asked for."""
+    def block_seeds(self, seed: Seeds, count: int, first: int, num_samples: int) -> list[list[int]]:
+        """Per origin (`count` of them), the seeds of the draw blocks that hold its draws `first .. first +
+        num_samples - 1`: block j of origin i from `block_seed(seeds[i], j)` alone, so an origin's draws never
+        depend on the other origins of its batch. Each backend samples every block in full and keeps the
+        draws asked for."""
         if first % self.draw_block:
             raise ValueError(f"{self.name}: first draw {first} is not a multiple of the draw block {self.draw_block}")
         lo = first // self.draw_block
         hi = -(-(first + num_samples) // self.draw_block)
-        return [block_seed(batch_seed(seed), j) for j in range(lo, hi)]
+        return [[block_seed(o, j) for j in range(lo, hi)] for o in origin_seed_list(seed, count)]
 
     @classmethod
     def init_checkpoint(cls, preset: str, out: Path) -> Path:

@@ -19,8 +19,10 @@ timestamp plus 1..H bar lengths of the series frequency, never the real future b
 Sampling. `KronosPredictor.predict` averages its paths; here every path is kept. The paths are the
 package's `auto_regressive_inference` (window up to its predictor's 512 bars, `sample_count` paths per
 origin), but the context is encoded and run through the model and the tokenizer's decoder once per origin,
-and each draw then pays only for its own new tokens (`kronos_prefix`); draw blocks of `draw_block` paths
-come from their own seeds (`Backend.block_seeds`), each block equal to one call of the package's sampler.
+and each draw then pays only for its own new tokens (`kronos_prefix`). The passes are batched over the
+origins, the token draws are not: each origin's block of `draw_block` paths comes from its own generator,
+seeded by that origin's block seed (`Backend.block_seeds`), and equals one call of the package's sampler
+on that origin alone under that seed. So an origin's draws never depend on the rest of its batch.
 """
 
 from __future__ import annotations
@@ -189,14 +191,14 @@ class KronosBackend(Backend):
         mean, std = x.mean(axis=1, keepdims=True), x.std(axis=1, keepdims=True) + 1e-5
         z = torch.from_numpy(np.clip((x - mean) / std, -clip, clip).astype(np.float32)).to(self.device)
         stamps = np.concatenate([_time_features(ctx.ts), _time_features(ctx.future_ts(horizon))], axis=1)
-        seeds = self.block_seeds(seed, first, num_samples)
-        d = self.draw_block
-        close = np.empty((b, len(seeds) * d, horizon), dtype=np.float64)
+        seeds = self.block_seeds(seed, b, first, num_samples)
+        d, blocks = self.draw_block, len(seeds[0])
+        close = np.empty((b, blocks * d, horizon), dtype=np.float64)
         with torch.inference_mode():
             prefix = shared_prefix(self.tokenizer, self.model, z, torch.from_numpy(stamps).to(self.device))
-            for j, s in enumerate(seeds):
-                with seeded(s, self.device):
-                    paths = sample_block(self.tokenizer, self.model, prefix, d, horizon, temperature, top_k, top_p)
+            for j in range(blocks):
+                gens = [torch.Generator(device=self.device).manual_seed(row[j]) for row in seeds]
+                paths = sample_block(self.tokenizer, self.model, prefix, gens, d, horizon, temperature, top_k, top_p)
                 close[:, j * d : (j + 1) * d] = paths[:, :, CLOSE].reshape(b, d, horizon).double().cpu().numpy()
         return close[:, :num_samples] * std[:, :, CLOSE, None] + mean[:, :, CLOSE, None]
 

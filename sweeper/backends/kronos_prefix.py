@@ -12,8 +12,9 @@ start), and while the window grows (context + horizon within the package's `max_
   tokens; at the end, the H new tokens through the decoder, attending to the cached context.
 
 The operations are the package's own modules (projections, norms, feed-forward, heads, rotary tables), in
-the same order, and the random draws are the same calls on tensors of the same shapes, so under the same
-seed a path equals the package's path (tests/test_backend_kronos.py). Attention over cached keys is
+the same order, and the random draws are the same calls on tensors of the same shapes, each origin's from its
+own generator, so under an origin's block seed its paths equal the package's sampler run on that origin
+alone under the same seed (tests/test_backend_kronos.py). Attention over cached keys is
 written out (a joint softmax over the context's keys, shared by an origin's draws, and the draw's own).
 """
 
@@ -131,14 +132,40 @@ def shared_prefix(tokenizer: Any, model: Any, z: torch.Tensor, stamps: torch.Ten
     return Prefix(pre, post, stamps, model_kv, cross_kv, hidden[:, -1], logits, decoder_kv)
 
 
-def sample_block(
-    tokenizer: Any, model: Any, p: Prefix, draws: int, horizon: int, temperature: float, top_k: int, top_p: float
+def sample_from_logits(
+    logits: torch.Tensor, gens: list[torch.Generator], temperature: float, top_k: int, top_p: float
 ) -> torch.Tensor:
-    """`draws` paths per origin (rows origin-major), decoded: (U * draws, horizon, 6), normalised.
+    """The package's `sample_from_logits` (temperature, its top-k/top-p filter, softmax, one multinomial
+    draw per row), with each origin's rows (origin-major, equally many) drawn from that origin's generator:
+    the filter and softmax run batched, the draws per origin, so an origin's tokens never depend on the
+    other origins of the batch, and they equal the package's under `torch.manual_seed` of that generator's
+    seed when it samples the origin alone."""
+    from model.kronos import top_k_top_p_filtering
+
+    logits = logits / temperature
+    if top_k > 0 or top_p < 1.0:
+        logits = top_k_top_p_filtering(logits, top_k=top_k, top_p=top_p)
+    probs = F.softmax(logits, dim=-1)
+    rows = probs.shape[0] // len(gens)
+    return torch.cat([torch.multinomial(probs[u * rows : (u + 1) * rows], 1, generator=g) for u, g in enumerate(gens)])
+
+
+def sample_block(
+    tokenizer: Any,
+    model: Any,
+    p: Prefix,
+    gens: list[torch.Generator],
+    draws: int,
+    horizon: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+) -> torch.Tensor:
+    """`draws` paths per origin (rows origin-major), decoded: (U * draws, horizon, 6), normalised; origin u's
+    drawn from `gens[u]` alone.
 
     Step i, as the package: s1 from the last position's logits, s2 from the dependency layer given s1,
-    both with the package's `sample_from_logits`; then the new bar goes in at position C + i."""
-    from model.kronos import sample_from_logits
+    both with the package's sampling (`sample_from_logits`); then the new bar goes in at position C + i."""
 
     c = p.pre.shape[1]
     if c + horizon > MAX_CONTEXT:
@@ -163,12 +190,12 @@ def sample_block(
             if own_cross is not None:
                 k, v = torch.cat([own_cross[0], k], 2), torch.cat([own_cross[1], v], 2)
             own_cross = (k, v)
-        s1 = sample_from_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+        s1 = sample_from_logits(logits, gens, temperature, top_k, top_p)
         # the dependency layer: s1's embedding attends to every hidden state (rotary at one position: identity)
         q = _heads(dep.cross_attn, dep.cross_attn.q_proj(model.embedding.emb_s1(s1)))
         attended = _merge(dep.cross_attn, _joint(q, p.cross_kv, own_cross))
         s2_logits = model.head.cond_forward(dep.norm(last[:, None] + attended))[:, -1]
-        s2 = sample_from_logits(s2_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+        s2 = sample_from_logits(s2_logits, gens, temperature, top_k, top_p)
         pre.append(s1)
         post.append(s2)
     d = tokenizer.post_quant_embed(tokenizer.indices_to_bits([torch.cat(pre, 1), torch.cat(post, 1)], half=True))

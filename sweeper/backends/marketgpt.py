@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.backends.base import Backend, Seeds, batch_seed
+from sweeper.backends.base import Backend, Seeds
 from sweeper.errors import SweepError
 from sweeper.plan import Contexts
 
@@ -64,7 +64,7 @@ class MarketGPTBackend(Backend):
         self._check(ctx)
         sampling = SamplingSettings.from_knobs(knobs)
         model, tokenizer = self.pretrained.model, self.pretrained.tokenizer
-        seeds = self.block_seeds(batch_seed(seed), first, num_samples)
+        seeds = self.block_seeds(seed, ctx.values.shape[0], first, num_samples)
         return close_paths(model, tokenizer, ctx, horizon, num_samples, sampling, seeds, self.draw_block)
 
     @classmethod

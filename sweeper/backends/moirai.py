@@ -5,8 +5,9 @@ independent samples of it. `MoiraiForecast.forward` builds the distribution of e
 included, each padded to the largest patch), samples all of it and keeps the forecast tokens: on a CPU
 that is almost all of its cost (36 s for 32 origins x 256 draws at patch 8). Here the same inputs go
 through the same module, and the distribution head runs on the forecast tokens only: the same
-distribution, hundreds of times cheaper to sample. Draws come in seeded blocks (`Backend.block_seeds`),
-so draws a..b are the same whichever call made them.
+distribution, hundreds of times cheaper to sample. The pass is batched over the origins; each origin's
+draws come from its own slice of the distribution, in seeded blocks per origin (`Backend.block_seeds`), so
+draws a..b are the same whichever call, and whichever batch, made them.
 The module standardises each variate itself, so raw prices go in and prices come out.
 
 Knobs: `patch_size`, one of the checkpoint's patch sizes or "auto". Auto does what the library's auto
@@ -25,7 +26,15 @@ from typing import Any
 import numpy as np
 
 from sweeper.backends.base import Backend, Seeds
-from sweeper.backends.pretrained import checkpoint_dir, preset_config, quiet, seeded, torch_device, write_checkpoint
+from sweeper.backends.pretrained import (
+    checkpoint_dir,
+    per_origin_samples,
+    preset_config,
+    quiet,
+    seeded,
+    torch_device,
+    write_checkpoint,
+)
 from sweeper.plan import Contexts
 
 CLOSE = 3  # column of the close in Contexts.values (open, high, low, close, volume)
@@ -67,6 +76,7 @@ class MoiraiBackend(Backend):
         self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds, first: int = 0
     ) -> np.ndarray:
         import torch
+        from torch.utils._pytree import tree_map
 
         patch = knobs.get("patch_size", AUTO)
         patch = AUTO if patch == AUTO else int(patch)
@@ -83,19 +93,23 @@ class MoiraiBackend(Backend):
                 np.ascontiguousarray(ctx.values[:, :, COVARIATES]), dtype=torch.float32, device=self._device
             )
         out = np.empty((b, num_samples, horizon), dtype=np.float32)
-        seeds = self.block_seeds(seed, first, num_samples)
+        seeds = self.block_seeds(seed, b, first, num_samples)
         with torch.inference_mode():
             chosen = np.full(b, patch) if patch != AUTO else self._best_patches(close, covariates, context, horizon)
             for p in sorted(set(chosen.tolist())):
                 rows = np.flatnonzero(chosen == p)
                 last = slice(c - context, c)
                 cov = None if covariates is None else covariates[rows, last]
-                distr = self._forecast_distribution(p, close[rows, last], cov, horizon)
-                blocks = []
-                for s in seeds:
-                    with seeded(s, self._device):
-                        blocks.append(distr.sample((self.draw_block,)))
-                draws = torch.cat(blocks)[:num_samples]  # (N, B, tokens, patch)
+                params, loc, scale = self._forecast_params(p, close[rows, last], cov, horizon)
+
+                def origin(i: int, params: Any = params, loc: Any = loc, scale: Any = scale) -> Any:
+                    one = slice(i, i + 1)
+                    part = tree_map(lambda x: x[one], params)
+                    return self._module.distr_output.distribution(part, loc=loc[one], scale=scale[one])
+
+                row_seeds = [seeds[r] for r in rows]
+                draws = per_origin_samples(origin, row_seeds, self.draw_block, self._device)[:num_samples]
+                # (N, B, tokens, patch)
                 paths = draws.reshape(num_samples, rows.size, -1)[..., :horizon]
                 out[rows] = paths.permute(1, 0, 2).float().cpu().numpy()
         return out
@@ -119,7 +133,12 @@ class MoiraiBackend(Backend):
         return np.asarray(self._module.patch_sizes)[best]
 
     def _forecast_distribution(self, patch: int, close: Any, covariates: Any, horizon: int) -> Any:
-        """The module's distribution for the forecast bars only: batch shape (B, tokens, patch).
+        """The module's distribution for the forecast bars only: batch shape (B, tokens, patch)."""
+        params, loc, scale = self._forecast_params(patch, close, covariates, horizon)
+        return self._module.distr_output.distribution(params, loc=loc, scale=scale)
+
+    def _forecast_params(self, patch: int, close: Any, covariates: Any, horizon: int) -> tuple[Any, Any, Any]:
+        """The distribution head's parameters, loc and scale for the forecast tokens, each (B, tokens, patch, ...).
 
         `MoiraiForecast` packs the inputs exactly as in pre-training; then `MoiraiModule.forward`, step by
         step, except that the distribution head runs on the forecast tokens only: it projects every token
@@ -158,8 +177,7 @@ class MoiraiBackend(Backend):
         tokens = slice(start, start + model.prediction_token_length(patch))
         params = m.param_proj(reprs[:, tokens], patch_sizes[:, tokens])
         cut = (slice(None), slice(None), slice(0, patch))  # each token is padded to the largest patch
-        params = tree_map(lambda x: x[cut], params)
-        return m.distr_output.distribution(params, loc=loc[:, tokens][cut], scale=scale[:, tokens][cut])
+        return tree_map(lambda x: x[cut], params), loc[:, tokens][cut], scale[:, tokens][cut]
 
     @classmethod
     def init_checkpoint(cls, preset: str, out: Path) -> Path:

@@ -101,6 +101,28 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+def per_origin_samples(
+    distribution: Callable[[int], Any], seeds: list[list[int]], block: int, device: torch.device
+) -> Any:
+    """(N, B, ...) draws of B origins: origin i's `block`-draw blocks from its own distribution
+    (`distribution(i)`, batch shape (1, ...)), each under one of its block seeds (`Backend.block_seeds`).
+    The forward pass that made the distributions stays batched; only the sampling runs per origin, so an
+    origin's draws depend on its own seeds alone. One `fork_rng` for all of it: the caller's RNG is kept."""
+    import torch
+
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    origins = []
+    with torch.random.fork_rng(devices=cuda):
+        for i, row in enumerate(seeds):
+            distr = distribution(i)
+            blocks = []
+            for s in row:
+                torch.manual_seed(s)
+                blocks.append(distr.sample((block,)))
+            origins.append(torch.cat(blocks))
+    return torch.cat(origins, dim=1)
+
+
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """Silence what the model libraries print and warn while importing and loading (xFormers notices)."""

@@ -6,12 +6,14 @@ draw feeding its own sampled patch back. So:
 
 - horizon within one patch: one forward pass per origin, then all draws from that distribution. This is
   exactly the distribution the library's sampler draws from (it repeats the context once per draw and
-  runs the same pass on each copy), at a fraction of the cost. Draws come in seeded blocks
-  (`Backend.block_seeds`), so draws a..b are the same whichever call made them.
-- longer horizons: `TotoForecaster.forecast`, once per draw block under the block's seed, `samples_per_batch`
-  paths per pass. That knob changes speed, not the draws' distribution, so the cache ignores it; it must
-  divide the block, and the largest divisor not above the knob is used. Past one patch the library repeats
-  the context for every path (each carries its own key/value cache), so the context's cost grows with
+  runs the same pass on each copy), at a fraction of the cost. The pass is batched over the origins; each
+  origin's draws come from its own slice of the head's output, in seeded blocks per origin
+  (`Backend.block_seeds`), so draws a..b are the same whichever call, and whichever batch, made them.
+- longer horizons: `TotoForecaster.forecast`, once per origin and draw block under that block's seed (a
+  batch of one: the library samples a whole batch from the global RNG), `samples_per_batch` paths per pass.
+  That knob changes speed, not the draws' distribution, so the cache ignores it; it must divide the block,
+  and the largest divisor not above the knob is used. Past one patch the library repeats the context for
+  every path (each carries its own key/value cache), so the context's cost grows with
   the draws: what the draw blocks and the cache's draws-as-needed keep small.
 
 With `use_covariates` the five OHLCV columns go in as one multivariate series (Toto attends across
@@ -32,6 +34,7 @@ from sweeper.backends.pretrained import (
     CONFIG,
     WEIGHTS,
     checkpoint_dir,
+    per_origin_samples,
     preset_config,
     quiet,
     seeded,
@@ -43,6 +46,8 @@ from sweeper.plan import Contexts
 
 CLOSE = 3  # column of the close in Contexts.values (open, high, low, close, volume)
 DEFAULT_SAMPLES_PER_BATCH = 32
+# the per-origin tensors of a MaskedTimeseries (all but num_exogenous_variables)
+FIELDS = ("series", "padding_mask", "id_mask", "timestamp_seconds", "time_interval_seconds")
 
 _COMMON = {
     "dropout": 0.0,
@@ -139,32 +144,39 @@ class TotoBackend(Backend):
             num_exogenous_variables=0,
         )
         target = columns.index(CLOSE)
-        seeds = self.block_seeds(seed, first, num_samples)
+        seeds = self.block_seeds(seed, b, first, num_samples)
         with torch.inference_mode():
             if horizon <= self._forecaster.model.patch_embed.patch_size:
                 paths = self._next_patch(inputs, target, horizon, seeds)
             else:
-                wanted = knobs.get("samples_per_batch", DEFAULT_SAMPLES_PER_BATCH)
-                blocks = []
-                for s in seeds:
-                    with seeded(s, self._device):
-                        out = self._forecaster.forecast(
-                            inputs,
-                            prediction_length=horizon,
-                            num_samples=self.draw_block,
-                            samples_per_batch=samples_per_batch(self.draw_block, wanted),
-                        )
-                    blocks.append(out.samples[:, target].permute(0, 2, 1))  # (B, H, N) -> (B, N, H)
-                paths = torch.cat(blocks, dim=1)
+                spb = samples_per_batch(self.draw_block, knobs.get("samples_per_batch", DEFAULT_SAMPLES_PER_BATCH))
+                paths = torch.cat([self._decoded(inputs, i, target, horizon, spb, row) for i, row in enumerate(seeds)])
         return paths[:, :num_samples].float().cpu().numpy()
 
-    def _next_patch(self, inputs: Any, target: int, horizon: int, seeds: list[int]) -> Any:
+    def _decoded(self, inputs: Any, i: int, target: int, horizon: int, spb: int, seeds: list[int]) -> Any:
+        """(1, N, H) draws of origin `i` past one patch: the library's `TotoForecaster.forecast` on that origin
+        alone, one call per block under the block's seed. The library samples every path of a batch from the
+        global RNG, so a batch of one per origin is the cheapest exact way to seed each origin on its own;
+        its passes already carry `spb` paths (the context repeated per path), so little batching is lost."""
+        import torch
+
+        alone = self._masked(**{f: getattr(inputs, f)[i : i + 1] for f in FIELDS}, num_exogenous_variables=0)
+        blocks = []
+        for s in seeds:
+            with seeded(s, self._device):
+                out = self._forecaster.forecast(
+                    alone, prediction_length=horizon, num_samples=self.draw_block, samples_per_batch=spb
+                )
+            blocks.append(out.samples[:, target].permute(0, 2, 1))  # (1, H, N) -> (1, N, H)
+        return torch.cat(blocks, dim=1)
+
+    def _next_patch(self, inputs: Any, target: int, horizon: int, seeds: list[list[int]]) -> Any:
         """(B, N, H) draws of the first `horizon` bars of the next patch of variate `target`, one block per seed.
 
         The same pass the library's first decoding step makes (padding, causal scaler, backbone, mixture
-        head), then every draw from it instead of one draw per repeated context.
+        head), batched over the origins, then every draw from it instead of one draw per repeated context:
+        each origin's from its own slice of the head's output, under its own block seeds.
         """
-        import torch
 
         model = self._forecaster.model
         stride = model.patch_embed.stride
@@ -180,14 +192,12 @@ class TotoBackend(Backend):
         patch = model.patch_embed.patch_size
         last = slice(hidden.shape[2] - patch, hidden.shape[2] - patch + horizon)
         pick = slice(target, target + 1)
-        distr = self._forecaster.create_affine_transformed(
-            model.output_distribution(hidden[:, pick, last]), loc[:, pick, last], scale[:, pick, last]
-        )
-        blocks = []
-        for s in seeds:
-            with seeded(s, self._device):
-                blocks.append(distr.sample((self.draw_block,)))
-        draws = self._clean(torch.cat(blocks)[:, :, 0])  # (N, B, H)
+
+        def origin(i: int) -> Any:
+            at = (slice(i, i + 1), pick, last)
+            return self._forecaster.create_affine_transformed(model.output_distribution(hidden[at]), loc[at], scale[at])
+
+        draws = self._clean(per_origin_samples(origin, seeds, self.draw_block, self._device)[:, :, 0])  # (N, B, H)
         return draws.permute(1, 0, 2)
 
     @classmethod

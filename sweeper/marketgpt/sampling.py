@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from sweeper.backends.base import block_seed
 from sweeper.errors import SweepError
 from sweeper.marketgpt.model import MarketGPT, PrefixCache
 from sweeper.marketgpt.tokenizer import CandleTokenizer, candle_returns, time_features
@@ -90,14 +89,18 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
     return logits
 
 
-def _draw(logits: torch.Tensor, s: SamplingSettings, gen: torch.Generator, samples: int = 1) -> torch.Tensor:
+def _draw(logits: torch.Tensor, s: SamplingSettings, gens: list[torch.Generator], samples: int = 1) -> torch.Tensor:
     """(M, 4, V) logits -> (M * samples, 4) tokens: `samples` independent draws per row, per component.
 
     Inverse-CDF sampling: one uniform per draw (torch.multinomial spends one random number per token),
-    and the draws of one row share its CDF instead of copying the logits `samples` times.
+    and the draws of one row share its CDF instead of copying the logits `samples` times. The rows are
+    origin-major, equally many per origin, and origin u's uniforms come from `gens[u]` alone: the filter
+    and CDF run batched, the draws per origin.
     """
     cdf = filter_logits(logits.float(), s.temperature, s.top_k, s.top_p).softmax(-1).cumsum(-1)
-    u = torch.rand((*cdf.shape[:-1], samples), generator=gen, device=cdf.device) * cdf[..., -1:]
+    rows = cdf.shape[0] // len(gens)
+    u = torch.cat([torch.rand((rows, cdf.shape[1], samples), generator=g, device=cdf.device) for g in gens])
+    u = u * cdf[..., -1:]
     tokens = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1)  # (M, 4, samples)
     return tokens.transpose(1, 2).reshape(-1, 4)
 
@@ -114,14 +117,15 @@ def sample_paths(
     horizon: int,
     num_samples: int,
     settings: SamplingSettings,
-    seeds: list[int],
+    seeds: list[list[int]],
     block: int,
 ) -> np.ndarray:
-    """(B, num_samples, horizon) close paths by ancestral sampling of candle tokens, one draw block per seed.
+    """(B, num_samples, horizon) close paths by ancestral sampling of candle tokens; `seeds[i]`: origin i's
+    block seeds.
 
-    Each chunk of origins runs its contexts once; every block then continues from that prefix with its own
-    generator (seeded by the block's seed and the chunk), so a block's draws never depend on how many
-    blocks one call makes."""
+    Each chunk of origins runs its contexts once, batched; every block then continues from that prefix,
+    each origin's paths drawn from a generator of its own seeded by its block seed, so an origin's draws
+    never depend on the other origins of its chunk or on how many blocks one call makes."""
     dev = next(model.parameters()).device
     b, length = enc.tokens.shape[:2]
     cfg = model.cfg
@@ -129,7 +133,7 @@ def sample_paths(
     per_path = 2 * cfg.n_layers * horizon * cfg.d_model + 3 * cfg.n_heads * (length + horizon)
     per_path += 12 * cfg.vocab_size if horizon > 1 else 0
     chunk = max(1, min(TOKENS_PER_PASS // length, PATH_BYTES // (4 * per_path * block)))
-    close_tokens = np.empty((b, len(seeds) * block, horizon), dtype=np.int64)
+    close_tokens = np.empty((b, len(seeds[0]) * block, horizon), dtype=np.int64)
     for lo in range(0, b, chunk):
         hi = min(lo + chunk, b)
         h0, kvs = model(*_tensors(enc, lo, hi, dev))
@@ -137,15 +141,15 @@ def sample_paths(
         if horizon > 1:
             fh = torch.from_numpy(enc.future_hours[lo:hi]).to(dev).repeat_interleave(block, 0)
             fd = torch.from_numpy(enc.future_dows[lo:hi]).to(dev).repeat_interleave(block, 0)
-        for j, seed in enumerate(seeds):
-            gen = torch.Generator(device=dev).manual_seed(block_seed(seed, lo))
-            tok = _draw(logits0, settings, gen, block)
+        for j in range(len(seeds[0])):
+            gens = [torch.Generator(device=dev).manual_seed(row[j]) for row in seeds[lo:hi]]
+            tok = _draw(logits0, settings, gens, block)
             steps = [tok[:, 3]]
             if horizon > 1:
                 cache = [PrefixCache(k, v, block, horizon - 1) for k, v in kvs]
             for i in range(horizon - 1):  # feed future bar i, draw bar i + 1
                 h, _ = model(tok[:, None], fh[:, i : i + 1], fd[:, i : i + 1], start=length + i, cache=cache)
-                tok = _draw(model.logits(h[:, -1]), settings, gen)
+                tok = _draw(model.logits(h[:, -1]), settings, gens)
                 steps.append(tok[:, 3])
             paths = torch.stack(steps, dim=1).view(hi - lo, block, horizon).cpu().numpy()
             close_tokens[lo:hi, j * block : (j + 1) * block] = paths
@@ -186,11 +190,11 @@ def close_paths(
     horizon: int,
     num_samples: int,
     settings: SamplingSettings,
-    seeds: list[int],
+    seeds: list[list[int]],
     block: int,
 ) -> np.ndarray:
-    """(B, num_samples, horizon) close paths for a batch of contexts, in the settings' mode; `seeds`: one per
-    draw block of `block` draws (`Backend.block_seeds`)."""
+    """(B, num_samples, horizon) close paths for a batch of contexts, in the settings' mode; `seeds`: per
+    origin, one per draw block of `block` draws (`Backend.block_seeds`)."""
     cap = model.cfg.context_length
     if settings.mode == "direct":
         enc = encode_contexts(tokenizer, ctx, horizon, cap)
