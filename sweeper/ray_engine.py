@@ -42,9 +42,10 @@ from ray.tune.search.optuna import OptunaSearch
 from sweeper.cache import ForecastCache
 from sweeper.data import Series
 from sweeper.errors import SweepError
+from sweeper.finetune.settings import FinetuneSettings
 from sweeper.forecast import Forecaster
 from sweeper.metric import get
-from sweeper.objective import Candidate, SymbolTask, mean_scores, record_means
+from sweeper.objective import Candidate, Report, SymbolTask, mean_scores, record_means, rung_reporter
 from sweeper.parallel import set_threads
 from sweeper.plan import Plan
 from sweeper.search import StudySettings, finished, prepare_study, storage_for
@@ -64,9 +65,13 @@ class RayOptions:
     storage_path: Path  # Tune's experiment folders (results/<run_id>/ray)
     scheduler: str = "asha"  # or "fifo": no early stopping, every trial scores all its chunks
 
+    def stops(self, prune: bool) -> bool:
+        """Whether a scheduler may stop trials early: ASHA, unless fifo or --no-prune."""
+        return prune and self.scheduler != "fifo"
+
     def trial_scheduler(self, mode: str, chunks: int, prune: bool = True) -> TrialScheduler:
         """ASHA over the chunks of validation origins; FIFO (every trial runs out) for fifo or --no-prune."""
-        if self.scheduler == "fifo" or not prune:
+        if not self.stops(prune):
             return FIFOScheduler()
         return ASHAScheduler(metric=SCORE, mode=mode, max_t=chunks, grace_period=1, reduction_factor=2)
 
@@ -88,6 +93,7 @@ class TrialSpec:
     device: str
     checkpoints: tuple[tuple[str, str], ...]
     threads: int
+    stops: bool = True  # a scheduler may stop trials: fine-tuning trials then report at their training rungs
 
 
 @functools.cache
@@ -114,19 +120,50 @@ def _task(spec: TrialSpec) -> SymbolTask:
 
 def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
     """One Tune trial: forecast and score the knobs chunk by chunk of validation origins, reporting the
-    running mean after each; Tune ends the function at a report when ASHA stops the trial."""
+    running mean after each; Tune ends the function at a report when ASHA stops the trial. A fine-tuning
+    trial reports at its training rungs instead (`training_report`), before it trains on."""
     task = _task(spec)
     last = len(task.chunks("val"))
     space = spec.spaces[spec.backend]
-    rungs = task.rungs(Candidate(spec.backend, space.values(config)), space.aggregations, spec.metric)
+    cand = Candidate(spec.backend, space.values(config))
+    steps = FinetuneSettings.from_knobs(cand.params).steps
+    report = training_report(last, steps, space.aggregations[0]) if spec.stops else None
+    on_rung = rung_reporter(task, cand, (spec.metric,), report)
+    rungs = task.rungs(cand, space.aggregations, spec.metric, on_rung=on_rung)
     try:
         for i, (aggregation, scores) in enumerate(rungs, 1):
+            if on_rung is not None and i < last:
+                continue  # judged at its training rungs, each on every validation origin
             means = {f"{MEAN}{k}": v for k, v in mean_scores(scores).items()} if i == last else {}
             tune.report(
                 {SCORE: get(spec.metric).aggregate(scores[spec.metric]), CHUNK: i, AGGREGATION: aggregation, **means}
             )
+    except optuna.TrialPruned:
+        return  # Tune stopped it at a training rung; that report was its last
     except (ValueError, FloatingPointError) as exc:
         tune.report({SCORE: math.nan, FAILED: str(exc)})
+
+
+def training_report(last: int, steps: int, aggregation: str) -> Report:
+    """ASHA's milestones for a fine-tuning trial: the training rungs before the end (25% and 50% of
+    `ft_steps`, `FinetuneSettings.rungs`) report as chunks 1, 2, ... of the `last` (each the mean over every
+    validation origin with the weights trained so far), the end as the last chunk, with its means. So
+    ASHA compares a rung's trials at the same milestone and stops a bad learning rate before it trains on.
+    A rung that would reach the last chunk is not reported (only a complete trial reports that one)."""
+    seen = 0
+
+    def report(step: int, value: float) -> bool:
+        nonlocal seen
+        seen += 1
+        if step >= steps or seen >= last:
+            return False
+        try:
+            tune.report({SCORE: value, CHUNK: seen, AGGREGATION: aggregation})
+        except SystemExit:  # how Tune ends a function trial it stopped (train session: sys.exit in report)
+            return True  # tests/test_ray.py pins it: the stopped trial trains no further
+        return False
+
+    return report
 
 
 class Searcher(OptunaSearch):
@@ -215,6 +252,7 @@ class RayEngine:
             device="cuda" if self.opts.gpus_per_trial > 0 else fc.device,
             checkpoints=tuple(sorted(fc.checkpoints.items())),
             threads=self.cpus_per_trial,
+            stops=self.opts.stops(self.settings.prune),
         )
 
     def run(

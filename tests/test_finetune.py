@@ -371,3 +371,44 @@ def test_refitting_into_a_folder_that_cannot_be_made_is_one_line(tuned_run, swee
     r = sweep("eval", "--check", "--out", tmp_path, "--device", "cpu")
     assert r.exit_code == 2 and "cannot make a temporary folder for fine-tuned weights" in r.stdout, r.output
     assert "Traceback" not in r.output
+
+
+@pytest.mark.xdist_group("ray")  # one Ray at a time on a 2-core machine
+def test_ray_stops_a_finetuning_trial_at_a_training_rung_before_it_trains_on(series, checkpoints, tmp_path) -> None:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    from sweeper.ray_engine import CHUNK, MEAN, TrialSpec, trainable
+
+    class StopAtTheFirstReport(FIFOScheduler):
+        def on_trial_result(self, tune_controller: object, trial: object, result: dict) -> str:
+            return TrialScheduler.STOP
+
+    space = load_space("toto", SPACES)
+    params = {**BASE, "num_samples": 32, **TUNE, "ft_steps": 20, "ft_weight_decay": 0.01, "ft_freeze": "none"}
+    plan = make_plan(series, PROTOCOL)
+    chunks = len(task_for(series, checkpoints, tmp_path / "driver").chunks("val"))
+
+    def tuned(scheduler: TrialScheduler, run: Path) -> tuple[dict, list[bool]]:
+        spec = TrialSpec(str(run), series, plan, {"toto": space}, "toto", "crps", str(run / "cache"), 1 << 28, 0,
+                         "cpu", tuple(sorted(checkpoints.items())), 1)  # fmt: skip
+        grid = tune.Tuner(
+            tune.with_parameters(trainable, spec=spec),
+            param_space=space.optuna_params(params),
+            tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=1),
+            run_config=tune.RunConfig(storage_path=str(run / "ray"), verbose=0),
+        ).fit()
+        assert not grid.errors
+        fc = Forecaster(ForecastCache(run / "cache"), seed=0, checkpoints=checkpoints)
+        job = fc.finetune_jobs(series, plan, "val", "toto", params)[0]
+        return grid[0].metrics, [fc.tuner.store.get(job.key(r)) is not None for r in job.settings.rungs()]
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        stopped, trained = tuned(StopAtTheFirstReport(), tmp_path / "stopped")
+        assert stopped[CHUNK] == 1 and trained == [True, False, False]  # 5 of 20 steps, then no further
+        complete, trained = tuned(FIFOScheduler(), tmp_path / "complete")
+    finally:
+        ray.shutdown()
+    assert complete[CHUNK] == chunks and f"{MEAN}crps" in complete and trained == [True, True, True]
