@@ -124,8 +124,8 @@ def test_init_checkpoint_fits_bins_on_the_lake(mg_lake, series, origins, tmp_pat
 
 
 def test_live_forecast_equals_the_sweeps_recorded_forecast(sweep, mg_lake, mg_trained, tmp_path: Path) -> None:
-    """After a real `sweep run` (sampled paths, no walk-forward fine-tuning: those weights depend on the
-    block of origins), a live forecast from the bars before a recorded origin is the sweep's forecast there."""
+    """After a real `sweep run` (sampled paths), a live forecast from the bars before a recorded origin is
+    the sweep's forecast there."""
     spaces = tmp_path / "spaces"
     spaces.mkdir()
     space = yaml.safe_load((SPACES_DIR / "marketgpt.yaml").read_text())
@@ -133,7 +133,6 @@ def test_live_forecast_equals_the_sweeps_recorded_forecast(sweep, mg_lake, mg_tr
         "num_samples": {"type": "categorical", "choices": [16, 32], "default": 16},
         "context_length": {"type": "categorical", "choices": [32, 64], "default": 64},
         "mode": {"type": "categorical", "choices": ["sample"], "default": "sample"},
-        "finetune_epochs": {"type": "categorical", "choices": [0], "default": 0},
     }
     (spaces / "marketgpt.yaml").write_text(yaml.safe_dump(space))
     (spaces / "naive.yaml").write_text((SPACES_DIR / "naive.yaml").read_text())
