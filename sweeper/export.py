@@ -22,7 +22,7 @@ import polars as pl
 
 from sweeper.errors import SweepError
 from sweeper.evaluate import chosen_entry, read_config
-from sweeper.store import RunPaths
+from sweeper.workspace import RunPaths
 
 EXPERIMENT = "sweep"
 RUN_TAG = "sweep.run_id"

@@ -41,7 +41,8 @@ from sweeper.search import (
 )
 from sweeper.select import BEATS_NAIVE, SymbolResult, check_rule, select
 from sweeper.space import Space, load_space
-from sweeper.store import RunPaths, config_record, origins_frame, trials_frame, write_parquet
+from sweeper.store import config_record, origins_frame, trials_frame, write_parquet
+from sweeper.workspace import RunPaths
 
 DEFAULT_BACKENDS = ("naive", "drift", "seasonal_naive")
 SCHEDULERS = ("asha", "fifo")  # Ray Tune trial schedulers: ASHA early stopping, or every trial to its end

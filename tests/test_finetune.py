@@ -31,7 +31,7 @@ from sweeper.objective import Candidate, SymbolTask, mean_scores, objective
 from sweeper.plan import Protocol, make_plan
 from sweeper.search import optuna_report
 from sweeper.space import load_space
-from sweeper.store import best_configs
+from sweeper.workspace import Workspace
 from tests.helpers import SHARED_LAKE, shared_series
 from tests.test_sweep import SWEEP_BIN, count_trials
 
@@ -290,7 +290,7 @@ def test_killed_finetuning_sweep_resumes_and_its_promoted_config_reproduces(swee
     assert np.datetime64(tuned["test"][0]["cut"]) > np.datetime64(tuned["val"][0]["cut"])
 
     promoted = sweep("promote", "ft", "--out", tmp_path, "--symbols", "BTCUSDT")
-    assert promoted.exit_code == 0 and best_configs(tmp_path), promoted.stdout
+    assert promoted.exit_code == 0 and Workspace(tmp_path).best_configs(), promoted.stdout
     check = sweep("eval", "--check", "--out", tmp_path)
     assert check.exit_code == 0, check.stdout + check.stderr
 
