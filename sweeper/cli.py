@@ -185,12 +185,14 @@ def main() -> None:
 
 
 def _parse_checkpoints(items: list[str] | None) -> dict[str, str]:
+    from sweeper.workspace import recorded
+
     out = {}
     for item in items or []:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise SweepError(f"invalid --checkpoint {item!r}: use BACKEND=PATH_OR_HUB_ID")
-        out[name] = path
+        out[name] = recorded(path)  # a local folder recorded absolute: --resume and readers work from anywhere
     return out
 
 
@@ -347,11 +349,11 @@ def run(
     from sweeper.store import config_facts, new_run_id
     from sweeper.sweep import RunRequest, resume_request
     from sweeper.sweep import run as run_sweep
-    from sweeper.workspace import RunPaths
+    from sweeper.workspace import RunPaths, recorded
 
     given = {
         "symbols": symbols or [],
-        "lake": lake,
+        "lake": lake and recorded(lake),
         "freq": freq,
         "backends": backends,
         "metric": metric,
@@ -364,7 +366,7 @@ def run(
         "seed": seed,
         "checkpoints": _parse_checkpoints(checkpoint) or None,
         "device": device,
-        "spaces_dir": spaces,
+        "spaces_dir": spaces and recorded(spaces),
         "storage": storage,
         "objectives": [_METRIC_ALIASES.get(o, o) for o in objectives] if objectives else None,
         "latency_budget": latency_budget,

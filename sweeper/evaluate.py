@@ -27,14 +27,16 @@ from sweeper.output import Step
 from sweeper.plan import Plan, Protocol, make_plan
 from sweeper.select import REFERENCE
 from sweeper.store import SCHEMA_VERSION
-from sweeper.workspace import Workspace
+from sweeper.workspace import Workspace, resolve_config_paths
 
 
 def read_config(path: Path) -> dict[str, Any]:
+    """A config, with the paths it records resolved from any working directory."""
     try:
-        return read_json(path)
+        config = read_json(path)
     except (OSError, ValueError) as exc:
         raise SweepError(f"cannot read config {path}: {exc}") from exc
+    return resolve_config_paths(config, path)
 
 
 def protocol_of(config: dict[str, Any]) -> Protocol:

@@ -27,6 +27,7 @@ from sweeper.objective import SymbolTask, recorded_means
 from sweeper.search import ERROR
 from sweeper.select import SymbolResult
 from sweeper.space import Space
+from sweeper.workspace import recorded
 
 if TYPE_CHECKING:
     from sweeper.sweep import RunRequest
@@ -60,7 +61,7 @@ def _model_source(task: SymbolTask, backend: str, params: dict[str, Any] | None 
     (key, training cut, folder)."""
     checkpoint = task.forecaster.model(backend).checkpoint
     source = {
-        "checkpoint": checkpoint,
+        "checkpoint": None if checkpoint is None else recorded(checkpoint),
         "draws": task.spaces[backend].max_samples,
         **({"random_init": True} if random_init(checkpoint) else {}),
     }

@@ -21,6 +21,7 @@ silently replace the promoted configs that `promote` and the CI check rely on.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -121,3 +122,36 @@ class Workspace:
         """Every promoted config, both layouts."""
         best = self.best
         return sorted(best.glob("*/*.json")) + sorted(best.glob("*.json")) if best.is_dir() else []
+
+
+def recorded(value: str | Path) -> str:
+    """How a file records a path it names: absolute, so it resolves from any working directory. A value
+    that is no local path (a Hugging Face repo id, the lake label "demo") is kept as given."""
+    path = Path(value).expanduser()
+    return os.path.abspath(path) if path.exists() else str(value)
+
+
+def resolved(value: str, named_in: Path) -> str:
+    """A path recorded in the file `named_in`. Absolute ones are used as they are; a relative one (older
+    versions recorded paths relative to the folder the sweep ran in) from the working directory when it
+    exists there, else from the nearest folder above `named_in` that holds it."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or path.exists():
+        return value
+    found = next((base / path for base in Path(named_in).absolute().parents if (base / path).exists()), None)
+    return value if found is None else str(found)
+
+
+def resolve_config_paths(config: dict[str, Any], named_in: Path) -> dict[str, Any]:
+    """The config with its checkpoints, fine-tuned weights folders and lake resolved (see `resolved`)."""
+    sources = [config.get("chosen"), config.get("baseline"), *(config.get("backends") or {}).values()]
+    for source in (s for s in sources if isinstance(s, dict)):
+        if isinstance(source.get("checkpoint"), str):
+            source["checkpoint"] = resolved(source["checkpoint"], named_in)
+        for split in ("val", "test"):
+            for block in (source.get("finetune") or {}).get(split, []):
+                block["weights"] = resolved(block["weights"], named_in)
+    data = config.get("data")
+    if isinstance(data, dict) and isinstance(data.get("lake"), str):
+        data["lake"] = resolved(data["lake"], named_in)
+    return config
