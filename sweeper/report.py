@@ -604,7 +604,7 @@ def render(paths: RunPaths, lake: str | None = None, device: str = "auto", step:
     configs = [read_config(p) for p in sorted(paths.hyperparams.glob("*.json"))]
     if not configs:
         raise SweepError(f"run {paths.run_id} has no configs in {paths.hyperparams} (is it still running?)")
-    origins = pl.read_parquet(paths.results / "origins.parquet")
+    origins = pl.read_parquet(paths.origins)
     storage = paths.storage_url(manifest["request"].get("storage"))
     namespace = namespace_for(paths.run_id, manifest["request"].get("storage"))
     total, done = SECTION_STEPS * len(configs), 0

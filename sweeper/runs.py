@@ -61,7 +61,7 @@ def run_info(paths: RunPaths) -> RunInfo:
     req = m["request"]
     configs = {s: read_json(Path(p)) for s, p in m.get("configs", {}).items() if Path(p).is_file()}
     freqs = sorted({c["freq"] for c in configs.values()})
-    trials = paths.results / "trials.parquet"
+    trials = paths.trials
     status = m["status"]
     if status == "running" and not is_running(m):
         status = "stopped"

@@ -7,6 +7,7 @@
     results/<run_id>/trials.parquet     every trial of every study
     results/<run_id>/origins.parquet    per-origin metrics of each selected candidate, val and test
     results/<run_id>/report.html        `sweep report`
+    results/<run_id>/ray/               Ray Tune's experiment folders (--engine ray)
     results/eval/<timestamp>.json|.md   `sweep eval` reports
     hyperparams/<run_id>/<SYMBOL>.json  the per-symbol config (sweeper/store.py)
     hyperparams/best/<SYMBOL>/<freq>-h<H>.json   the promoted config of a symbol, frequency and horizon
@@ -54,6 +55,9 @@ class RunPaths:
     cache = property(lambda self: self.results / "cache")
     study_db = property(lambda self: self.results / "study.db")
     report = property(lambda self: self.results / "report.html")
+    trials = property(lambda self: self.results / "trials.parquet")
+    origins = property(lambda self: self.results / "origins.parquet")
+    ray = property(lambda self: self.results / "ray")  # Ray Tune's experiment folders
 
     def storage_url(self, storage: str | None = None) -> str:
         """The Optuna storage of the run: --storage as given, the run folder's journal file for
