@@ -352,12 +352,10 @@ def test_a_live_forecast_of_a_finetuned_config_uses_the_last_blocks_weights(tune
 def test_refitting_into_a_folder_that_cannot_be_made_is_one_line(tuned_run, sweep, tmp_path, monkeypatch) -> None:
     import tempfile
 
-    from sweeper.store import best_path
-
     cfg = json.loads(tuned_run.read_text())
     rec = cfg["backends"]["toto"]
     cfg["chosen"] = {"backend": "toto", "params": rec["params"], "draws": rec["draws"]}  # as if toto had won
-    promoted = best_path(tmp_path, "BTCUSDT", "1h", 1)
+    promoted = Workspace(tmp_path).best_path("BTCUSDT", "1h", 1)
     promoted.parent.mkdir(parents=True)
     promoted.write_text(json.dumps(cfg))
     blocker = tmp_path / "file"
