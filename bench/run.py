@@ -38,8 +38,8 @@ from sweeper.backends import REGISTRY, backend_class
 from sweeper.metric import get
 from sweeper.objective import SymbolTask
 from sweeper.plan import contexts
-from sweeper.store import RunPaths
 from sweeper.sweep import RunRequest, prepare, run
+from sweeper.workspace import RunPaths
 
 SHARED_LAKE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ohlcv"
 LAKE = os.environ.get("SWEEP_BENCH_LAKE", str(SHARED_LAKE))

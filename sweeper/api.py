@@ -42,7 +42,8 @@ from sweeper.forecast import Forecaster
 from sweeper.objective import Forecast, from_draws
 from sweeper.plan import contexts
 from sweeper.select import ENSEMBLE
-from sweeper.store import best_configs, level_column
+from sweeper.store import level_column
+from sweeper.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ def promoted_config(out: Path, symbol: str, freq: str | None = None, horizon: in
     """The promoted config of a symbol in `out/hyperparams/best`; `freq` and `horizon` pick among several."""
     found = [
         (p, cfg)
-        for p in best_configs(out)
+        for p in Workspace(out).best_configs()
         if (cfg := read_config(p))["symbol"] == symbol
         and freq in (None, cfg["freq"])
         and horizon in (None, cfg["horizon"])

@@ -23,7 +23,7 @@ from sweeper.output import Column, Listing, fmt, progress, stderr_console, stdou
 
 if TYPE_CHECKING:
     from sweeper.evaluate import Check
-    from sweeper.store import RunPaths
+    from sweeper.workspace import RunPaths
 
 EXIT_CODES = (
     "Exit codes: 0 done; 1 a check failed (eval --check, data check) or the machine stopped the command "
@@ -185,12 +185,14 @@ def main() -> None:
 
 
 def _parse_checkpoints(items: list[str] | None) -> dict[str, str]:
+    from sweeper.workspace import recorded
+
     out = {}
     for item in items or []:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise SweepError(f"invalid --checkpoint {item!r}: use BACKEND=PATH_OR_HUB_ID")
-        out[name] = path
+        out[name] = recorded(path)  # a local folder recorded absolute: --resume and readers work from anywhere
     return out
 
 
@@ -344,13 +346,14 @@ def run(
 ) -> None:
     """Search every backend for every symbol; write per-symbol configs and result tables."""
     from sweeper.atomic import read_json
-    from sweeper.store import RunPaths, config_facts, new_run_id
+    from sweeper.store import config_facts, new_run_id
     from sweeper.sweep import RunRequest, resume_request
     from sweeper.sweep import run as run_sweep
+    from sweeper.workspace import RunPaths, recorded
 
     given = {
         "symbols": symbols or [],
-        "lake": lake,
+        "lake": lake and recorded(lake),
         "freq": freq,
         "backends": backends,
         "metric": metric,
@@ -363,7 +366,7 @@ def run(
         "seed": seed,
         "checkpoints": _parse_checkpoints(checkpoint) or None,
         "device": device,
-        "spaces_dir": spaces,
+        "spaces_dir": spaces and recorded(spaces),
         "storage": storage,
         "objectives": [_METRIC_ALIASES.get(o, o) for o in objectives] if objectives else None,
         "latency_budget": latency_budget,
@@ -562,12 +565,13 @@ def finetune(
     from sweeper.finetune.base import finetuner_class
     from sweeper.finetune.tuner import make_checkpoint
     from sweeper.plan import Protocol
+    from sweeper.workspace import Workspace
 
     finetuner_class(backend)
     series = load(resolve_lake(lake), symbols, freq)
     protocol = Protocol(horizon, val_origins=val_origins, test_origins=test_origins, stride=stride)
     label = check_name("model name", name or f"finetuned-{'-'.join(symbols)}-{series[0].freq}")
-    target = out / "models" / backend / label
+    target = Workspace(out).models / backend / label
     path = make_checkpoint(backend, series, protocol, _parse_sets(knob), target, checkpoint, device, seed)
     stdout_console().print(f"wrote a fine-tuned {backend} checkpoint to {path} (use --checkpoint {backend}={path})")
 
@@ -750,7 +754,7 @@ def show(
 ) -> None:
     """Per symbol: every backend's best validation and test scores, the ensemble and the naive floor."""
     from sweeper.runs import candidates
-    from sweeper.store import RunPaths
+    from sweeper.workspace import RunPaths
 
     records = candidates(RunPaths(out, run_id))
     columns = [

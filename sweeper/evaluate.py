@@ -26,14 +26,17 @@ from sweeper.objective import Candidate, SymbolTask, mean_scores
 from sweeper.output import Step
 from sweeper.plan import Plan, Protocol, make_plan
 from sweeper.select import REFERENCE
-from sweeper.store import SCHEMA_VERSION, best_configs, best_dir
+from sweeper.store import SCHEMA_VERSION
+from sweeper.workspace import Workspace, resolve_config_paths
 
 
 def read_config(path: Path) -> dict[str, Any]:
+    """A config, with the paths it records resolved from any working directory."""
     try:
-        return read_json(path)
+        config = read_json(path)
     except (OSError, ValueError) as exc:
         raise SweepError(f"cannot read config {path}: {exc}") from exc
+    return resolve_config_paths(config, path)
 
 
 def protocol_of(config: dict[str, Any]) -> Protocol:
@@ -200,11 +203,10 @@ def run_eval(
 ) -> tuple[list[Check], Path]:
     """Check every promoted config; write results/eval/<timestamp>.json and .md. `step(label, done, total)`
     is told after each config (a progress bar: a model's configs take seconds each)."""
-    paths = best_configs(out)
+    ws = Workspace(out)
+    paths = ws.best_configs()
     if not paths:
-        raise SweepError(
-            f"nothing to evaluate: no promoted configs in {best_dir(out)} (run `sweep promote RUN_ID` first)"
-        )
+        raise SweepError(f"nothing to evaluate: no promoted configs in {ws.best} (run `sweep promote RUN_ID` first)")
     checks = []
     for i, p in enumerate(paths):
         if step:
@@ -213,7 +215,7 @@ def run_eval(
     if step:
         step("eval", len(paths), len(paths))
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-    report = out / "results" / "eval" / f"{stamp}.json"
+    report = ws.eval_reports / f"{stamp}.json"
     write_json(
         report,
         {

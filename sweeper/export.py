@@ -22,7 +22,7 @@ import polars as pl
 
 from sweeper.errors import SweepError
 from sweeper.evaluate import chosen_entry, read_config
-from sweeper.store import RunPaths
+from sweeper.workspace import RunPaths
 
 EXPERIMENT = "sweep"
 RUN_TAG = "sweep.run_id"
@@ -83,7 +83,7 @@ def export_mlflow(
     if manifest.get("status") != "complete":
         raise SweepError(f"run {run_id} is {manifest.get('status')}: finish it first (sweep run --resume {run_id})")
     configs = [read_config(p) for p in sorted(paths.hyperparams.glob("*.json"))]
-    trials = pl.read_parquet(paths.results / "trials.parquet")
+    trials = pl.read_parquet(paths.trials)
     client = MlflowClient(tracking_uri=tracking_uri or mlflow.get_tracking_uri())
     found = client.get_experiment_by_name(experiment)
     exp_id = found.experiment_id if found else client.create_experiment(experiment, _artifact_root(client))
@@ -131,7 +131,7 @@ def _export_symbol(
         },
     )
     client.log_artifact(pid, str(paths.config(symbol)))
-    report = paths.results / "report.html"
+    report = paths.report
     if report.is_file():
         client.log_artifact(pid, str(report))
     made = [{"name": parent.info.run_name, "kind": "symbol", "mlflow_run_id": pid}]

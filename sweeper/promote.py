@@ -40,7 +40,7 @@ from sweeper.errors import SweepError, check_name
 from sweeper.evaluate import chosen_candidate, protocol_of, read_config, task_on
 from sweeper.metric import get
 from sweeper.plan import MIN_TEST_ORIGINS, Plan, make_plan
-from sweeper.store import best_dir, best_path, legacy_best_path
+from sweeper.workspace import RunPaths, Workspace
 
 MAX_REUSE = 3  # promotions one set of origins may decide before it is refused as worn out
 
@@ -189,17 +189,18 @@ def promote(
 ) -> list[Decision]:
     if max_reuse < 1:
         raise SweepError(f"--max-reuse must be >= 1, got {max_reuse}")
-    run_dir = out / "hyperparams" / check_name("run id", run_id)
-    if not run_dir.is_dir():
-        raise SweepError(f"run {run_id} has no configs: {run_dir} not found")
-    available = {p.stem: p for p in sorted(run_dir.glob("*.json"))}
+    run = RunPaths(out, run_id)
+    if not run.hyperparams.is_dir():
+        raise SweepError(f"run {run_id} has no configs: {run.hyperparams} not found")
+    available = run.configs()
     wanted = symbols or list(available)
     for s in wanted:
         if check_name("symbol", s) not in available:
             raise SweepError(f"run {run_id} has no config for {s} (it has: {', '.join(available) or 'none'})")
-    best = best_dir(out)
+    ws = Workspace(out)
+    best = ws.best
     check_writable(best, "--out")
-    with exclusive(out / "hyperparams" / ".best.lock", "hyperparams/best is being promoted to by pid {pid}"):
+    with exclusive(ws.best_lock, "hyperparams/best is being promoted to by pid {pid}"):
         finish_commit(best)  # a promote killed after its commit point is completed first
         clean_temporaries(best)
         return _promote_each(out, run_id, available, wanted, force, dry_run, lake, max_reuse)
@@ -215,7 +216,8 @@ def _promote_each(
     lake: str | None,
     max_reuse: int,
 ) -> list[Decision]:
-    best = best_dir(out)
+    ws = Workspace(out)
+    best = ws.best
     decisions = []
     for s in wanted:
         candidate = read_config(available[s])
@@ -234,7 +236,7 @@ def _promote_each(
                 "comparison": d.comparison.to_dict() if d.comparison else None,
                 "arena": d.arena,
             }
-            target = best_path(out, s, candidate["freq"], candidate["horizon"])
+            target = ws.best_path(s, candidate["freq"], candidate["horizon"])
             old = read_committed(best, HISTORY) or b""
             # the config and its history line in one step: a crash never leaves one without the other
             changes: dict[str, bytes | None] = {
@@ -253,8 +255,9 @@ HISTORY = "history.jsonl"
 def current_best(out: Path, candidate: dict[str, Any]) -> tuple[Path, dict[str, Any] | None]:
     """The promoted config a candidate competes with: same symbol, frequency and horizon (in the older
     one-per-symbol layout too)."""
-    path = best_path(out, candidate["symbol"], candidate["freq"], candidate["horizon"])
-    legacy = legacy_best_path(out, candidate["symbol"])
+    ws = Workspace(out)
+    path = ws.best_path(candidate["symbol"], candidate["freq"], candidate["horizon"])
+    legacy = ws.legacy_best_path(candidate["symbol"])
     if not path.is_file() and legacy.is_file():
         old = read_config(legacy)
         if (old["freq"], old["horizon"]) == (candidate["freq"], candidate["horizon"]):
@@ -263,5 +266,5 @@ def current_best(out: Path, candidate: dict[str, Any]) -> tuple[Path, dict[str, 
 
 
 def history(out: Path) -> list[dict[str, Any]]:
-    data = read_committed(best_dir(out), HISTORY)
+    data = read_committed(Workspace(out).best, HISTORY)
     return [orjson.loads(line) for line in data.splitlines()] if data else []

@@ -43,7 +43,7 @@ from sweeper.objective import SymbolTask
 from sweeper.output import Step
 from sweeper.search import namespace_for, storage_for, study_name
 from sweeper.select import ENSEMBLE, REFERENCE
-from sweeper.store import RunPaths
+from sweeper.workspace import RunPaths
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)  # 90% band, 50% band, median
 ROLLING_ORIGINS = 60  # H = 1: the one-step band over the last this many test origins
@@ -604,7 +604,7 @@ def render(paths: RunPaths, lake: str | None = None, device: str = "auto", step:
     configs = [read_config(p) for p in sorted(paths.hyperparams.glob("*.json"))]
     if not configs:
         raise SweepError(f"run {paths.run_id} has no configs in {paths.hyperparams} (is it still running?)")
-    origins = pl.read_parquet(paths.results / "origins.parquet")
+    origins = pl.read_parquet(paths.origins)
     storage = paths.storage_url(manifest["request"].get("storage"))
     namespace = namespace_for(paths.run_id, manifest["request"].get("storage"))
     total, done = SECTION_STEPS * len(configs), 0
@@ -628,6 +628,6 @@ def write_report(
 ) -> Path:
     """Render the run's report and write results/<run_id>/report.html atomically; returns its path."""
     paths = RunPaths(out, run_id)
-    target = paths.results / "report.html"
+    target = paths.report
     write_bytes(target, render(paths, lake, device, step).encode())
     return target

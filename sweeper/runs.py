@@ -22,7 +22,7 @@ from sweeper.atomic import read_json
 from sweeper.errors import SweepError
 from sweeper.evaluate import read_config
 from sweeper.search import owner_alive
-from sweeper.store import RunPaths
+from sweeper.workspace import RunPaths, Workspace
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def run_info(paths: RunPaths) -> RunInfo:
     req = m["request"]
     configs = {s: read_json(Path(p)) for s, p in m.get("configs", {}).items() if Path(p).is_file()}
     freqs = sorted({c["freq"] for c in configs.values()})
-    trials = paths.results / "trials.parquet"
+    trials = paths.trials
     status = m["status"]
     if status == "running" and not is_running(m):
         status = "stopped"
@@ -81,7 +81,7 @@ def run_info(paths: RunPaths) -> RunInfo:
 
 def list_runs(out: Path) -> list[RunInfo]:
     """Every run under out/results, oldest first."""
-    found = [run_info(RunPaths(out, m.parent.name)) for m in (out / "results").glob("*/manifest.json")]
+    found = [run_info(paths) for paths in Workspace(out).runs()]
     return sorted(found, key=lambda r: (r.created, r.run_id))
 
 

@@ -1,24 +1,14 @@
-"""Where a run's files go, and what they hold.
-
-    results/<run_id>/manifest.json      the request, status, and what was written
-    results/<run_id>/study.db           Optuna storage (SQLite unless --storage says otherwise)
-    results/<run_id>/cache/             forecast samples, reused by resumed runs and other workers
-    results/<run_id>/trials.parquet     every trial of every study
-    results/<run_id>/origins.parquet    per-origin metrics of each selected candidate, val and test
-    hyperparams/<run_id>/<SYMBOL>.json  the per-symbol config (schema below, SCHEMA_VERSION)
-    hyperparams/best/<SYMBOL>/<freq>-h<H>.json   the promoted config of a symbol, frequency and horizon
-                                                (hyperparams/best/<SYMBOL>.json: the older layout, still read)
+"""What a run's files hold: the manifest, the per-symbol config (schema below, SCHEMA_VERSION), the trial
+and origin tables. Where they go is sweeper/workspace.py.
 
 Every file is written atomically.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import platform
 import secrets
-import socket
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,15 +19,15 @@ import polars as pl
 from optuna.trial import TrialState
 
 from sweeper import __version__
-from sweeper.atomic import exclusive, read_json, write_with
+from sweeper.atomic import write_with
 from sweeper.backends import random_init
-from sweeper.errors import SweepError, check_name
 from sweeper.finetune.settings import FinetuneSettings
 from sweeper.metrics import LEVELS
 from sweeper.objective import SymbolTask, recorded_means
 from sweeper.search import ERROR
 from sweeper.select import SymbolResult
 from sweeper.space import Space
+from sweeper.workspace import recorded
 
 if TYPE_CHECKING:
     from sweeper.sweep import RunRequest
@@ -48,67 +38,6 @@ _PACKAGES = ("numpy", "polars", "optuna", "scoringrules", "torch", "uni2ts", "to
 
 def new_run_id() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-
-
-class RunPaths:
-    def __init__(self, out: Path, run_id: str) -> None:
-        self.run_id = check_name("run id", run_id)
-        self.out = out
-        self.results = out / "results" / run_id
-        self.hyperparams = out / "hyperparams" / run_id
-
-    manifest = property(lambda self: self.results / "manifest.json")
-    cache = property(lambda self: self.results / "cache")
-    study_db = property(lambda self: self.results / "study.db")
-
-    def storage_url(self, storage: str | None = None) -> str:
-        """The Optuna storage of the run: --storage as given, the run folder's journal file for
-        `journal`, else the run folder's SQLite file."""
-        if storage == "journal":
-            return f"journal:{(self.results / 'study.journal').resolve()}"
-        return storage or f"sqlite:///{self.study_db.resolve()}"
-
-    def config(self, symbol: str) -> Path:
-        return self.hyperparams / f"{check_name('symbol', symbol)}.json"
-
-    def load_manifest(self) -> dict[str, Any]:
-        if not self.manifest.is_file():
-            if self.results.is_dir():  # killed before its first manifest write: nothing ran, the id is free
-                raise SweepError(
-                    f"run {self.run_id} never started (no {self.manifest}): start it again with --run-id {self.run_id}"
-                )
-            raise SweepError(f"run {self.run_id} not found: no {self.manifest}")
-        return read_json(self.manifest)
-
-    def locked(self) -> contextlib.AbstractContextManager[None]:
-        """The run's lock for this host, held while a process works on the run: a second process on the
-        same run is refused with one line. The file is per host: machines sharing --out through one
-        PostgreSQL --storage work on one run together (their trials carry host:pid, see search.recover)."""
-        return exclusive(
-            self.results / f".lock-{socket.gethostname()}",
-            f"run {self.run_id} is in use by another sweep process (pid {{pid}}); "
-            "wait for it to finish, then --resume it if needed",
-        )
-
-
-def best_dir(out: Path) -> Path:
-    return out / "hyperparams" / "best"
-
-
-def best_path(out: Path, symbol: str, freq: str, horizon: int) -> Path:
-    """Where the promoted config of a symbol, frequency and horizon lives: BTCUSDT 1h and 1d side by side."""
-    return best_dir(out) / check_name("symbol", symbol) / f"{check_name('freq', freq)}-h{int(horizon)}.json"
-
-
-def legacy_best_path(out: Path, symbol: str) -> Path:
-    """The older layout, one promoted config per symbol: read, and replaced when its key is promoted."""
-    return best_dir(out) / f"{check_name('symbol', symbol)}.json"
-
-
-def best_configs(out: Path) -> list[Path]:
-    """Every promoted config, both layouts."""
-    best = best_dir(out)
-    return sorted(best.glob("*/*.json")) + sorted(best.glob("*.json")) if best.is_dir() else []
 
 
 def versions() -> dict[str, str]:
@@ -132,7 +61,7 @@ def _model_source(task: SymbolTask, backend: str, params: dict[str, Any] | None 
     (key, training cut, folder)."""
     checkpoint = task.forecaster.model(backend).checkpoint
     source = {
-        "checkpoint": checkpoint,
+        "checkpoint": None if checkpoint is None else recorded(checkpoint),
         "draws": task.spaces[backend].max_samples,
         **({"random_init": True} if random_init(checkpoint) else {}),
     }

@@ -41,7 +41,8 @@ from sweeper.search import (
 )
 from sweeper.select import BEATS_NAIVE, SymbolResult, check_rule, select
 from sweeper.space import Space, load_space
-from sweeper.store import RunPaths, config_record, origins_frame, trials_frame, write_parquet
+from sweeper.store import config_record, origins_frame, trials_frame, write_parquet
+from sweeper.workspace import RunPaths
 
 DEFAULT_BACKENDS = ("naive", "drift", "seasonal_naive")
 SCHEDULERS = ("asha", "fifo")  # Ray Tune trial schedulers: ASHA early stopping, or every trial to its end
@@ -204,9 +205,7 @@ def engine_for(prep: Prepared, paths: RunPaths, progress: Progress | None) -> En
     if req.engine == "ray":
         from sweeper.ray_engine import RayEngine, RayOptions
 
-        opts = RayOptions(
-            req.workers, req.ray_address, req.gpus_per_trial, paths.results / "ray", req.scheduler or SCHEDULERS[0]
-        )
+        opts = RayOptions(req.workers, req.ray_address, req.gpus_per_trial, paths.ray, req.scheduler or SCHEDULERS[0])
         return RayEngine(settings, opts)
     if req.jobs > 1:
         from sweeper.parallel import ParallelEngine
@@ -260,8 +259,8 @@ def execute(prep: Prepared, paths: RunPaths, progress: Progress | None = None) -
             record = config_record(paths.run_id, task, result, req, lake_label(prep.lake), search, fronts)
             write_json(paths.config(task.series.symbol), record)
     if trial_frames:
-        write_parquet(paths.results / "trials.parquet", pl.concat(trial_frames, how="diagonal_relaxed"))
-    write_parquet(paths.results / "origins.parquet", pl.concat(origin_frames, how="diagonal_relaxed"))
+        write_parquet(paths.trials, pl.concat(trial_frames, how="diagonal_relaxed"))
+    write_parquet(paths.origins, pl.concat(origin_frames, how="diagonal_relaxed"))
     return results
 
 

@@ -163,8 +163,8 @@ def test_scheduler_switch_for_ray(cli, tmp_path: Path) -> None:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from sweeper.ray_engine import RayEngine, RayOptions
-    from sweeper.store import RunPaths
     from sweeper.sweep import RunRequest, engine_for, prepare
+    from sweeper.workspace import RunPaths
 
     assert isinstance(RayOptions(None, None, 0, tmp_path).trial_scheduler("min", 4), ASHAScheduler)
     assert isinstance(RayOptions(None, None, 0, tmp_path, "fifo").trial_scheduler("min", 4), FIFOScheduler)

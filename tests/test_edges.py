@@ -7,6 +7,7 @@ example does not. The faults (kills, full disks, concurrent runs) are in test_fa
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -290,6 +291,20 @@ def test_one_name_rule_for_run_ids(name: str, small_lake: Path, tmp_path: Path, 
     out = tmp_path / "out"
     result = sweep(*run_args(small_lake, out, "--symbols", "ETHUSD", "--run-id", name))
     assert_clean_failure(result, out, r"invalid run id")
+
+
+@pytest.mark.parametrize("name", ["best", "eval", "Best"])
+def test_reserved_run_ids_never_replace_promoted_configs(name: str, small_lake: Path, tmp_path: Path, sweep) -> None:
+    out = tmp_path / "out"
+    promoted = out / "hyperparams" / "best" / "ETHUSD" / "1d-h1.json"
+    promoted.parent.mkdir(parents=True)
+    promoted.write_text('{"run_id": "earlier"}')
+    result = sweep(*run_args(small_lake, out, "--symbols", "ETHUSD", "--run-id", name))
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and re.search(rf"invalid run id '{name}'.*reserved", lines[0]), result.stderr
+    assert promoted.read_text() == '{"run_id": "earlier"}' and not (out / "results").exists()
+    assert sorted(p.name for p in (out / "hyperparams").iterdir()) == ["best"]
 
 
 @pytest.mark.parametrize("command", ["promote", "show", "report"])

@@ -37,8 +37,8 @@ from sweeper.search import (
     optuna_report,
     run_study,
 )
-from sweeper.store import best_dir, best_path
 from sweeper.sweep import RunRequest, prepare
+from sweeper.workspace import Workspace
 from tests.helpers import (
     SHARED_LAKE,
     SWEEP_BIN,
@@ -456,7 +456,9 @@ def assert_best_consistent(out: Path, expected_runs: list[str] | None = None) ->
     """The config and history.jsonl agree: the config's promotion is the history's last line."""
     lines = history(out)
     config = json.loads(
-        read_committed(best_dir(out), str(best_path(out, "ETHUSD", "1d", 1).relative_to(best_dir(out))))
+        read_committed(
+            Workspace(out).best, str(Workspace(out).best_path("ETHUSD", "1d", 1).relative_to(Workspace(out).best))
+        )
     )
     assert config["promotion"] == lines[-1] and config["run_id"] == lines[-1]["run_id"]
     runs = [h["run_id"] for h in lines]
@@ -480,7 +482,7 @@ def test_promote_killed_at_any_point_is_all_or_nothing(nth: int, when: str, prom
     assert again.returncode == 0, again.stderr
     assert_best_consistent(out, runs)
     best = out / "hyperparams" / "best"
-    on_disk = json.loads(best_path(out, "ETHUSD", "1d", 1).read_text())
+    on_disk = json.loads(Workspace(out).best_path("ETHUSD", "1d", 1).read_text())
     assert on_disk["promotion"] == json.loads((best / "history.jsonl").read_text().splitlines()[-1])
     assert leftovers(out) == []
 

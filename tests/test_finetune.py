@@ -31,7 +31,7 @@ from sweeper.objective import Candidate, SymbolTask, mean_scores, objective
 from sweeper.plan import Protocol, make_plan
 from sweeper.search import optuna_report
 from sweeper.space import load_space
-from sweeper.store import best_configs
+from sweeper.workspace import Workspace
 from tests.helpers import SHARED_LAKE, shared_series
 from tests.test_sweep import SWEEP_BIN, count_trials
 
@@ -290,7 +290,7 @@ def test_killed_finetuning_sweep_resumes_and_its_promoted_config_reproduces(swee
     assert np.datetime64(tuned["test"][0]["cut"]) > np.datetime64(tuned["val"][0]["cut"])
 
     promoted = sweep("promote", "ft", "--out", tmp_path, "--symbols", "BTCUSDT")
-    assert promoted.exit_code == 0 and best_configs(tmp_path), promoted.stdout
+    assert promoted.exit_code == 0 and Workspace(tmp_path).best_configs(), promoted.stdout
     check = sweep("eval", "--check", "--out", tmp_path)
     assert check.exit_code == 0, check.stdout + check.stderr
 
@@ -352,12 +352,10 @@ def test_a_live_forecast_of_a_finetuned_config_uses_the_last_blocks_weights(tune
 def test_refitting_into_a_folder_that_cannot_be_made_is_one_line(tuned_run, sweep, tmp_path, monkeypatch) -> None:
     import tempfile
 
-    from sweeper.store import best_path
-
     cfg = json.loads(tuned_run.read_text())
     rec = cfg["backends"]["toto"]
     cfg["chosen"] = {"backend": "toto", "params": rec["params"], "draws": rec["draws"]}  # as if toto had won
-    promoted = best_path(tmp_path, "BTCUSDT", "1h", 1)
+    promoted = Workspace(tmp_path).best_path("BTCUSDT", "1h", 1)
     promoted.parent.mkdir(parents=True)
     promoted.write_text(json.dumps(cfg))
     blocker = tmp_path / "file"

@@ -62,7 +62,7 @@ class Tuner:
         for job in jobs:
             folder = self.store.path(job.key())
             out.append({"key": job.key(), "cut": str(job.windows.cut), "symbols": list(job.windows.symbols),
-                        "data": job.windows.fingerprint(), "weights": str(folder)})  # fmt: skip
+                        "data": job.windows.fingerprint(), "weights": str(folder.absolute())})  # fmt: skip
         return out
 
 

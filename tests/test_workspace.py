@@ -1,0 +1,73 @@
+"""The workspace under --out: its files name paths that resolve from any working directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from sweeper.evaluate import read_config
+from sweeper.workspace import Workspace
+
+
+def test_runs_show_report_promote_eval_and_forecast_work_from_another_directory(
+    small_lake: Path, tmp_path: Path, sweep, monkeypatch
+) -> None:
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(here)
+    assert sweep("models", "init", "toto", "--preset", "tiny", "--out", "ck").exit_code == 0
+    shutil.copytree(Path(__file__).parents[1] / "search_spaces" / "cpu-tiny", here / "spaces")  # relative --spaces
+    lake = os.path.relpath(small_lake, here)
+    args = ("--lake", lake, "--out", "out", "--symbols", "ETHUSD", "--backends", "naive", "toto")
+    ran = sweep(
+        "run",
+        *args,
+        "--checkpoint",
+        "toto=ck",
+        "--spaces",
+        "spaces",
+        "--trials",
+        2,
+        "--val-origins",
+        30,
+        "--test-origins",
+        10,
+        "--run-id",
+        "r",
+    )
+    assert ran.exit_code == 0, ran.output
+    config = json.loads((here / "out" / "hyperparams" / "r" / "ETHUSD.json").read_text())
+    assert config["backends"]["toto"]["checkpoint"] == str(here / "ck")
+    manifest = json.loads((here / "out" / "results" / "r" / "manifest.json").read_text())
+    assert manifest["request"]["lake"] == str(small_lake) and manifest["request"]["checkpoints"] == {
+        "toto": str(here / "ck")
+    }
+
+    monkeypatch.chdir(elsewhere)
+    out = str(here / "out")
+    for command in (("runs", "--out", out), ("show", "r", "--out", out), ("report", "r", "--out", out)):
+        result = sweep(*command)
+        assert result.exit_code == 0, (command, result.output)
+    assert (here / "out" / "results" / "r" / "report.html").is_file()
+    assert sweep("promote", "r", "--out", out, "--force").exit_code == 0
+    evaluated = sweep("eval", "--out", out)
+    assert evaluated.exit_code == 0, evaluated.output
+    forecast = sweep("forecast", "--symbols", "ETHUSD", "--out", out)
+    assert forecast.exit_code == 0, forecast.output
+    assert not any(elsewhere.iterdir())
+
+
+def test_relative_paths_of_older_configs_resolve_from_the_folder_above_them(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "ck").mkdir()
+    config_path = Workspace(tmp_path / "out").run("old").config("ETHUSD")
+    config_path.parent.mkdir(parents=True)
+    old = {"backends": {"toto": {"checkpoint": "ck"}, "naive": {"checkpoint": None}},
+           "baseline": {"checkpoint": "Datadog/Toto-Open-Base-1.0"}, "data": {"lake": "demo"}}  # fmt: skip
+    config_path.write_text(json.dumps(old))
+    monkeypatch.chdir(config_path.parent)
+    config = read_config(config_path)
+    assert config["backends"]["toto"]["checkpoint"] == str(tmp_path / "ck")
+    assert config["backends"]["naive"]["checkpoint"] is None
+    assert config["baseline"]["checkpoint"] == "Datadog/Toto-Open-Base-1.0" and config["data"]["lake"] == "demo"
