@@ -24,6 +24,7 @@ from sweeper.backends.base import CONTEXT_KNOB, Backend
 from sweeper.cache import Cached, ForecastCache, cache_key
 from sweeper.data import Series
 from sweeper.errors import SweepError
+from sweeper.finetune.fit import META as FINETUNE_META
 from sweeper.finetune.settings import FinetuneSettings
 from sweeper.plan import Plan, contexts
 
@@ -38,12 +39,13 @@ RungScores = Callable[[int, Cached], None]  # (training step, the split's draws 
 def checkpoint_id(checkpoint: str | None) -> str | None:
     """What the cache key (and so the draws' seed) knows of a checkpoint: a hub id as it is, a local folder
     by the content of its files. Retraining into the same folder is a new key; the same weights at another
-    path (a CI checkout) give the same draws."""
+    path (a CI checkout) give the same draws. A fine-tuned folder's `finetune.json` is left out: it says
+    where the base checkpoint was, which is not what the weights are."""
     if checkpoint is None or not Path(checkpoint).expanduser().is_dir():
         return checkpoint
     root = Path(checkpoint).expanduser()
     h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.name != FINETUNE_META):
         h.update(str(f.relative_to(root)).encode())
         with open(f, "rb") as fh:
             h.update(hashlib.file_digest(fh, "sha256").digest())

@@ -84,6 +84,19 @@ def test_resume_continues_exactly(mg_lake: Path, tmp_path: Path) -> None:
         torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=name)
 
 
+def test_training_twice_writes_the_same_checkpoint_and_so_the_same_draws(mg_lake: Path, tmp_path: Path) -> None:
+    from sweeper.forecast import checkpoint_id
+
+    kw = {"vocab_size": 16, "progress": False, "batch_size": 4, "max_steps": 2}
+    for name in ("a", "b"):
+        train(["BTCUSDT"], "1h", mg_lake, "tiny", tmp_path / name, **kw)
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert "trainer.pt" in files and files == sorted(p.name for p in (tmp_path / "b").iterdir())
+    for f in files:  # trainer.pt too: torch.save names its archive after the (temporary) file it writes
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    assert checkpoint_id(str(tmp_path / "a")) == checkpoint_id(str(tmp_path / "b"))
+
+
 def test_cli(mg_lake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sweep) -> None:
     monkeypatch.chdir(tmp_path)
 

@@ -323,6 +323,11 @@ def test_checkpoint_id_follows_content_not_path(tmp_path: Path) -> None:
     (c / "config.json").write_text('{"d": 64}')
     (c / "sub" / "model.safetensors").write_bytes(b"\x01" * 100)  # retrained: same names, new weights
     assert checkpoint_id(str(c)) != checkpoint_id(str(a))
+    # fine-tuned weights: their metadata names the base's path, which must not change the draws
+    for d, base in ((a, "/home/x/base"), (b, "/ci/checkout/base")):
+        (d / "finetune.json").write_text(json.dumps({"base_checkpoint": base}))
+    checkpoint_id.cache_clear()
+    assert checkpoint_id(str(a)) == checkpoint_id(str(b))
     assert checkpoint_id("Salesforce/moirai-1.1-R-small") == "Salesforce/moirai-1.1-R-small"
 
 

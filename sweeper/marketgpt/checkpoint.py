@@ -11,6 +11,7 @@ another step, so a crash between two writes cannot silently mix weights of diffe
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
-from sweeper.atomic import read_json, write_bytes, write_json, write_with
+from sweeper.atomic import read_json, write_bytes, write_json
 from sweeper.backends.pretrained import torch_device
 from sweeper.errors import SweepError
 from sweeper.marketgpt.model import MarketGPT, ModelConfig
@@ -94,7 +95,9 @@ def from_pretrained(path: str | Path, device: str = "cpu") -> Pretrained:
 
 def save_trainer_state(out: Path, optimizer: torch.optim.Optimizer, scheduler: Any, step: int) -> None:
     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}
-    write_with(Path(out) / TRAINER_FILE, lambda p: torch.save(state, p))
+    buf = io.BytesIO()  # torch.save names its archive after the file: a temporary name would change the bytes
+    torch.save(state, buf)
+    write_bytes(Path(out) / TRAINER_FILE, buf.getvalue())
 
 
 def load_trainer_state(path: Path, step: int) -> dict[str, Any]:
