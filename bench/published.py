@@ -102,7 +102,7 @@ def kronos_sampler(ckpt: Path, origins: int = 2, draws: int = 8, context: int = 
     import torch
     from model.kronos import auto_regressive_inference
 
-    from sweeper.backends.kronos import KNOB_DEFAULTS, _features, _time_features
+    from sweeper.backends.kronos import KronosBackend, _features, _time_features
     from sweeper.data import load
     from sweeper.plan import contexts
 
@@ -116,7 +116,7 @@ def kronos_sampler(ckpt: Path, origins: int = 2, draws: int = 8, context: int = 
         xs, ys = (torch.from_numpy(_time_features(t)) for t in (ctx.ts, ctx.future_ts(horizon)))
 
         def ours(h: int = horizon, c: Any = ctx) -> None:
-            model.forecast(c, h, draws, {**KNOB_DEFAULTS, "context_length": context}, seed=0)
+            model.forecast(c, h, draws, {**KronosBackend.defaults(), "context_length": context}, seed=0)
 
         def theirs(h: int = horizon, z: Any = z, xs: Any = xs, ys: Any = ys) -> None:
             with torch.inference_mode():

@@ -20,6 +20,7 @@ configs) holds the real values (`Space.values`).
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import yaml
 
 from sweeper.aggregate import parse as parse_aggregation
 from sweeper.errors import SweepError
+from sweeper.finetune.settings import PREFIX as FINETUNE_PREFIX
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 TYPES = ("int", "float", "log-float", "categorical")
@@ -246,6 +248,28 @@ def _check_finetune_knobs(path: Path, params: dict[str, Param]) -> None:
                 raise _fail(path, f"params.{p.name}", str(exc)) from exc
 
 
+def _check_declared(path: Path, backend: str, params: dict[str, Param]) -> None:
+    """Every knob but the fine-tuning ones (checked above) is one the backend declares (`Backend.knobs`),
+    and every value the file lets the search try is one it allows: a misspelt or out-of-range knob is
+    refused here, not searched, keyed and ignored, nor failed trial by trial."""
+    from sweeper.backends import backend_class
+
+    known = {k.name: k for k in backend_class(backend).declared_knobs()}
+    for p in params.values():
+        if p.name.startswith(FINETUNE_PREFIX):
+            continue
+        key = f"params.{p.name}"
+        if p.name not in known:
+            near = difflib.get_close_matches(p.name, known, n=1)
+            hint = f"did you mean {near[0]}? " if near else ""
+            raise _fail(path, key, f"{backend} has no such knob: {hint}its knobs are {', '.join(known)} and ft_ ones")
+        allowed = [*(p.choices or (p.low, p.high)), p.default]
+        for value in (v for v in allowed if v is not None):
+            why = known[p.name].violation(value)
+            if why:
+                raise _fail(path, key, f"{value!r} is not allowed for {backend}: {why}")
+
+
 def _check_knobs(path: Path, params: dict[str, Param]) -> None:
     for name in REQUIRED:
         if name not in params:
@@ -330,6 +354,7 @@ def load_space(backend: str, spaces_dir: Path | None = None) -> Space:
         raise _fail(path, "params", "must be a non-empty mapping of knob names to specs")
     params = {str(name): _param(path, str(name), spec) for name, spec in raw.items()}
     _check_knobs(path, params)
+    _check_declared(path, backend, params)
     checkpoint = doc.get("checkpoint")
     if checkpoint is not None and not isinstance(checkpoint, str):
         raise _fail(path, "checkpoint", "must be a hub id or a directory path")

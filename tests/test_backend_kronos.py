@@ -17,7 +17,6 @@ from sweeper.backends import backend_class
 from sweeper.backends.kronos import (
     DEFAULT_MODEL,
     DEFAULT_TOKENIZER,
-    KNOB_DEFAULTS,
     PUBLISHED_PARAMS,
     KronosBackend,
     _features,
@@ -64,7 +63,8 @@ def test_registered_and_space_defaults_match_the_package() -> None:
     assert backend_class("kronos") is KronosBackend
     defaults = load_space("kronos").defaults()
     assert defaults is not None
-    assert {k: defaults[k] for k in KNOB_DEFAULTS} == KNOB_DEFAULTS
+    model = {k.name for k in KronosBackend.knobs}
+    assert {k: defaults[k] for k in model} == {k: v for k, v in KronosBackend.defaults().items() if k in model}
 
 
 def test_tiny_checkpoint_loads_through_the_hub_id_path(tiny_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -195,7 +195,7 @@ def test_sweep_run_end_to_end(tiny_dir: Path, tmp_path: Path) -> None:
         kronos = config["backends"]["kronos"]
         assert "error" not in kronos and kronos["trials"] + kronos["pruned_trials"] == 3
         assert kronos["checkpoint"] == str(tiny_dir)
-        assert set(KNOB_DEFAULTS) <= set(kronos["params"])
+        assert {k.name for k in KronosBackend.knobs} <= set(kronos["params"])
         assert kronos["validation"] and kronos["test"]
     # a live forecast from the bars before a recorded origin is the sweep's forecast there
     assert_live_forecast_is_recorded(run_dir / "ETHUSDT.json", "kronos")

@@ -117,7 +117,7 @@ def test_patch_size_and_covariates(tiny: MoiraiBackend, series) -> None:
     for knobs in ({"use_covariates": True}, {"patch_size": "auto", "use_covariates": True}):
         paths = tiny.forecast(ctx, H, N, {**KNOBS, **knobs}, seed=0)
         assert paths.shape == alone.shape and np.isfinite(paths).all() and not np.array_equal(paths, alone)
-    with pytest.raises(ValueError, match="patch_size 12"):
+    with pytest.raises(SweepError, match="patch_size must be one of 8, 16, 32, 64, 128, 'auto', got 12"):
         tiny.forecast(ctx, H, N, {**KNOBS, "patch_size": 12}, seed=0)
     with pytest.raises(ValueError, match="context_length > horizon"):
         tiny.forecast(_ctx(series, 2, length=H), H, N, {**KNOBS, "patch_size": "auto"}, seed=0)

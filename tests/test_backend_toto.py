@@ -115,6 +115,30 @@ def test_samples_per_batch_always_divides_the_sample_count(tiny: TotoBackend, se
     assert paths.shape == (2, 12, PATCH + 2) and np.isfinite(paths).all()
 
 
+def test_samples_per_batch_reaches_the_backend_and_so_is_keyed(
+    tiny_dir: Path, series, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was declared speed-only and left out of the key, and so never reached `forecast` at all: passed
+    through, it turns out to reorder the library's draws past one patch."""
+    from sweeper.cache import ForecastCache
+    from sweeper.forecast import Forecaster
+
+    seen: list[object] = []
+    real = TotoBackend.forecast
+
+    def spy(self, ctx, horizon, num_samples, knobs, seed, first=0):
+        seen.append(knobs.get("samples_per_batch"))
+        return real(self, ctx, horizon, num_samples, knobs, seed, first)
+
+    monkeypatch.setattr(TotoBackend, "forecast", spy)
+    fc = Forecaster(ForecastCache(tmp_path / "cache"), seed=0, device="cpu", checkpoints={"toto": str(tiny_dir)})
+    origins = np.arange(len(series) - 40 - 2, len(series) - 40)
+    draws = [fc.draw(series, origins, PATCH + 2, "toto", {**KNOBS, "samples_per_batch": k}, 16) for k in (4, 16)]
+    assert seen == [4, 16]
+    assert not np.allclose(draws[0], draws[1])  # other draws, so it must be (and is) in the key
+    assert TotoBackend.model_knobs(KNOBS)["samples_per_batch"] == 8
+
+
 def test_one_pass_draws_follow_the_library_sampler(tiny: TotoBackend, series) -> None:
     """Within one patch, the draws from one pass have the distribution of the library's repeated passes."""
     from scipy.stats import ks_2samp

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+from sweeper.space import SPACES_DIR
 from tests.helpers import assert_clean_failure, corrupt, set_cell
 
 CASES = {
@@ -108,3 +110,53 @@ def test_bad_aggregation_name_is_clear() -> None:
     ]:
         with pytest.raises(SweepError, match=msg):
             parse(name)
+
+
+KNOB_CASES = {  # backend, the knob's line, what the error says
+    "misspelt knob": (
+        "kronos",
+        "temprature: {type: float, low: 0.5, high: 1.0}",
+        r"no such knob: did you mean temperature\?",
+    ),
+    "above its range": ("kronos", "top_p: {type: float, low: 0.5, high: 1.2}", r"1\.2 is not allowed .*: must be <= 1"),
+    "at an open bound": ("marketgpt", "temperature: {type: float, low: 0.0, high: 1.0}", r"0\.0 .*: must be > 0"),
+    "not a choice": ("marketgpt", "mode: {type: categorical, choices: [sample, beam]}", r"'beam' is not allowed"),
+    "below its range": ("seasonal_naive", "season: {type: categorical, choices: [0, 7]}", r"0 .*: must be >= 1"),
+    "another backend's knob": ("naive", "top_k: {type: int, low: 0, high: 5}", r"naive has no such knob"),
+    "wrong type": ("toto", "use_covariates: {type: categorical, choices: [false, 'on']}", r"must be true or false"),
+}
+
+
+@pytest.mark.parametrize("case", KNOB_CASES)
+def test_a_knob_its_backend_does_not_allow_is_refused_before_anything_runs(
+    case: str, small_lake: Path, tmp_path: Path, sweep
+) -> None:
+    backend, body, pattern = KNOB_CASES[case]
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    shutil.copy(SPACES_DIR / "naive.yaml", spaces)  # the baseline every sweep runs
+    (spaces / f"{backend}.yaml").write_text(
+        f"backend: {backend}\nparams:\n  num_samples: {{type: int, low: 8, high: 64}}\n"
+        "  aggregation: {type: categorical, choices: [mean]}\n"
+        f"  context_length: {{type: categorical, choices: [32]}}\n  {body}\n"
+    )
+    out = tmp_path / "out"
+    # no checkpoint exists for the model backends: the space is refused before any model would load
+    result = sweep(*args(small_lake, out, "--symbols", "ETHUSD", "--backends", backend, "--spaces", spaces))
+    assert_clean_failure(result, out, pattern)
+    assert f"{backend}.yaml" in result.stderr.replace("\n", "") and f"key params.{body.split(':')[0]}" in result.stderr
+
+
+def test_a_backend_fills_defaults_and_refuses_bad_knobs_given_outside_a_space() -> None:
+    """A JSON config or a direct call never went through load_space: `Backend.knob_values` is the same rule."""
+    from sweeper.backends import backend_class
+    from sweeper.errors import SweepError
+
+    kronos = backend_class("kronos")
+    assert kronos.knob_values({"top_k": 5}) == {"temperature": 1.0, "top_p": 0.9, "top_k": 5, "clip": 5.0}
+    with pytest.raises(SweepError, match="kronos has no knob 'temprature'"):
+        kronos.knob_values({"temprature": 0.5})
+    with pytest.raises(SweepError, match=r"marketgpt knob top_p must be <= 1, got 1\.5"):
+        backend_class("marketgpt").knob_values({"top_p": 1.5})
+    with pytest.raises(SweepError, match="moirai knob patch_size must be one of"):
+        backend_class("moirai").knob_values({"patch_size": 12})

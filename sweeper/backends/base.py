@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sweeper.errors import SweepError
+from sweeper.knob import COMMON, Knob, knob_values
 from sweeper.plan import Contexts
 
 # Knobs applied after the model ran: changing them re-scores cached samples and never calls the model.
@@ -51,8 +52,9 @@ class Backend(ABC):
     name: ClassVar[str]
     default_checkpoint: ClassVar[str | None] = None
     batch_size: ClassVar[int] = 1_000_000  # origins per forward call; models set something that fits memory
-    # Knobs that only change speed, not the distribution of the samples: left out of the cache key.
-    speed_knobs: ClassVar[frozenset[str]] = frozenset()
+    # The backend's own knobs (`sweeper.knob`), besides COMMON and the fine-tuning ones: `load_space`
+    # checks a space against them, `knob_values` fills and checks what `forecast` is given.
+    knobs: ClassVar[tuple[Knob, ...]] = ()
     # Draws come in blocks of this many, each from its own seed (`block_seeds`): the cache extends a set of
     # draws block by block, and draws a..b are the same whichever call made them. Backends whose draws are
     # almost free after one forward pass use large blocks; autoregressive ones, whose cost grows per draw, small.
@@ -99,14 +101,24 @@ class Backend(ABC):
         raise SweepError(f"backend {cls.name} has no checkpoint to initialise")
 
     @classmethod
+    def declared_knobs(cls) -> tuple[Knob, ...]:
+        return COMMON + cls.knobs
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every declared knob's default (the backend's behaviour when a configuration leaves it out)."""
+        return cls.knob_values({})
+
+    @classmethod
+    def knob_values(cls, knobs: Mapping[str, Any]) -> dict[str, Any]:
+        """The knobs `forecast` was given, checked, with the declared defaults of those left out."""
+        return knob_values(cls.name, cls.declared_knobs(), knobs)
+
+    @classmethod
     def model_knobs(cls, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The knobs that change the samples: everything but scoring and speed knobs, and the fine-tuning
+        """The knobs that change the samples: everything but scoring knobs, and the fine-tuning
         knobs, which change the weights (the checkpoint's id) and never reach `forecast`."""
-        return {
-            k: v
-            for k, v in params.items()
-            if k not in SCORING_KNOBS and k not in cls.speed_knobs and not k.startswith(FINETUNE_PREFIX)
-        }
+        return {k: v for k, v in params.items() if k not in SCORING_KNOBS and not k.startswith(FINETUNE_PREFIX)}
 
 
 def block_seed(seed: int, block: int) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from sweeper.backends.base import Backend, Seeds, origin_rngs
+from sweeper.knob import Knob
 from sweeper.plan import Contexts
 
 
@@ -67,13 +68,14 @@ class Drift(Backend):
 
 class SeasonalNaive(Backend):
     name = "seasonal_naive"
+    knobs = (Knob("season", int, 7, low=1, doc="bars per season: 24 hourly bars a day, 5 or 7 daily bars a week"),)
 
     def forecast(
         self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds, first: int = 0
     ) -> np.ndarray:
         if first:  # each origin's draws are one row-major stream: the later ones are the tail of a longer call
             return self.forecast(ctx, horizon, first + num_samples, knobs, seed)[:, first:]
-        m = int(knobs["season"])
+        m = self.knob_values(knobs)["season"]
         log_close = np.log(ctx.close)
         if log_close.shape[1] <= 2 * m:
             raise ValueError(

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ import numpy as np
 from sweeper.backends.base import Backend, Seeds
 from sweeper.backends.pretrained import checkpoint_dir, seeded, torch_device
 from sweeper.errors import SweepError
+from sweeper.knob import TEMPERATURE, TOP_K, TOP_P, Knob
 from sweeper.plan import Contexts
 
 DEFAULT_MODEL = "NeoQuasar/Kronos-small"
@@ -46,7 +48,6 @@ TOKENIZERS = {"NeoQuasar/Kronos-mini": "NeoQuasar/Kronos-Tokenizer-2k"}
 WEIGHTS = ("config.json", "model.safetensors")
 CLOSE = 3  # column of close in Kronos's open, high, low, close, volume, amount
 # The package's predict() defaults, used when a knob is absent from the space.
-KNOB_DEFAULTS: dict[str, float] = {"temperature": 1.0, "top_p": 0.9, "top_k": 0, "clip": 5.0}
 
 _TOKENIZER_BASE: dict[str, Any] = {
     "d_in": 6, "d_model": 256, "n_heads": 4, "ff_dim": 512, "n_enc_layers": 4, "n_dec_layers": 4,
@@ -136,6 +137,12 @@ class KronosBackend(Backend):
     # 32 draws, context 128: 74 ms/origin at 1, 52 at 8, 54 at 32 (only CPU measured: no GPU was lent)
     batch_size = 32
     draw_block = 8  # every draw costs a token per bar through model and decoder: extend in small blocks
+    knobs = (
+        TEMPERATURE,
+        replace(TOP_P, default=0.9, doc="nucleus sampling; off when top_k > 0 (the package's sampler)"),
+        TOP_K,
+        Knob("clip", float, 5.0, low=0, low_open=True, doc="normalised features are clipped to +-clip"),
+    )
 
     def __init__(self, checkpoint: str | None = None, device: str = "cpu") -> None:
         super().__init__(checkpoint, device)
@@ -166,7 +173,7 @@ class KronosBackend(Backend):
     def model_knobs(cls, params: Mapping[str, Any]) -> dict[str, Any]:
         """top_k > 0 turns top_p off in the package's sampler, so top_p then stays out of the cache key."""
         knobs = super().model_knobs(params)
-        if int(knobs.get("top_k", 0)) > 0:
+        if int(knobs.get("top_k", cls.defaults()["top_k"])) > 0:
             knobs.pop("top_p", None)
         return knobs
 
@@ -177,15 +184,8 @@ class KronosBackend(Backend):
 
         from sweeper.backends.kronos_prefix import sample_block, shared_prefix
 
-        temperature = float(knobs.get("temperature", KNOB_DEFAULTS["temperature"]))
-        top_k = int(knobs.get("top_k", KNOB_DEFAULTS["top_k"]))
-        top_p = float(knobs.get("top_p", KNOB_DEFAULTS["top_p"]))
-        clip = float(knobs.get("clip", KNOB_DEFAULTS["clip"]))
-        if temperature <= 0 or not 0 < top_p <= 1 or top_k < 0 or clip <= 0:
-            raise SweepError(
-                f"kronos knobs out of range: temperature {temperature} (> 0), top_p {top_p} (0, 1], "
-                f"top_k {top_k} (>= 0), clip {clip} (> 0)"
-            )
+        k = self.knob_values(knobs)
+        temperature, top_k, top_p, clip = k["temperature"], k["top_k"], k["top_p"], k["clip"]
         b = ctx.values.shape[0]
         x = _features(ctx.values.astype(np.float64))
         mean, std = x.mean(axis=1, keepdims=True), x.std(axis=1, keepdims=True) + 1e-5

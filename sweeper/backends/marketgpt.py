@@ -18,6 +18,7 @@ import numpy as np
 
 from sweeper.backends.base import Backend, Seeds
 from sweeper.errors import SweepError
+from sweeper.knob import TEMPERATURE, TOP_K, TOP_P, Knob
 from sweeper.plan import Contexts
 
 INIT_FREQ = "1h"  # a random-init checkpoint fits its bins on the lake's bars at this frequency
@@ -27,6 +28,12 @@ class MarketGPTBackend(Backend):
     name = "marketgpt"
     batch_size = 1_000_000  # one call per split
     draw_block = 16  # sampled paths cost a token per step each: extend in small blocks
+    knobs = (
+        Knob("mode", str, "sample", choices=("sample", "direct"), doc="token paths, or the step head's point path"),
+        TEMPERATURE,  # top-k and top-p per OHLC component
+        TOP_K,
+        TOP_P,
+    )
 
     def __init__(self, checkpoint: str | None = None, device: str = "cpu") -> None:
         super().__init__(checkpoint, device)
@@ -62,7 +69,8 @@ class MarketGPTBackend(Backend):
         from sweeper.marketgpt.sampling import SamplingSettings, close_paths
 
         self._check(ctx)
-        sampling = SamplingSettings.from_knobs(knobs)
+        k = self.knob_values(knobs)
+        sampling = SamplingSettings(k["mode"], k["temperature"], k["top_k"], k["top_p"])
         model, tokenizer = self.pretrained.model, self.pretrained.tokenizer
         seeds = self.block_seeds(seed, ctx.values.shape[0], first, num_samples)
         return close_paths(model, tokenizer, ctx, horizon, num_samples, sampling, seeds, self.draw_block)

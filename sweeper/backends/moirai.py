@@ -35,6 +35,7 @@ from sweeper.backends.pretrained import (
     torch_device,
     write_checkpoint,
 )
+from sweeper.knob import Knob
 from sweeper.plan import Contexts
 
 CLOSE = 3  # column of the close in Contexts.values (open, high, low, close, volume)
@@ -61,6 +62,10 @@ class MoiraiBackend(Backend):
     name = "moirai"
     default_checkpoint = "Salesforce/moirai-1.1-R-small"
     batch_size = 32  # origins per forward pass; the draws are sampled from its output
+    knobs = (
+        Knob("patch_size", int, AUTO, choices=(8, 16, 32, 64, 128, AUTO), doc="the published patch sizes, or auto"),
+        Knob("use_covariates", bool, False, doc="open, high, low, volume as past covariates"),
+    )
 
     def __init__(self, checkpoint: str | None = None, device: str = "cpu") -> None:
         super().__init__(checkpoint, device)
@@ -78,8 +83,8 @@ class MoiraiBackend(Backend):
         import torch
         from torch.utils._pytree import tree_map
 
-        patch = knobs.get("patch_size", AUTO)
-        patch = AUTO if patch == AUTO else int(patch)
+        knobs = self.knob_values(knobs)
+        patch = knobs["patch_size"]
         if patch != AUTO and patch not in self._module.patch_sizes:
             raise ValueError(f"patch_size {patch} is not one of this checkpoint's {list(self._module.patch_sizes)}")
         b, c, _ = ctx.values.shape
@@ -88,7 +93,7 @@ class MoiraiBackend(Backend):
             raise ValueError(f'patch_size "auto" needs context_length > horizon ({c} <= {horizon})')
         close = torch.as_tensor(np.ascontiguousarray(ctx.close), dtype=torch.float32, device=self._device)
         covariates = None
-        if knobs.get("use_covariates", False):
+        if knobs["use_covariates"]:
             covariates = torch.as_tensor(
                 np.ascontiguousarray(ctx.values[:, :, COVARIATES]), dtype=torch.float32, device=self._device
             )

@@ -42,10 +42,10 @@ from sweeper.backends.pretrained import (
     write_checkpoint,
 )
 from sweeper.data import freq_seconds
+from sweeper.knob import Knob
 from sweeper.plan import Contexts
 
 CLOSE = 3  # column of the close in Contexts.values (open, high, low, close, volume)
-DEFAULT_SAMPLES_PER_BATCH = 32
 # the per-origin tensors of a MaskedTimeseries (all but num_exogenous_variables)
 FIELDS = ("series", "padding_mask", "id_mask", "timestamp_seconds", "time_interval_seconds")
 
@@ -108,7 +108,12 @@ class TotoBackend(Backend):
     name = "toto"
     default_checkpoint = "Datadog/Toto-Open-Base-1.0"
     batch_size = 16  # origins per call; past one patch each carries samples_per_batch paths (and a KV cache)
-    speed_knobs = frozenset({"samples_per_batch"})
+    knobs = (
+        Knob("use_covariates", bool, False, doc="open, high, low, volume as more variates of one series"),
+        # memory, not quality: paths decoded together past one patch (at most a draw block). The library
+        # samples them from one random stream, so another value gives other draws: it is keyed, not searched
+        Knob("samples_per_batch", int, 32, low=1, doc="paths decoded together past one patch"),
+    )
 
     def __init__(self, checkpoint: str | None = None, device: str = "cpu") -> None:
         super().__init__(checkpoint, device)
@@ -129,7 +134,8 @@ class TotoBackend(Backend):
     ) -> np.ndarray:
         import torch
 
-        columns = [0, 1, 2, CLOSE, 4] if knobs.get("use_covariates", False) else [CLOSE]
+        knobs = self.knob_values(knobs)
+        columns = [0, 1, 2, CLOSE, 4] if knobs["use_covariates"] else [CLOSE]
         series = torch.as_tensor(
             np.ascontiguousarray(ctx.values[:, :, columns].transpose(0, 2, 1)), dtype=torch.float32, device=self._device
         )  # (B, V, C)
@@ -149,7 +155,7 @@ class TotoBackend(Backend):
             if horizon <= self._forecaster.model.patch_embed.patch_size:
                 paths = self._next_patch(inputs, target, horizon, seeds)
             else:
-                spb = samples_per_batch(self.draw_block, knobs.get("samples_per_batch", DEFAULT_SAMPLES_PER_BATCH))
+                spb = samples_per_batch(self.draw_block, knobs["samples_per_batch"])
                 paths = torch.cat([self._decoded(inputs, i, target, horizon, spb, row) for i, row in enumerate(seeds)])
         return paths[:, :num_samples].float().cpu().numpy()
 

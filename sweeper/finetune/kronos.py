@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.backends.kronos import KNOB_DEFAULTS, KronosBackend, _features, _kronos_package, _load, _time_features
+from sweeper.backends.kronos import KronosBackend, _features, _kronos_package, _load, _time_features
 from sweeper.finetune.base import Finetuner
 from sweeper.finetune.settings import FinetuneSettings
 
@@ -41,7 +41,7 @@ class KronosFinetuner(Finetuner):
 
     @classmethod
     def train_knobs(cls, params: Mapping[str, Any]) -> dict[str, Any]:
-        return {"clip": float(params.get("clip", KNOB_DEFAULTS["clip"]))}
+        return {"clip": float(params.get("clip", KronosBackend.defaults()["clip"]))}
 
     def module(self, s: FinetuneSettings) -> Any:
         return _module_class()(self.model, self.tokenizer, s.lr, s.weight_decay, self.prediction(s))

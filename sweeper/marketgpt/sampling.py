@@ -9,9 +9,7 @@ returns), repeated for every sample.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,33 +19,18 @@ from sweeper.marketgpt.model import MarketGPT, PrefixCache
 from sweeper.marketgpt.tokenizer import CandleTokenizer, candle_returns, time_features
 from sweeper.plan import Contexts
 
-MODES = ("sample", "direct")
 PATH_BYTES = 256 * 2**20  # memory for the paths in flight (their caches, scores and logits)
 TOKENS_PER_PASS = 65_536  # context tokens per forward pass (origins per chunk = this / context length)
 
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    mode: str = "sample"
-    temperature: float = 1.0
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1: off
+    """The backend's sampling knobs, checked against their declarations (`MarketGPTBackend.knobs`)."""
 
-    @classmethod
-    def from_knobs(cls, knobs: Mapping[str, Any]) -> SamplingSettings:
-        s = cls(
-            str(knobs.get("mode", cls.mode)),
-            float(knobs.get("temperature", cls.temperature)),
-            int(knobs.get("top_k", cls.top_k)),
-            float(knobs.get("top_p", cls.top_p)),
-        )
-        if s.mode not in MODES:
-            raise SweepError(f"marketgpt knob mode={s.mode!r}: choose from {', '.join(MODES)}")
-        if s.temperature <= 0:
-            raise SweepError(f"marketgpt knob temperature={s.temperature}: must be > 0")
-        if s.top_k < 0 or not 0 < s.top_p <= 1:
-            raise SweepError(f"marketgpt knobs top_k={s.top_k}, top_p={s.top_p}: need top_k >= 0, 0 < top_p <= 1")
-        return s
+    mode: str
+    temperature: float
+    top_k: int  # 0: off
+    top_p: float  # 1: off
 
 
 @dataclass(frozen=True)
