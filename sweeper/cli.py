@@ -561,7 +561,6 @@ def finetune(
     """Fine-tune one checkpoint outside a sweep, on bars before the sweep's first validation origin; writes
     OUT/models/BACKEND/NAME in the backend's format."""
     from sweeper.data import load, resolve_lake
-    from sweeper.errors import check_name
     from sweeper.finetune.base import finetuner_class
     from sweeper.finetune.tuner import make_checkpoint
     from sweeper.plan import Protocol
@@ -570,8 +569,7 @@ def finetune(
     finetuner_class(backend)
     series = load(resolve_lake(lake), symbols, freq)
     protocol = Protocol(horizon, val_origins=val_origins, test_origins=test_origins, stride=stride)
-    label = check_name("model name", name or f"finetuned-{'-'.join(symbols)}-{series[0].freq}")
-    target = Workspace(out).models / backend / label
+    target = Workspace(out).model(backend, name or f"finetuned-{'-'.join(symbols)}-{series[0].freq}")
     path = make_checkpoint(backend, series, protocol, _parse_sets(knob), target, checkpoint, device, seed)
     stdout_console().print(f"wrote a fine-tuned {backend} checkpoint to {path} (use --checkpoint {backend}={path})")
 
@@ -841,11 +839,11 @@ def train_marketgpt(
     json: bool = json_flag(),
 ) -> None:
     """Train MarketGPT on bars before the sweep's first validation origin; writes OUT/models/marketgpt/NAME."""
-    from sweeper.errors import check_name
-    from sweeper.marketgpt.train import DEFAULT_ROOT, train
+    from sweeper.marketgpt.train import train
     from sweeper.plan import Protocol
+    from sweeper.workspace import Workspace
 
-    target = None if name is None else out / DEFAULT_ROOT / check_name("model name", name)
+    target = None if name is None else Workspace(out).model("marketgpt", name)
     summary = train(
         [w for item in symbols for w in item.split(",") if w],
         freq,

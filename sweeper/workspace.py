@@ -106,6 +106,10 @@ class Workspace:
     eval_reports = property(lambda self: self.results / EVAL)
     models = property(lambda self: self.out / "models")
 
+    def model(self, backend: str, name: str) -> Path:
+        """Where `sweep models` and `sweep train` write the checkpoint `name` of `backend`."""
+        return self.models / backend / check_name("model name", name)
+
     def run(self, run_id: str) -> RunPaths:
         return RunPaths(self.out, run_id)
 

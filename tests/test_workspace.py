@@ -7,6 +7,9 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
+from sweeper.errors import SweepError
 from sweeper.evaluate import read_config
 from sweeper.workspace import Workspace
 
@@ -71,3 +74,11 @@ def test_relative_paths_of_older_configs_resolve_from_the_folder_above_them(tmp_
     assert config["backends"]["toto"]["checkpoint"] == str(tmp_path / "ck")
     assert config["backends"]["naive"]["checkpoint"] is None
     assert config["baseline"]["checkpoint"] == "Datadog/Toto-Open-Base-1.0" and config["data"]["lake"] == "demo"
+
+
+def test_model_folders_are_named_by_the_workspace_and_never_escape_it(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    assert ws.model("marketgpt", "tiny-1h") == tmp_path / "models" / "marketgpt" / "tiny-1h"
+    for bad in ("../x", "a/b", ""):
+        with pytest.raises(SweepError, match="model name"):
+            ws.model("toto", bad)

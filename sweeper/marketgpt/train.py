@@ -33,7 +33,7 @@ from rich.progress import (
 from sweeper import output
 from sweeper.backends.pretrained import seeded, torch_device
 from sweeper.data import load, resolve_lake
-from sweeper.errors import SweepError, check_name
+from sweeper.errors import SweepError
 from sweeper.marketgpt.checkpoint import (
     TrainingMeta,
     from_pretrained,
@@ -45,8 +45,8 @@ from sweeper.marketgpt.corpus import Corpus, build_corpus
 from sweeper.marketgpt.model import Batch, MarketGPT, TrainSettings, get_preset
 from sweeper.marketgpt.tokenizer import CandleTokenizer
 from sweeper.plan import Protocol
+from sweeper.workspace import Workspace
 
-DEFAULT_ROOT = Path("models") / "marketgpt"
 MIN_LR_SHARE = 0.1
 LOSS_WINDOW = 10  # first/last loss are means over this many steps: single steps are noisy
 
@@ -206,7 +206,7 @@ def train(
             raise SweepError(f"--max-minutes must be > 0, got {max_minutes}")
         series = load(resolve_lake(lake), list(symbols), freq)
         freq = series[0].freq
-        default = workspace / DEFAULT_ROOT / check_name("model name", f"{preset}-{freq}")
+        default = Workspace(workspace).model("marketgpt", f"{preset}-{freq}")
         out = Path(out_dir) if out_dir is not None else default
         dev = torch_device(device)
 
