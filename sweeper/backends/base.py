@@ -28,13 +28,10 @@ Seeds = int | np.ndarray
 
 
 def origin_rngs(seed: Seeds, count: int) -> list[np.random.Generator]:
-    """One generator per origin. With per-origin seeds an origin's draws depend on its own context and
-    seed alone, never on the other origins of its batch: what lets a live forecast of the same bars
-    (`sweeper.api`) reproduce the sweep's draws exactly."""
-    seeds = [[int(seed), i] for i in range(count)] if np.ndim(seed) == 0 else [int(s) for s in np.ravel(seed)]
-    if len(seeds) != count:
-        raise ValueError(f"{len(seeds)} seeds for {count} origins")
-    return [np.random.default_rng(s) for s in seeds]
+    """One generator per origin, from its seed alone (`origin_seed_list`). With per-origin seeds an origin's
+    draws depend on its own context and seed, never on the other origins of its batch: what lets a live
+    forecast of the same bars (`sweeper.api`) reproduce the sweep's draws exactly."""
+    return [np.random.default_rng(s) for s in origin_seed_list(seed, count)]
 
 
 def origin_seed_list(seed: Seeds, count: int) -> list[int]:
