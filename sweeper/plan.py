@@ -19,6 +19,7 @@ from sweeper.errors import SweepError
 
 MAX_VAL_ORIGINS = 500
 MAX_TEST_ORIGINS = 200
+# fewest origins a split may have: selection's block-bootstrap intervals need enough origins to resample
 MIN_VAL_ORIGINS = 30
 MIN_TEST_ORIGINS = 10
 
@@ -33,6 +34,15 @@ class Protocol:
     test_origins: int | None = None
     stride: int = 1
     season: int | None = None  # of the MASE/MSIS scale; None: metrics.default_season of the series
+
+    def __post_init__(self) -> None:
+        """Too few origins asked for is a rule of the protocol, not a short series: say so, whatever the data."""
+        for option, given, least in (
+            ("--val-origins", self.val_origins, MIN_VAL_ORIGINS),
+            ("--test-origins", self.test_origins, MIN_TEST_ORIGINS),
+        ):
+            if given is not None and given < least:
+                raise SweepError(f"{option} {given}: at least {least} are needed (selection's intervals resample them)")
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ def args(lake: Path, out: Path, *extra: object) -> list[object]:
         (["--symbols", "../etc"], r"invalid symbol '\.\./etc'"),
         (["--symbols", "ETHUSD", "--run-id", "a/b"], r"invalid run id 'a/b'"),
         (["--symbols", "ETHUSD", "--val-origins", 700], r"series too short: ETHUSD 1d has 788 bars"),
+        (["--symbols", "ETHUSD", "--val-origins", 10], r"^error: --val-origins 10: at least 30 are needed \(selection"),
+        (["--symbols", "ETHUSD", "--test-origins", 5], r"^error: --test-origins 5: at least 10 are needed"),
         (["--symbols", "ETHUSD", "--horizon", 400], r"series too short"),
         (["--symbols", "ETHUSD", "--checkpoint", "toto"], r"invalid --checkpoint 'toto'"),
     ],
