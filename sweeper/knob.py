@@ -17,9 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sweeper.errors import SweepError
+
 Value = int | float | str | bool
-# draws: changes the samples (in the cache key); scoring: applied to the draws after they are made (every
-# choice scored on each trial's draws, never keyed). There is no speed-only kind: Toto's samples_per_batch
+# draws: changes the samples (in the cache key); scoring: applied to the draws after they are made (cached
+# draws are re-scored, never redrawn; never keyed). There is no speed-only kind: Toto's samples_per_batch
 # was one until a test passed it through and found that it reorders the library's random draws.
 Effect = Literal["draws", "scoring"]
 
@@ -59,7 +61,7 @@ class Knob:
 
 
 COMMON = (
-    Knob("num_samples", int, None, low=1, doc="draws per origin"),
+    Knob("num_samples", int, None, effect="scoring", low=1, doc="draws per origin (any first n of more are n)"),
     Knob("aggregation", str, None, effect="scoring", doc="how draws become a point forecast"),
     Knob("context_length", int, None, low=2, doc="bars each forecast sees"),
 )
@@ -78,8 +80,6 @@ def declared(knobs: tuple[Knob, ...]) -> dict[str, Knob]:
 def knob_values(owner: str, knobs: tuple[Knob, ...], given: Mapping[str, Any]) -> dict[str, Any]:
     """`given` with every declared knob's default filled in, checked: an unknown or out-of-range knob is
     one error naming it (for configurations that did not come through `load_space`, e.g. a JSON config)."""
-    from sweeper.errors import SweepError
-
     known = declared(knobs)
     out: dict[str, Any] = {k.name: k.default for k in knobs if k.default is not None}
     for name, value in given.items():

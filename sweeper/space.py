@@ -32,7 +32,8 @@ import yaml
 
 from sweeper.aggregate import parse as parse_aggregation
 from sweeper.errors import SweepError
-from sweeper.finetune.settings import PREFIX as FINETUNE_PREFIX
+from sweeper.finetune.settings import is_finetune_knob
+from sweeper.knob import declared
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 TYPES = ("int", "float", "log-float", "categorical")
@@ -229,7 +230,7 @@ def _check_finetune_knobs(path: Path, params: dict[str, Param]) -> None:
     """ft_ knobs: known names, a backend that can be fine-tuned, every categorical choice valid on its own;
     MarketGPT's retired fine-tuning knobs name their replacement."""
     from sweeper.finetune.base import FINETUNERS
-    from sweeper.finetune.settings import RETIRED, FinetuneSettings, is_finetune_knob
+    from sweeper.finetune.settings import RETIRED, FinetuneSettings
 
     backend = path.stem
     for p in params.values():
@@ -254,9 +255,9 @@ def _check_declared(path: Path, backend: str, params: dict[str, Param]) -> None:
     refused here, not searched, keyed and ignored, nor failed trial by trial."""
     from sweeper.backends import backend_class
 
-    known = {k.name: k for k in backend_class(backend).declared_knobs()}
+    known = declared(backend_class(backend).declared_knobs())
     for p in params.values():
-        if p.name.startswith(FINETUNE_PREFIX):
+        if is_finetune_knob(p.name):
             continue
         key = f"params.{p.name}"
         if p.name not in known:

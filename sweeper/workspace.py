@@ -107,7 +107,7 @@ class Workspace:
     models = property(lambda self: self.out / "models")
 
     def model(self, backend: str, name: str) -> Path:
-        """Where `sweep models` and `sweep train` write the checkpoint `name` of `backend`."""
+        """Where `sweep finetune` and `sweep train` write the checkpoint `name` of `backend`."""
         return self.models / backend / check_name("model name", name)
 
     def run(self, run_id: str) -> RunPaths:

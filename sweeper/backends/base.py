@@ -15,14 +15,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sweeper.errors import SweepError
+from sweeper.finetune.settings import is_finetune_knob
 from sweeper.knob import COMMON, Knob, knob_values
 from sweeper.plan import Contexts
 
 # Knobs applied after the model ran: changing them re-scores cached samples and never calls the model.
-SCORING_KNOBS = frozenset({"num_samples", "aggregation"})
+SCORING_KNOBS = frozenset(k.name for k in COMMON if k.effect == "scoring")
 # Knobs the caller applies before the model runs (it cuts the context to this many bars).
 CONTEXT_KNOB = "context_length"
-FINETUNE_PREFIX = "ft_"  # fine-tuning knobs (sweeper.finetune.settings)
 # One seed per origin (B,) from the forecaster, or one int for a whole batch (tests, direct calls).
 Seeds = int | np.ndarray
 
@@ -115,7 +115,7 @@ class Backend(ABC):
     def model_knobs(cls, params: Mapping[str, Any]) -> dict[str, Any]:
         """The knobs that change the samples: everything but scoring knobs, and the fine-tuning
         knobs, which change the weights (the checkpoint's id) and never reach `forecast`."""
-        return {k: v for k, v in params.items() if k not in SCORING_KNOBS and not k.startswith(FINETUNE_PREFIX)}
+        return {k: v for k, v in params.items() if k not in SCORING_KNOBS and not is_finetune_knob(k)}
 
 
 def block_seed(seed: int, block: int) -> int:

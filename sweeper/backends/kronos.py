@@ -47,8 +47,6 @@ DEFAULT_TOKENIZER = "NeoQuasar/Kronos-Tokenizer-base"
 TOKENIZERS = {"NeoQuasar/Kronos-mini": "NeoQuasar/Kronos-Tokenizer-2k"}
 WEIGHTS = ("config.json", "model.safetensors")
 CLOSE = 3  # column of close in Kronos's open, high, low, close, volume, amount
-# The package's predict() defaults, used when a knob is absent from the space.
-
 _TOKENIZER_BASE: dict[str, Any] = {
     "d_in": 6, "d_model": 256, "n_heads": 4, "ff_dim": 512, "n_enc_layers": 4, "n_dec_layers": 4,
     "ffn_dropout_p": 0.0, "attn_dropout_p": 0.0, "resid_dropout_p": 0.0, "s1_bits": 10, "s2_bits": 10,
@@ -137,7 +135,7 @@ class KronosBackend(Backend):
     # 32 draws, context 128: 74 ms/origin at 1, 52 at 8, 54 at 32 (only CPU measured: no GPU was lent)
     batch_size = 32
     draw_block = 8  # every draw costs a token per bar through model and decoder: extend in small blocks
-    knobs = (
+    knobs = (  # defaults: the package's predict() defaults
         TEMPERATURE,
         replace(TOP_P, default=0.9, doc="nucleus sampling; off when top_k > 0 (the package's sampler)"),
         TOP_K,
