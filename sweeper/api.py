@@ -34,13 +34,14 @@ from sweeper import metrics
 from sweeper.data import Series, bars_series, load, resolve_lake
 from sweeper.ensemble import mixture
 from sweeper.errors import SweepError
-from sweeper.evaluate import chosen_candidate, config_candidate, config_forecaster, read_config
+from sweeper.evaluate import config_forecaster
 from sweeper.finetune.fit import FinetuneStore
 from sweeper.finetune.settings import FinetuneSettings
 from sweeper.finetune.tuner import recorded_checkpoint
 from sweeper.forecast import Forecaster
 from sweeper.objective import Forecast, from_draws
 from sweeper.plan import contexts
+from sweeper.record import Config
 from sweeper.select import ENSEMBLE
 from sweeper.store import level_column
 from sweeper.workspace import Workspace
@@ -98,7 +99,7 @@ class Predictor:
 
     def __init__(
         self,
-        config: dict[str, Any],
+        config: Config,
         ensemble: bool = False,
         backend: str | None = None,
         device: str = "auto",
@@ -109,12 +110,12 @@ class Predictor:
         if ensemble and backend:
             raise SweepError("forecast with the ensemble or with one backend, not both")
         if ensemble:
-            if not config.get("ensemble"):
-                raise SweepError(f"config for {config['symbol']} has no ensemble")
-            self.name, self.weights = ENSEMBLE, dict(config["ensemble"]["weights"])
-            self.members = {name: config_candidate(config, name) for name in self.weights}
+            if config.ensemble is None:
+                raise SweepError(f"config for {config.symbol} has no ensemble")
+            self.name, self.weights = ENSEMBLE, dict(config.ensemble.weights)
+            self.members = {name: config.candidate(name) for name in self.weights}
         else:
-            cand = config_candidate(config, backend) if backend else chosen_candidate(config)
+            cand = config.candidate(backend) if backend else config.chosen_candidate()
             self.name = backend or cand.backend
             self.weights, self.members = {self.name: 1.0}, {self.name: cand}
         self.forecaster: Forecaster = config_forecaster(config, device)
@@ -133,10 +134,10 @@ class Predictor:
         if not isinstance(bars, pl.DataFrame):
             bars = pl.from_pandas(bars if "ts" in bars.columns else bars.reset_index())
         c = self.config
-        return self.forecast_series(bars_series(bars, c["symbol"], c["freq"], c["asset_class"], "bars"), draws)
+        return self.forecast_series(bars_series(bars, c.symbol, c.freq, c.asset_class, "bars"), draws)
 
     def forecast_series(self, series: Series, draws: bool = False) -> Prediction:
-        horizon = int(self.config["horizon"])
+        horizon = self.config.horizon
         origin = np.array([len(series)])
         ctx = contexts(series, origin, min(len(series), self.context_length))
         members: list[Forecast] = [
@@ -173,11 +174,13 @@ def load_config(
     `ensemble` its ensemble, or with `backend` that backend's best knobs in the config. A fine-tuned
     candidate forecasts with its recorded weights, re-fitted into `cache` (default `default_cache()`)
     when the run folder no longer holds them; `say` is told when that happens."""
-    return Predictor(read_config(Path(path)), ensemble, backend, device, None if cache is None else Path(cache), say)
+    return Predictor(
+        Config.from_json(Path(path)), ensemble, backend, device, None if cache is None else Path(cache), say
+    )
 
 
 def live_weights(
-    config: dict[str, Any],
+    config: Config,
     name: str,
     cache: Path | None = None,
     device: str = "auto",
@@ -188,15 +191,15 @@ def live_weights(
     key, else re-fitted into `cache` from the same bars of the config's lake, seed and knobs."""
     from sweeper.backends import backend_class
 
-    record = config["backends"].get(name) or {}
-    tuned = record.get("finetune")
-    if not tuned:
-        raise SweepError(f"config for {config['symbol']}: {name} has fine-tuning knobs but no recorded weights")
-    block = (tuned["test"] or tuned["val"])[-1]
-    base = record.get("checkpoint") or str(backend_class(name).default_checkpoint)
-    series = load(resolve_lake(config["data"]["lake"]), list(block["symbols"]), config["freq"])
+    entry = config.backends.get(name)
+    source = None if entry is None else entry.source
+    block = None if source is None else source.latest_block()
+    if entry is None or entry.params is None or source is None or block is None:
+        raise SweepError(f"config for {config.symbol}: {name} has fine-tuning knobs but no recorded weights")
+    base = source.checkpoint or str(backend_class(name).default_checkpoint)
+    series = load(resolve_lake(config.data.lake), list(block["symbols"]), config.freq)
     store = FinetuneStore(cache or default_cache())
-    return recorded_checkpoint(block, name, base, series, record["params"], config["seed"], store, device, say)
+    return recorded_checkpoint(block, name, base, series, entry.params, config.seed, store, device, say)
 
 
 def promoted_config(out: Path, symbol: str, freq: str | None = None, horizon: int | None = None) -> Path:
@@ -204,11 +207,9 @@ def promoted_config(out: Path, symbol: str, freq: str | None = None, horizon: in
     found = [
         (p, cfg)
         for p in Workspace(out).best_configs()
-        if (cfg := read_config(p))["symbol"] == symbol
-        and freq in (None, cfg["freq"])
-        and horizon in (None, cfg["horizon"])
+        if (cfg := Config.from_json(p)).symbol == symbol and freq in (None, cfg.freq) and horizon in (None, cfg.horizon)
     ]
-    keys = [f"{cfg['freq']} h{cfg['horizon']}" for _, cfg in found]
+    keys = [f"{cfg.freq} h{cfg.horizon}" for _, cfg in found]
     if not found:
         want = " ".join(x for x in (freq, None if horizon is None else f"h{horizon}") if x)
         raise SweepError(f"no promoted config for {symbol} {want}".rstrip() + f" in {out / 'hyperparams' / 'best'}")
@@ -233,8 +234,8 @@ def forecast_latest(
     for symbol in symbols:
         predictor = load_config(config or promoted_config(out, symbol, freq, horizon), ensemble, device=device)
         c = predictor.config
-        if c["symbol"] != symbol:
-            raise SweepError(f"config {config} is for {c['symbol']}, not {symbol}")
-        series = load(resolve_lake(lake or c["data"]["lake"]), [symbol], c["freq"])[0]
+        if c.symbol != symbol:
+            raise SweepError(f"config {config} is for {c.symbol}, not {symbol}")
+        series = load(resolve_lake(lake or c.data.lake), [symbol], c.freq)[0]
         predictions.append(predictor.forecast_series(series))
     return predictions

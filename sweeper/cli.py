@@ -345,8 +345,8 @@ def run(
     json: bool = json_flag(),
 ) -> None:
     """Search every backend for every symbol; write per-symbol configs and result tables."""
-    from sweeper.atomic import read_json
-    from sweeper.store import config_facts, new_run_id
+    from sweeper.record import Config
+    from sweeper.store import new_run_id
     from sweeper.sweep import RunRequest, resume_request
     from sweeper.sweep import run as run_sweep
     from sweeper.workspace import RunPaths, recorded
@@ -410,7 +410,7 @@ def run(
         )
         raise typer.Exit(1) from None
     rows = [
-        {**row, **config_facts(read_json(paths.config(row["symbol"])))} for row in _summary_rows(results, req.metric)
+        {**row, **Config.from_json(paths.config(row["symbol"])).facts()} for row in _summary_rows(results, req.metric)
     ]
     _summary(rows, req.metric, paths).emit(json)
 
@@ -641,13 +641,13 @@ def forecast(
 ) -> None:
     """Forecast the bars after each symbol's latest bar: point and quantiles 5-95%."""
     from sweeper.api import forecast_latest
-    from sweeper.evaluate import read_config
     from sweeper.metrics import LEVELS
+    from sweeper.record import Config
     from sweeper.store import level_column, write_parquet
 
     if not symbols and config is None:
         raise SweepError("no symbols given: use --symbols SYMBOL [SYMBOL ...] (or --config PATH)")
-    symbols = symbols or [read_config(config)["symbol"]]
+    symbols = symbols or [Config.from_json(config).symbol]
     predictions = forecast_latest(out, symbols, freq, horizon, config, lake, ensemble, device)
     if write:
         import polars as pl

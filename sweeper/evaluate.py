@@ -10,11 +10,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from sweeper.atomic import read_json, write_bytes, write_json
+from sweeper.atomic import write_bytes, write_json
 from sweeper.cache import ForecastCache
 from sweeper.data import Series, load, resolve_lake
 from sweeper.errors import SweepError
@@ -22,43 +21,21 @@ from sweeper.finetune.fit import FinetuneStore
 from sweeper.finetune.tuner import Tuner
 from sweeper.forecast import Forecaster
 from sweeper.metric import REGISTRY, checked
-from sweeper.objective import Candidate, SymbolTask, mean_scores
+from sweeper.objective import SymbolTask, mean_scores
 from sweeper.output import Step
 from sweeper.plan import Plan, Protocol, make_plan
-from sweeper.select import REFERENCE
-from sweeper.store import SCHEMA_VERSION
-from sweeper.workspace import Workspace, resolve_config_paths
+from sweeper.record import SCHEMA_VERSION, Config
+from sweeper.workspace import Workspace
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    """A config, with the paths it records resolved from any working directory."""
-    try:
-        config = read_json(path)
-    except (OSError, ValueError) as exc:
-        raise SweepError(f"cannot read config {path}: {exc}") from exc
-    return resolve_config_paths(config, path)
-
-
-def protocol_of(config: dict[str, Any]) -> Protocol:
-    p = config["protocol"]
-    return Protocol(
-        p["horizon"],
-        p["max_context"],
-        p["val_origins"]["count"],
-        p["test_origins"]["count"],
-        p["stride"],
-        p.get("season"),
-    )
-
-
-def load_recorded(config: dict[str, Any], lake: str | None = None) -> Series:
+def load_recorded(config: Config, lake: str | None = None) -> Series:
     """The config's series, refusing data that changed since it was recorded."""
-    root = resolve_lake(lake or config["data"]["lake"])
-    series = load(root, [config["symbol"]], config["freq"])[0]
-    if series.fingerprint != config["data"]["fingerprint"]:
+    root = resolve_lake(lake or config.data.lake)
+    series = load(root, [config.symbol], config.freq)[0]
+    if series.fingerprint != config.data.fingerprint:
         raise SweepError(
-            f"data changed: {config['symbol']} {config['freq']} in {root} has fingerprint {series.fingerprint}, "
-            f"the config recorded {config['data']['fingerprint']}"
+            f"data changed: {config.symbol} {config.freq} in {root} has fingerprint {series.fingerprint}, "
+            f"the config recorded {config.data.fingerprint}"
         )
     return series
 
@@ -66,7 +43,7 @@ def load_recorded(config: dict[str, Any], lake: str | None = None) -> Series:
 def task_on(
     series: Series,
     protocol: Protocol,
-    config: dict[str, Any],
+    config: Config,
     device: str = "auto",
     cache: Path | None = None,
     plan: Plan | None = None,
@@ -76,60 +53,31 @@ def task_on(
     return SymbolTask(series, plan or make_plan(series, protocol), {}, config_forecaster(config, device, cache))
 
 
-def config_forecaster(config: dict[str, Any], device: str = "auto", cache: Path | None = None) -> Forecaster:
+def config_forecaster(config: Config, device: str = "auto", cache: Path | None = None) -> Forecaster:
     """A forecaster with the config's seed and checkpoints: the draws its numbers came from."""
-    checkpoints = {b: r["checkpoint"] for b, r in config["backends"].items() if r.get("checkpoint")}
     store, extra = finetuned_of(config)
-    tuner = Tuner(store, config["seed"], device, extra)
-    return Forecaster(ForecastCache(cache), config["seed"], device, checkpoints, tuner)
+    tuner = Tuner(store, config.seed, device, extra)
+    return Forecaster(ForecastCache(cache), config.seed, device, config.checkpoints(), tuner)
 
 
-def finetuned_of(config: dict[str, Any]) -> tuple[FinetuneStore, list[Series]]:
+def finetuned_of(config: Config) -> tuple[FinetuneStore, list[Series]]:
     """Where a config's fine-tuned weights are (loaded by key when the folder is still there, else re-fitted
     into a temporary folder: same seed, same bars, same weights), and the other symbols they trained on."""
-    records = [r["finetune"] for r in config["backends"].values() if r.get("finetune")]
-    blocks = [b for rec in records for split in ("val", "test") for b in rec[split]]
+    blocks = [b for source in config.sources().values() for b in source.blocks()]
     root = next((Path(b["weights"]).parent for b in blocks if Path(b["weights"]).is_dir()), None)
-    others = sorted({s for b in blocks for s in b["symbols"]} - {config["symbol"]})
-    extra = load(resolve_lake(config["data"]["lake"]), others, config["freq"]) if others else []
+    others = sorted({s for b in blocks for s in b["symbols"]} - {config.symbol})
+    extra = load(resolve_lake(config.data.lake), others, config.freq) if others else []
     return FinetuneStore(root), extra
 
 
 def recorded_task(
-    config: dict[str, Any], lake: str | None = None, device: str = "auto", cache: Path | None = None
+    config: Config, lake: str | None = None, device: str = "auto", cache: Path | None = None
 ) -> SymbolTask:
     """The task a config was scored on: its recorded data and protocol, refusing either if changed."""
-    task = task_on(load_recorded(config, lake), protocol_of(config), config, device, cache)
-    if task.plan.fingerprint() != config["data"]["plan_fingerprint"]:
-        raise SweepError(f"{config['symbol']}: the recorded protocol no longer gives the recorded origins")
+    task = task_on(load_recorded(config, lake), config.protocol_record(), config, device, cache)
+    if task.plan.fingerprint() != config.data.plan_fingerprint:
+        raise SweepError(f"{config.symbol}: the recorded protocol no longer gives the recorded origins")
     return task
-
-
-def config_candidate(config: dict[str, Any], name: str) -> Candidate:
-    """A candidate by its name in the config (an ensemble member): a backend's best knobs, or the untuned
-    naive reference (`baseline`)."""
-    entry = config["baseline"] if name == REFERENCE else config["backends"].get(name)
-    if not entry or entry.get("params") is None:
-        raise SweepError(f"config for {config.get('symbol')} has no configuration for {name!r}")
-    return Candidate(entry.get("backend", name), entry["params"], entry["draws"])
-
-
-def chosen_candidate(config: dict[str, Any]) -> Candidate:
-    if not config.get("chosen"):
-        raise SweepError(f"config for {config.get('symbol')} has no chosen configuration")
-    c = config["chosen"]
-    return Candidate(c["backend"], c["params"], c["draws"])
-
-
-def chosen_entry(config: dict[str, Any]) -> dict[str, Any]:
-    """The chosen candidate's entry (validation and test means, trading): its backend's, or the naive
-    defaults' when the rule fell back to a naive baseline that was not searched."""
-    return config["backends"].get(config["chosen"]["backend"]) or config["baseline"]
-
-
-def recorded_test(config: dict[str, Any]) -> dict[str, float | None]:
-    """The chosen candidate's recorded test means."""
-    return chosen_entry(config)["test"]
 
 
 @dataclass
@@ -142,21 +90,20 @@ class Check:
 
 
 def check_config(path: Path, tolerance: float, lake: str | None = None, device: str = "auto") -> Check:
-    config = read_config(path)
-    check = Check(config.get("symbol", path.stem))
+    config = Config.from_json(path)
+    check = Check(config.symbol)
     try:
-        if config.get("schema_version", 1) < SCHEMA_VERSION:  # its recorded numbers mean something else
+        if config.schema_version < SCHEMA_VERSION:  # its recorded numbers mean something else
             raise SweepError(
-                f"{check.symbol}: config schema {config.get('schema_version', 1)} was scored with other metric "
+                f"{check.symbol}: config schema {config.schema_version} was scored with other metric "
                 f"definitions (schema {SCHEMA_VERSION}: seasonal MASE/MSIS scale, centred naive); re-run, promote"
             )
         task = recorded_task(config, lake, device)
-        cand = chosen_candidate(config)
-        check.now = mean_scores(task.scores(cand, "test"))
+        check.now = mean_scores(task.scores(config.chosen_candidate(), "test"))
     except SweepError as exc:
         check.error = str(exc)
         return check
-    check.recorded = recorded_test(config)
+    check.recorded = config.chosen_entry().test or {}
     check.regressions = [
         m.name
         for m in checked()

@@ -21,7 +21,7 @@ from typing import Any
 import polars as pl
 
 from sweeper.errors import SweepError
-from sweeper.evaluate import chosen_entry, read_config
+from sweeper.record import Config, Searched
 from sweeper.workspace import RunPaths
 
 EXPERIMENT = "sweep"
@@ -82,7 +82,7 @@ def export_mlflow(
     manifest = paths.load_manifest()
     if manifest.get("status") != "complete":
         raise SweepError(f"run {run_id} is {manifest.get('status')}: finish it first (sweep run --resume {run_id})")
-    configs = [read_config(p) for p in sorted(paths.hyperparams.glob("*.json"))]
+    configs = [Config.from_json(p) for p in sorted(paths.hyperparams.glob("*.json"))]
     trials = pl.read_parquet(paths.trials)
     client = MlflowClient(tracking_uri=tracking_uri or mlflow.get_tracking_uri())
     found = client.get_experiment_by_name(experiment)
@@ -94,40 +94,43 @@ def export_mlflow(
         )
     created = []
     for cfg in configs:
-        created += _export_symbol(client, exp_id, paths, cfg, trials.filter(pl.col("symbol") == cfg["symbol"]))
+        created += _export_symbol(client, exp_id, paths, cfg, trials.filter(pl.col("symbol") == cfg.symbol))
     return created
 
 
 def _export_symbol(
-    client: Any, exp_id: str, paths: RunPaths, cfg: dict[str, Any], trials: pl.DataFrame
+    client: Any, exp_id: str, paths: RunPaths, cfg: Config, trials: pl.DataFrame
 ) -> list[dict[str, str]]:
-    symbol, metric = cfg["symbol"], cfg["selection_metric"]
+    symbol, metric = cfg.symbol, cfg.selection_metric
     tags = {
         RUN_TAG: paths.run_id,
         "symbol": symbol,
-        "freq": cfg["freq"],
-        "horizon": str(cfg["horizon"]),
+        "freq": cfg.freq,
+        "horizon": str(cfg.horizon),
         "metric": metric,
-        "lake": cfg["data"]["lake"],
+        "lake": cfg.data.lake,
     }
-    chosen = cfg.get("chosen") or {}
+    chosen = cfg.chosen
     parent = client.create_run(
         exp_id,
         run_name=f"{paths.run_id}/{symbol}",
-        tags={**tags, KIND_TAG: "symbol", "chosen": chosen.get("backend", "none")},
+        tags={**tags, KIND_TAG: "symbol", "chosen": cfg.winner or "none"},
     )
     pid = parent.info.run_id
-    ensemble = cfg.get("ensemble") or {}
-    chosen_means = chosen_entry(cfg) if chosen else {}
+    ensemble = cfg.ensemble
+    chosen_means = None if chosen is None else cfg.chosen_entry()
     _log(
         client,
         pid,
-        {**_params("", chosen.get("params")), **_params("ensemble_weight.", ensemble.get("weights"))},
         {
-            **_metrics("val_", chosen_means.get("validation")),
-            **_metrics("test_", chosen_means.get("test")),
-            **_metrics("ensemble_val_", ensemble.get("validation")),
-            **_metrics("ensemble_test_", ensemble.get("test")),
+            **_params("", None if chosen is None else chosen.params),
+            **_params("ensemble_weight.", None if ensemble is None else ensemble.weights),
+        },
+        {
+            **_metrics("val_", None if chosen_means is None else chosen_means.validation),
+            **_metrics("test_", None if chosen_means is None else chosen_means.test),
+            **_metrics("ensemble_val_", None if ensemble is None else ensemble.validation),
+            **_metrics("ensemble_test_", None if ensemble is None else ensemble.test),
         },
     )
     client.log_artifact(pid, str(paths.config(symbol)))
@@ -135,23 +138,23 @@ def _export_symbol(
     if report.is_file():
         client.log_artifact(pid, str(report))
     made = [{"name": parent.info.run_name, "kind": "symbol", "mlflow_run_id": pid}]
-    for backend, entry in cfg["backends"].items():
+    for backend, entry in cfg.backends.items():
         study = trials.filter(pl.col("backend") == backend)
         run = client.create_run(
             exp_id,
             run_name=f"{paths.run_id}/{symbol}/{backend}",
             tags={**tags, KIND_TAG: "study", "backend": backend, _PARENT: pid, **_error(entry)},
         )
-        params = {**_params("", entry.get("params")), "trials": str(entry["trials"])}
-        if entry.get("checkpoint"):
-            params["checkpoint"] = str(entry["checkpoint"])
-        means = {**_metrics("val_", entry.get("validation")), **_metrics("test_", entry.get("test"))}
+        params = {**_params("", entry.params), "trials": str(entry.trials)}
+        if entry.source is not None and entry.source.checkpoint:
+            params["checkpoint"] = entry.source.checkpoint
+        means = {**_metrics("val_", entry.validation), **_metrics("test_", entry.test)}
         _log(client, run.info.run_id, params, means, _trial_history(study, metric))
         with tempfile.TemporaryDirectory() as tmp:
             table = Path(tmp) / "trials.parquet"
             study.write_parquet(table)
             client.log_artifact(run.info.run_id, str(table))
-        client.set_terminated(run.info.run_id, "FAILED" if entry.get("error") else "FINISHED")
+        client.set_terminated(run.info.run_id, "FAILED" if entry.error else "FINISHED")
         made.append({"name": run.info.run_name, "kind": "study", "mlflow_run_id": run.info.run_id})
     client.set_terminated(pid, "FINISHED")
     return made
@@ -166,5 +169,5 @@ def _artifact_root(client: Any) -> str | None:
     return None
 
 
-def _error(entry: dict[str, Any]) -> dict[str, str]:
-    return {"error": entry["error"][:5000]} if entry.get("error") else {}
+def _error(entry: Searched) -> dict[str, str]:
+    return {"error": entry.error[:5000]} if entry.error else {}

@@ -37,9 +37,10 @@ from sweeper.atomic import (
 from sweeper.compare import Comparison, paired_bootstrap
 from sweeper.data import Series, load, resolve_lake
 from sweeper.errors import SweepError, check_name
-from sweeper.evaluate import chosen_candidate, protocol_of, read_config, task_on
+from sweeper.evaluate import task_on
 from sweeper.metric import get
 from sweeper.plan import MIN_TEST_ORIGINS, Plan, make_plan
+from sweeper.record import Config
 from sweeper.workspace import RunPaths, Workspace
 
 MAX_REUSE = 3  # promotions one set of origins may decide before it is refused as worn out
@@ -91,17 +92,17 @@ def _head(series: Series, rows: int) -> Series:
     return Series(series.symbol, series.freq, series.asset_class, series.ts[:rows], series.ohlcv[:rows], series.source)
 
 
-def _series_now(candidate: dict[str, Any], lake: str | None) -> tuple[Series, bool]:
+def _series_now(candidate: Config, lake: str | None) -> tuple[Series, bool]:
     """The candidate's series as the lake holds it now, and whether it has grown: bars after the recorded
     ones, the recorded ones unchanged (anything else is changed data, an error)."""
-    root = resolve_lake(lake or candidate["data"]["lake"])
-    now = load(root, [candidate["symbol"]], candidate["freq"])[0]
-    rows = int(candidate["data"]["rows"])
+    root = resolve_lake(lake or candidate.data.lake)
+    now = load(root, [candidate.symbol], candidate.freq)[0]
+    rows = candidate.data.rows
     head = _head(now, rows).fingerprint if len(now) >= rows else now.fingerprint
-    if head != candidate["data"]["fingerprint"]:
+    if head != candidate.data.fingerprint:
         raise SweepError(
             f"data changed: the first {rows} bars of {now.symbol} {now.freq} in {root} are not the ones the "
-            f"candidate recorded (fingerprint {head}, recorded {candidate['data']['fingerprint']})"
+            f"candidate recorded (fingerprint {head}, recorded {candidate.data.fingerprint})"
         )
     return now, len(now) > rows
 
@@ -111,14 +112,14 @@ def reuse_count(past: list[dict[str, Any]], key: str) -> int:
     return sum(1 for e in past if (e.get("arena") or {}).get("key") == key)
 
 
-def arena(candidate: dict[str, Any], current: dict[str, Any], lake: str | None, past: list[dict[str, Any]]) -> Arena:
+def arena(candidate: Config, current: Config, lake: str | None, past: list[dict[str, Any]]) -> Arena:
     """The origins neither config was selected on (module docstring)."""
-    protocol = protocol_of(candidate)
+    protocol = candidate.protocol_record()
     series, grown = _series_now(candidate, lake)
-    plan = make_plan(_head(series, int(candidate["data"]["rows"])), protocol)  # the candidate's own origins
+    plan = make_plan(_head(series, candidate.data.rows), protocol)  # the candidate's own origins
     fresh = np.zeros(0, dtype=np.int64)
     if grown:
-        seen = max(np.datetime64(c["protocol"]["test_origins"]["last_ts"]) for c in (candidate, current))
+        seen = max(np.datetime64(c.last_test_ts) for c in (candidate, current))
         start = int(np.searchsorted(series.ts, seen, side="right")) + protocol.horizon - 1  # targets all after
         fresh = np.arange(start, len(series) - protocol.horizon + 1, protocol.stride, dtype=np.int64)
     if fresh.size >= MIN_TEST_ORIGINS:
@@ -127,33 +128,34 @@ def arena(candidate: dict[str, Any], current: dict[str, Any], lake: str | None, 
     return replace(where, reuses=reuse_count(past, where.key()))
 
 
-def _arena_scores(candidate: dict[str, Any], current: dict[str, Any], where: Arena) -> Comparison:
-    metric = candidate["selection_metric"]
+def _arena_scores(candidate: Config, current: Config, where: Arena) -> Comparison:
+    metric = candidate.selection_metric
     protocol = where.plan.protocol
 
-    def scores(config: dict[str, Any]) -> np.ndarray:
+    def scores(config: Config) -> np.ndarray:
         task = task_on(where.series, protocol, config, plan=where.plan)
-        return task.scores(chosen_candidate(config), "test")[metric]
+        return task.scores(config.chosen_candidate(), "test")[metric]
 
-    return paired_bootstrap(scores(candidate), scores(current), metric, protocol.horizon, seed=candidate["seed"])
+    return paired_bootstrap(scores(candidate), scores(current), metric, protocol.horizon, seed=candidate.seed)
 
 
 def decide(
-    candidate: dict[str, Any],
-    current: dict[str, Any] | None,
+    candidate: Config,
+    current: Config | None,
     force: bool,
     lake: str | None,
     past: list[dict[str, Any]] | None = None,
     max_reuse: int = MAX_REUSE,
 ) -> Decision:
-    symbol = candidate["symbol"]
-    if not candidate.get("chosen"):
+    symbol = candidate.symbol
+    if candidate.chosen is None:
         return Decision(symbol, False, "the run selected nothing for this symbol")
     if current is None:
         return Decision(symbol, True, "no current best")
     for key in ("freq", "horizon"):
-        if current[key] != candidate[key] and not force:
-            return Decision(symbol, False, f"current best has {key} {current[key]}, candidate {candidate[key]}")
+        now, new = getattr(current, key), getattr(candidate, key)
+        if now != new and not force:
+            return Decision(symbol, False, f"current best has {key} {now}, candidate {new}")
     where = arena(candidate, current, lake, past or [])
     worn = not where.fresh and where.reuses >= max_reuse
     if worn and not force:
@@ -220,7 +222,7 @@ def _promote_each(
     best = ws.best
     decisions = []
     for s in wanted:
-        candidate = read_config(available[s])
+        candidate = Config.from_json(available[s])
         current_path, current = current_best(out, candidate)
         d = decide(candidate, current, force, lake, history(out), max_reuse)
         decisions.append(d)
@@ -230,17 +232,17 @@ def _promote_each(
                 "symbol": s,
                 "run_id": run_id,
                 "promoted_at": now,
-                "previous_run_id": current["run_id"] if current else None,
+                "previous_run_id": current.run_id if current else None,
                 "reason": d.reason,
                 "forced": force,
                 "comparison": d.comparison.to_dict() if d.comparison else None,
                 "arena": d.arena,
             }
-            target = ws.best_path(s, candidate["freq"], candidate["horizon"])
+            target = ws.best_path(*candidate.key)
             old = read_committed(best, HISTORY) or b""
             # the config and its history line in one step: a crash never leaves one without the other
             changes: dict[str, bytes | None] = {
-                str(target.relative_to(best)): json_bytes({**candidate, "promotion": entry}),
+                str(target.relative_to(best)): json_bytes(replace(candidate, promotion=entry).to_dict()),
                 HISTORY: old + orjson.dumps(entry) + b"\n",
             }
             if current_path != target:  # a config of the older layout, now replaced under its new name
@@ -252,17 +254,17 @@ def _promote_each(
 HISTORY = "history.jsonl"
 
 
-def current_best(out: Path, candidate: dict[str, Any]) -> tuple[Path, dict[str, Any] | None]:
+def current_best(out: Path, candidate: Config) -> tuple[Path, Config | None]:
     """The promoted config a candidate competes with: same symbol, frequency and horizon (in the older
     one-per-symbol layout too)."""
     ws = Workspace(out)
-    path = ws.best_path(candidate["symbol"], candidate["freq"], candidate["horizon"])
-    legacy = ws.legacy_best_path(candidate["symbol"])
+    path = ws.best_path(*candidate.key)
+    legacy = ws.legacy_best_path(candidate.symbol)
     if not path.is_file() and legacy.is_file():
-        old = read_config(legacy)
-        if (old["freq"], old["horizon"]) == (candidate["freq"], candidate["horizon"]):
+        old = Config.from_json(legacy)
+        if old.key == candidate.key:
             return legacy, old
-    return path, read_config(path) if path.is_file() else None
+    return path, Config.from_json(path) if path.is_file() else None
 
 
 def history(out: Path) -> list[dict[str, Any]]:

@@ -37,10 +37,11 @@ from sweeper.compare import paired_bootstrap
 from sweeper.data import Series
 from sweeper.ensemble import mixture
 from sweeper.errors import SweepError
-from sweeper.evaluate import chosen_candidate, config_candidate, read_config, recorded_task
+from sweeper.evaluate import recorded_task
 from sweeper.metrics import weighted_quantile
 from sweeper.objective import SymbolTask
 from sweeper.output import Step
+from sweeper.record import Config
 from sweeper.search import namespace_for, storage_for, study_name
 from sweeper.select import ENSEMBLE, REFERENCE
 from sweeper.workspace import RunPaths
@@ -74,8 +75,8 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 # --- forecasts ---------------------------------------------------------------------------------------
 
 
-def _weights(config: dict[str, Any]) -> dict[str, float]:
-    return (config.get("ensemble") or {}).get("weights") or {}
+def _weights(config: Config) -> dict[str, float]:
+    return {} if config.ensemble is None else config.ensemble.weights
 
 
 def quantiles(samples: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -83,14 +84,14 @@ def quantiles(samples: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.stack([weighted_quantile(samples, weights, q) for q in QUANTILES])
 
 
-def fan_bands(config: dict[str, Any], task: SymbolTask) -> Bands:
+def fan_bands(config: Config, task: SymbolTask) -> Bands:
     """Quantiles on the test origins of the chosen config and of the ensemble (weighted mixture)."""
-    chosen = task.forecast(chosen_candidate(config), "test")
+    chosen = task.forecast(config.chosen_candidate(), "test")
     n = chosen.samples.shape[1]
     bands = {f"chosen: {chosen.name}": (COLORS["chosen"], quantiles(chosen.samples, np.full(n, 1 / n)))}
     weights = _weights(config)
     if weights:
-        members = [task.forecast(config_candidate(config, name), "test", name) for name in weights]
+        members = [task.forecast(config.candidate(name), "test", name) for name in weights]
         samples, w, _, _ = mixture(members, weights)
         mix = ", ".join(f"{k} {v:.2f}" for k, v in weights.items())
         bands[f"ensemble: {mix}"] = (COLORS[ENSEMBLE], quantiles(samples, w))
@@ -223,36 +224,36 @@ def importance_figure(found: dict[str, dict[str, float]]) -> Figure:
     return fig
 
 
-def _roles(name: str, config: dict[str, Any]) -> list[str]:
+def _roles(name: str, config: Config) -> list[str]:
     """What a candidate is in this config: the chosen one, the naive baseline (a tuned naive can be both)."""
-    base = config["baseline"]
-    chosen = name == (config.get("chosen") or {}).get("backend")
-    baseline = name == REFERENCE or (base["source"] == "tuned" and name == base["backend"])
+    base = config.baseline
+    chosen = name == config.winner
+    baseline = name == REFERENCE or (base.origin == "tuned" and name == base.backend)
     return [role for role, hit in (("chosen", chosen), ("baseline", baseline)) if hit]
 
 
-def _label(name: str, config: dict[str, Any]) -> str:
-    shown = f"{config['baseline']['backend']} defaults" if name == REFERENCE else name
+def _label(name: str, config: Config) -> str:
+    shown = f"{config.baseline.backend} defaults" if name == REFERENCE else name
     roles = _roles(name, config)
     return f"{shown} ({', '.join(roles)})" if roles else shown
 
 
-def _color(name: str, config: dict[str, Any]) -> str:
+def _color(name: str, config: Config) -> str:
     """By role (chosen, baseline, ensemble); every other candidate its own colour, the same on every plot."""
     roles = [ENSEMBLE] if name == ENSEMBLE else _roles(name, config)
     if roles:
         return COLORS[roles[0]]
-    others = [n for n in config["backends"] if not _roles(n, config)]
+    others = [n for n in config.backends if not _roles(n, config)]
     return OTHERS[others.index(name) % len(OTHERS)] if name in others else OTHERS[0]
 
 
-def baseline_name(config: dict[str, Any]) -> str:
+def baseline_name(config: Config) -> str:
     """The naive baseline's candidate name in origins.parquet: the tuned naive, or the untuned reference."""
-    base = config["baseline"]
-    return base["backend"] if base["source"] == "tuned" else REFERENCE
+    base = config.baseline
+    return base.backend if base.origin == "tuned" else REFERENCE
 
 
-def paired_differences(frame: pl.DataFrame, names: list[str], config: dict[str, Any], split: str) -> dict:
+def paired_differences(frame: pl.DataFrame, names: list[str], config: Config, split: str) -> dict:
     """Per candidate: origin times and per-origin CRPS minus the naive baseline's at the same origins."""
     base = baseline_name(config)
     ref = frame.filter(candidate=base, split=split).select("origin_row", pl.col("crps").alias("_base"))
@@ -275,7 +276,7 @@ def _percent_axis(ax: Axes, axis: str) -> None:
     getattr(ax, f"{axis}axis").set_major_formatter(PercentFormatter(decimals=None))
 
 
-def cumulative_figure(frame: pl.DataFrame, names: list[str], config: dict[str, Any]) -> Figure:
+def cumulative_figure(frame: pl.DataFrame, names: list[str], config: Config) -> Figure:
     """Running sum over time of each candidate's per-origin CRPS minus naive's, as % of naive's running sum
     (its last value is the mean difference): where an edge over naive is won or lost."""
     fig = Figure(figsize=(11, 3.4), layout="constrained")
@@ -297,9 +298,9 @@ def cumulative_figure(frame: pl.DataFrame, names: list[str], config: dict[str, A
     return fig
 
 
-def difference_figure(frame: pl.DataFrame, names: list[str], config: dict[str, Any]) -> Figure:
+def difference_figure(frame: pl.DataFrame, names: list[str], config: Config) -> Figure:
     """Mean per-origin CRPS difference to naive, as % of naive's mean, with its 95% block-bootstrap interval."""
-    horizon = int(config["horizon"])
+    horizon = config.horizon
     shown = [n for n in names if n != baseline_name(config)]
     fig = Figure(figsize=(11, 1.4 + 0.45 * max(len(shown), 1)), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
@@ -361,39 +362,35 @@ def _span(p: dict[str, Any]) -> str:
     return f"{p['count']} ({_ts(p['first_ts'])} .. {_ts(p['last_ts'])})"
 
 
-def protocol_table(config: dict[str, Any]) -> str:
-    p, d = config["protocol"], config["data"]
+def protocol_table(config: Config) -> str:
+    p, d = config.protocol, config.data
     rows = [
-        ("horizon", f"{p['horizon']} bar(s) of {config['freq']}"),
+        ("horizon", f"{p['horizon']} bar(s) of {config.freq}"),
         ("validation origins", _span(p["val_origins"])),
         ("test origins", _span(p["test_origins"])),
         ("stride / longest context", f"{p['stride']} / {p['max_context']} bars"),
-        ("data", f"{d['rows']} rows, {_ts(d['first_ts'])} .. {_ts(d['last_ts'])}, lake {d['lake']}"),
-        ("fingerprints", f"data {d['fingerprint']}, plan {d['plan_fingerprint']}"),
+        ("data", f"{d.rows} rows, {_ts(d.first_ts)} .. {_ts(d.last_ts)}, lake {d.lake}"),
+        ("fingerprints", f"data {d.fingerprint}, plan {d.plan_fingerprint}"),
     ]
     return table(("protocol", ""), rows)
 
 
-def candidates_table(config: dict[str, Any]) -> str:
-    metric, weights = config["selection_metric"], _weights(config)
-    entries = dict(config["backends"])
-    if config["baseline"]["source"] == "defaults":
-        entries[REFERENCE] = config["baseline"]
+def candidates_table(config: Config) -> str:
+    metric, weights = config.selection_metric, _weights(config)
     rows = [
         (
             _label(name, config),
-            str(b.get("params") or b.get("error", "")),
-            b.get("checkpoint") or "-",
-            b.get("trials", "-"),
-            (b.get("validation") or {}).get(metric),
-            (b.get("test") or {}).get(metric),
+            str(b.params or getattr(b, "error", None) or ""),
+            (b.source and b.source.checkpoint) or "-",
+            getattr(b, "trials", "-"),
+            (b.validation or {}).get(metric),
+            (b.test or {}).get(metric),
             weights.get(name, 0.0),
         )
-        for name, b in entries.items()
+        for name, b in config.scored().items()
     ]
-    if config.get("ensemble"):
-        e = config["ensemble"]
-        rows.append(("ensemble", "", "-", "-", e["validation"].get(metric), e["test"].get(metric), 1.0))
+    if (e := config.ensemble) is not None:
+        rows.append(("ensemble", "", "-", "-", (e.validation or {}).get(metric), (e.test or {}).get(metric), 1.0))
     return table(("candidate", "params", "checkpoint", "trials", f"val {metric}", f"test {metric}", "weight"), rows)
 
 
@@ -409,14 +406,11 @@ def coverage_table(cover: dict[str, dict[str, float]], n: int) -> str:
 TRADING_COLUMNS = ("directional_accuracy", "sharpe", "max_drawdown", "win_rate", "profit_factor", "total_return")
 
 
-def trading_table(config: dict[str, Any]) -> str:
-    entries = dict(config["backends"])
-    if config["baseline"]["source"] == "defaults":
-        entries[REFERENCE] = config["baseline"]
+def trading_table(config: Config) -> str:
     rows = [
         (_label(name, config), split, *(x.get(k) for k in TRADING_COLUMNS), x.get("trades"))
-        for name, b in entries.items()
-        for split, x in (b.get("trading") or {}).items()
+        for name, b in config.scored().items()
+        for split, x in b.trading.items()
         if x
     ]
     if not rows:
@@ -429,7 +423,7 @@ def trading_table(config: dict[str, Any]) -> str:
     return table(header, rows) + note
 
 
-def comparisons_table(config: dict[str, Any]) -> str:
+def comparisons_table(config: Config) -> str:
     rows = [
         (
             name.replace("_", " "),
@@ -442,7 +436,7 @@ def comparisons_table(config: dict[str, Any]) -> str:
             _num(c.get("p_value")),
             "yes" if c["within_noise"] else "no",
         )
-        for name, by_split in config.get("comparisons", {}).items()
+        for name, by_split in config.comparisons.items()
         for split, c in by_split.items()
     ]
     header = (
@@ -470,7 +464,7 @@ def load_studies(storage: str, namespace: str, symbol: str, backends: Iterable[s
     return found
 
 
-def forecast_section(config: dict[str, Any], cache: Path, lake: str | None, device: str) -> str:
+def forecast_section(config: Config, cache: Path, lake: str | None, device: str) -> str:
     try:
         task = recorded_task(config, lake, device, cache)
         bands = fan_bands(config, task)
@@ -494,11 +488,11 @@ def forecast_section(config: dict[str, Any], cache: Path, lake: str | None, devi
     )
 
 
-def search_section(config: dict[str, Any], storage: str, namespace: str) -> str:
-    studies = load_studies(storage, namespace, config["symbol"], config["backends"])
+def search_section(config: Config, storage: str, namespace: str) -> str:
+    studies = load_studies(storage, namespace, config.symbol, config.backends)
     if not studies:
         return "<p>no studies found in the run's storage.</p>"
-    out = [png(history_figure(studies, config["selection_metric"]), "optimisation history")]
+    out = [png(history_figure(studies, config.selection_metric), "optimisation history")]
     imps = {b: importance(s) for b, s in studies.items()}
     found = {b: v for b, v in imps.items() if isinstance(v, dict)}
     if found:
@@ -511,7 +505,7 @@ def search_section(config: dict[str, Any], storage: str, namespace: str) -> str:
 
 
 def symbol_section(
-    config: dict[str, Any],
+    config: Config,
     origins: pl.DataFrame,
     paths: RunPaths,
     storage: tuple[str, str],
@@ -521,9 +515,9 @@ def symbol_section(
 ) -> str:
     """One symbol's part of the page; `storage` is the Optuna storage URL and the run's study namespace.
     `tick` is called after each of its SECTION_STEPS slow parts (for a progress bar)."""
-    sym = config["symbol"]
+    sym = config.symbol
     frame = origins.filter(symbol=sym)
-    names = [n for n in (*config["backends"], REFERENCE, ENSEMBLE) if n in set(frame["candidate"])]
+    names = [n for n in (*config.backends, REFERENCE, ENSEMBLE) if n in set(frame["candidate"])]
     weights = _weights(config)
     forecasts = forecast_section(config, paths.cache, lake, device)
     tick()
@@ -539,7 +533,7 @@ def symbol_section(
     search = search_section(config, *storage)
     tick()
     parts = [
-        f'<h2 id="{html.escape(sym)}">{html.escape(sym)} {config["freq"]}, H={config["horizon"]}</h2>',
+        f'<h2 id="{html.escape(sym)}">{html.escape(sym)} {config.freq}, H={config.horizon}</h2>',
         protocol_table(config),
         "<h3>Forecasts on test origins</h3>",
         forecasts,
@@ -565,7 +559,7 @@ def symbol_section(
 SECTION_STEPS = 3
 
 
-def header(manifest: dict[str, Any], configs: list[dict[str, Any]]) -> str:
+def header(manifest: dict[str, Any], configs: list[Config]) -> str:
     req = manifest["request"]
     rows = [
         ("status", f"{manifest['status']} (created {manifest['created']}, finished {manifest.get('finished', '-')})"),
@@ -575,9 +569,7 @@ def header(manifest: dict[str, Any], configs: list[dict[str, Any]]) -> str:
         ("selection metric", req["metric"]),
         ("seed", str(req["seed"])),
     ]
-    models = sorted(
-        {f"{b} ({r['checkpoint']})" for c in configs for b, r in c["backends"].items() if r.get("checkpoint")}
-    )
+    models = sorted({f"{b} ({path})" for c in configs for b, path in c.checkpoints().items()})
     note = (
         '<p class="note">Model backends here ran from checkpoints: '
         + html.escape(", ".join(models))
@@ -586,22 +578,20 @@ def header(manifest: dict[str, Any], configs: list[dict[str, Any]]) -> str:
         if models
         else ""
     )
-    random = sorted(
-        {f"{b} ({r['checkpoint']})" for c in configs for b, r in c["backends"].items() if r.get("random_init")}
-    )
+    random = sorted({f"{b} ({s.checkpoint})" for c in configs for b, s in c.sources().items() if s.random_init})
     if random:
         note += (
             '<p class="note"><b>Random weights</b> (written by <code>sweep models init</code>): '
             + html.escape(", ".join(random))
             + ". Every number of these candidates is from an untrained model.</p>"
         )
-    toc = " · ".join(f'<a href="#{html.escape(c["symbol"])}">{html.escape(c["symbol"])}</a>' for c in configs)
+    toc = " · ".join(f'<a href="#{html.escape(c.symbol)}">{html.escape(c.symbol)}</a>' for c in configs)
     return f"<h1>sweep report: run {html.escape(manifest['run_id'])}</h1>{table(('run', ''), rows)}{note}<p>{toc}</p>"
 
 
 def render(paths: RunPaths, lake: str | None = None, device: str = "auto", step: Step | None = None) -> str:
     manifest = paths.load_manifest()
-    configs = [read_config(p) for p in sorted(paths.hyperparams.glob("*.json"))]
+    configs = [Config.from_json(p) for p in sorted(paths.hyperparams.glob("*.json"))]
     if not configs:
         raise SweepError(f"run {paths.run_id} has no configs in {paths.hyperparams} (is it still running?)")
     origins = pl.read_parquet(paths.origins)

@@ -18,10 +18,10 @@ from typing import Any
 
 import polars as pl
 
-from sweeper.atomic import read_json
 from sweeper.errors import SweepError
-from sweeper.evaluate import read_config
+from sweeper.record import Config, Ensemble, Scored
 from sweeper.search import owner_alive
+from sweeper.select import ENSEMBLE, REFERENCE
 from sweeper.workspace import RunPaths, Workspace
 
 
@@ -59,8 +59,8 @@ def is_running(manifest: dict[str, Any]) -> bool:
 def run_info(paths: RunPaths) -> RunInfo:
     m = paths.load_manifest()
     req = m["request"]
-    configs = {s: read_json(Path(p)) for s, p in m.get("configs", {}).items() if Path(p).is_file()}
-    freqs = sorted({c["freq"] for c in configs.values()})
+    configs = {s: Config.from_json(Path(p)) for s, p in m.get("configs", {}).items() if Path(p).is_file()}
+    freqs = sorted({c.freq for c in configs.values()})
     trials = paths.trials
     status = m["status"]
     if status == "running" and not is_running(m):
@@ -74,7 +74,7 @@ def run_info(paths: RunPaths) -> RunInfo:
         backends=list(req["backends"]),
         trials=pl.scan_parquet(trials).select(pl.len()).collect().item() if trials.is_file() else None,
         duration_s=_seconds(m["created"], m.get("finished")),
-        winners={s: (c.get("chosen") or {}).get("backend") for s, c in configs.items()},
+        winners={s: c.winner for s, c in configs.items()},
         cache_bytes=folder_bytes(paths.cache),
     )
 
@@ -126,30 +126,38 @@ def candidates(paths: RunPaths) -> list[dict[str, Any]]:
         raise SweepError(f"run {paths.run_id} has no configs in {paths.hyperparams}")
     rows = []
     for path in configs:
-        cfg = read_config(path)
-        metric = cfg["selection_metric"]
-        weights = (cfg.get("ensemble") or {}).get("weights", {})
-        chosen = (cfg.get("chosen") or {}).get("backend")
-        entries = {name: (name, b) for name, b in cfg["backends"].items()}
-        if cfg["baseline"]["source"] == "defaults":
-            entries["baseline"] = ("naive (defaults)", cfg["baseline"])
-        if cfg.get("ensemble"):
-            entries["ensemble"] = ("ensemble", {"params": None, **cfg["ensemble"]})
-        for key, (label, b) in entries.items():
+        cfg = Config.from_json(path)
+        metric = cfg.selection_metric
+        weights = {} if cfg.ensemble is None else cfg.ensemble.weights
+        entries: list[tuple[str, str, Any, str | None, bool, Scored | Ensemble, float | None]] = [
+            (
+                key,
+                "naive (defaults)" if key == REFERENCE else key,
+                b.params,
+                getattr(b, "error", None),
+                b.source is not None and b.source.random_init,
+                b,
+                weights.get(key),
+            )
+            for key, b in cfg.scored().items()
+        ]
+        if cfg.ensemble is not None:
+            entries.append((ENSEMBLE, ENSEMBLE, None, None, False, cfg.ensemble, 1.0))
+        for key, label, params, error, random_init, means, weight in entries:
             rows.append(
                 {
-                    "symbol": cfg["symbol"],
-                    "freq": cfg["freq"],
-                    "horizon": cfg["horizon"],
+                    "symbol": cfg.symbol,
+                    "freq": cfg.freq,
+                    "horizon": cfg.horizon,
                     "candidate": label,
-                    "chosen": key == chosen,
-                    "params": b.get("params"),
-                    "error": b.get("error"),
-                    "random_init": bool(b.get("random_init")),
+                    "chosen": key == cfg.winner,
+                    "params": params,
+                    "error": error,
+                    "random_init": random_init,
                     "metric": metric,
-                    "validation": (b.get("validation") or {}).get(metric),
-                    "test": (b.get("test") or {}).get(metric),
-                    "weight": 1.0 if key == "ensemble" else weights.get(key),
+                    "validation": (means.validation or {}).get(metric),
+                    "test": (means.test or {}).get(metric),
+                    "weight": weight,
                 }
             )
     return rows

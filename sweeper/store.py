@@ -1,5 +1,5 @@
-"""What a run's files hold: the manifest, the per-symbol config (schema below, SCHEMA_VERSION), the trial
-and origin tables. Where they go is sweeper/workspace.py.
+"""What a run's files hold: the per-symbol config built from the results (its record is sweeper/record.py),
+the trial and origin tables. Where they go is sweeper/workspace.py.
 
 Every file is written atomically.
 """
@@ -24,6 +24,7 @@ from sweeper.backends import random_init
 from sweeper.finetune.settings import FinetuneSettings
 from sweeper.metrics import LEVELS
 from sweeper.objective import SymbolTask, recorded_means
+from sweeper.record import Baseline, Chosen, Config, Data, Ensemble, Means, Searched, Source, clean
 from sweeper.search import ERROR
 from sweeper.select import SymbolResult
 from sweeper.space import Space
@@ -32,7 +33,6 @@ from sweeper.workspace import recorded
 if TYPE_CHECKING:
     from sweeper.sweep import RunRequest
 
-SCHEMA_VERSION = 2  # 2: seasonal-naive MASE/MSIS scale, centred naive, ties, DM p-values, selection rule
 _PACKAGES = ("numpy", "polars", "optuna", "scoringrules", "torch", "uni2ts", "toto-ts", "kronos-model-arch")
 
 
@@ -50,41 +50,30 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _clean(d: dict[str, float] | None) -> dict[str, float | None] | None:
-    """JSON has no NaN: undefined means (e.g. MASE on a flat context) become null."""
-    return None if d is None else {k: (v if np.isfinite(v) else None) for k, v in d.items()}
-
-
-def _model_source(task: SymbolTask, backend: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What re-creates a backend's draws: its checkpoint and the number of draws cached; `random_init` when
-    the checkpoint is one `sweep models init` wrote; for fine-tuned knobs the weights behind each split
-    (key, training cut, folder)."""
+def _source(task: SymbolTask, backend: str, params: dict[str, Any]) -> Source:
+    """What re-creates a backend's draws (`record.Source`); for fine-tuned knobs the weights behind each
+    split."""
     checkpoint = task.forecaster.model(backend).checkpoint
-    source = {
-        "checkpoint": None if checkpoint is None else recorded(checkpoint),
-        "draws": task.spaces[backend].max_samples,
-        **({"random_init": True} if random_init(checkpoint) else {}),
-    }
-    if params is not None and FinetuneSettings.from_knobs(params).active:
+    finetune = None
+    if FinetuneSettings.from_knobs(params).active:
         fc, tuner = task.forecaster, task.forecaster.tuner
-        source["finetune"] = {
+        finetune = {
             "knobs": FinetuneSettings.from_knobs(params).knobs(),
             **{
                 split: tuner.record(fc.finetune_jobs(task.series, task.plan, split, backend, params))
                 for split in ("val", "test")
             },
         }
-    return source
+    return Source(
+        None if checkpoint is None else recorded(checkpoint),
+        task.spaces[backend].max_samples,
+        random_init(checkpoint),
+        finetune,
+    )
 
 
-def random_weights(config: dict[str, Any]) -> list[str]:
-    """The candidates of a config whose checkpoint has random weights (`sweep models init`)."""
-    return [b for b, rec in config["backends"].items() if rec.get("random_init")]
-
-
-def config_facts(config: dict[str, Any]) -> dict[str, Any]:
-    """What a summary says of a symbol beyond its scores: the bar size used, and random weights."""
-    return {"freq": config["freq"], "horizon": config["horizon"], "random_weights": random_weights(config)}
+def _trading(trading: dict[str, dict[str, float]]) -> dict[str, Means | None]:
+    return {split: clean(x) for split, x in trading.items()}
 
 
 def config_record(
@@ -95,82 +84,73 @@ def config_record(
     lake: str,
     search: dict[str, Any],
     fronts: dict[str, list[dict]],
-) -> dict:
+) -> Config:
     """The per-symbol config; `fronts` holds Pareto fronts by backend (multi-objective runs only)."""
     s = task.series
-    metric, seed = req.metric, req.seed
     chosen = result.chosen_result()
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run_id,
-        "symbol": s.symbol,
-        "freq": s.freq,
-        "asset_class": s.asset_class,
-        "horizon": task.plan.protocol.horizon,
-        "selection_metric": metric,
-        "selection": {
+    base = result.baseline
+    return Config(
+        run_id=run_id,
+        symbol=s.symbol,
+        freq=s.freq,
+        asset_class=s.asset_class,
+        horizon=task.plan.protocol.horizon,
+        selection_metric=req.metric,
+        selection={
             "rule": result.rule,
-            "metric": metric,
+            "metric": req.metric,
             "why": result.why,
             "test": "Diebold-Mariano, AR-prewhitened EWC variance, t reference, 5% (sweeper/compare.py)",
         },
-        "chosen": None
+        chosen=None
         if chosen is None
-        else {"backend": chosen.backend, "params": chosen.params, **_model_source(task, chosen.backend, chosen.params)},
-        "backends": {
-            b: {
-                "params": r.params,
-                **({} if r.params is None else _model_source(task, b, r.params)),
-                "trials": r.trials,
-                "pruned_trials": r.pruned,
-                "validation": _clean(r.val),
-                "test": _clean(r.test),
-                "trading": {split: _clean(x) for split, x in r.trading.items()},
-                **({"pareto_front": fronts[b]} if b in fronts else {}),
-                **({"error": r.error} if r.error else {}),
-            }
+        else Chosen(chosen.backend, chosen.params, _source(task, chosen.backend, chosen.params)),
+        backends={
+            b: Searched(
+                clean(r.val),
+                clean(r.test),
+                _trading(r.trading),
+                r.params,
+                None if r.params is None else _source(task, b, r.params),
+                r.trials,
+                r.pruned,
+                fronts.get(b),
+                r.error or None,
+            )
             for b, r in result.backends.items()
         },
-        "baseline": {
-            "backend": result.baseline.backend,
-            "source": result.baseline_source,
-            "params": result.baseline.params,
-            **_model_source(task, result.baseline.backend, result.baseline.params),
-            "validation": _clean(result.baseline.val),
-            "test": _clean(result.baseline.test),
-            "trading": {split: _clean(x) for split, x in result.baseline.trading.items()},
-        },
-        "ensemble": None
+        baseline=Baseline(
+            clean(base.val),
+            clean(base.test),
+            _trading(base.trading),
+            base.backend,
+            result.baseline_source,
+            base.params,
+            _source(task, base.backend, base.params),
+        ),
+        ensemble=None
         if result.ensemble is None
-        else {
-            "method": "greedy selection with replacement (Caruana et al. 2004) on validation CRPS",
-            "weights": result.ensemble.weights,
-            "validation": _clean(result.ensemble.val),
-            "test": _clean(result.ensemble.test),
-        },
-        "comparisons": {
+        else Ensemble(
+            "greedy selection with replacement (Caruana et al. 2004) on validation CRPS",
+            result.ensemble.weights,
+            clean(result.ensemble.val),
+            clean(result.ensemble.test),
+        ),
+        comparisons={
             name: {split: c.to_dict() for split, c in by_split.items()} for name, by_split in result.comparisons.items()
         },
-        "protocol": task.plan.describe(s),
-        "scale": {
+        protocol=task.plan.describe(s),
+        scale={
             "what": "in-sample seasonal-naive MAE of the closes before the first validation origin (MASE, MSIS)",
             "season": task.season,
             "history_bars": int(task.plan.val[0]),
             "value": scale if np.isfinite(scale := task.scale()) else None,
         },
-        "data": {
-            "lake": lake,
-            "source": s.source,
-            "fingerprint": s.fingerprint,
-            "plan_fingerprint": task.plan.fingerprint(),
-            "rows": len(s),
-            "first_ts": str(s.ts[0]),
-            "last_ts": str(s.ts[-1]),
-        },
-        "search": search,
-        "versions": versions(),
-        "seed": seed,
-    }
+        data=Data(lake, s.source, s.fingerprint, task.plan.fingerprint(), len(s), str(s.ts[0]), str(s.ts[-1])),
+        search=search,
+        versions=versions(),
+        seed=req.seed,
+    )
 
 
 def _utc(t: dt.datetime | None) -> dt.datetime | None:

@@ -257,7 +257,7 @@ def execute(prep: Prepared, paths: RunPaths, progress: Progress | None = None) -
             origin_frames.append(origins_frame(task, result))
             search = {"objectives": list(req.search_objectives()), "latency_budget_s": req.latency_budget}
             record = config_record(paths.run_id, task, result, req, lake_label(prep.lake), search, fronts)
-            write_json(paths.config(task.series.symbol), record)
+            record.to_json(paths.config(task.series.symbol))
     if trial_frames:
         write_parquet(paths.trials, pl.concat(trial_frames, how="diagonal_relaxed"))
     write_parquet(paths.origins, pl.concat(origin_frames, how="diagonal_relaxed"))

@@ -148,18 +148,3 @@ def resolved(value: str, named_in: Path) -> str:
         return value
     found = next((base / path for base in Path(named_in).absolute().parents if (base / path).exists()), None)
     return value if found is None else str(found)
-
-
-def resolve_config_paths(config: dict[str, Any], named_in: Path) -> dict[str, Any]:
-    """The config with its checkpoints, fine-tuned weights folders and lake resolved (see `resolved`)."""
-    sources = [config.get("chosen"), config.get("baseline"), *(config.get("backends") or {}).values()]
-    for source in (s for s in sources if isinstance(s, dict)):
-        if isinstance(source.get("checkpoint"), str):
-            source["checkpoint"] = resolved(source["checkpoint"], named_in)
-        for split in ("val", "test"):
-            for block in (source.get("finetune") or {}).get(split, []):
-                block["weights"] = resolved(block["weights"], named_in)
-    data = config.get("data")
-    if isinstance(data, dict) and isinstance(data.get("lake"), str):
-        data["lake"] = resolved(data["lake"], named_in)
-    return config

@@ -181,3 +181,9 @@ def assert_live_forecast_is_recorded(config: Path, backend: str, ensemble: bool 
         np.testing.assert_allclose(f.point, row["point"], rtol=rtol, err_msg=f"{split} origin {row['origin_row']}")
         for q in LEVELS:
             np.testing.assert_allclose(f.quantiles[q], row[level_column(q)], rtol=rtol)
+
+
+V1_CONFIG = Path(__file__).parent / "data" / "config_v1_SOLUSDT_1d.json"
+"""A schema 1 config as sweep 55afcf6^ wrote it (`sweep run --symbols SOLUSDT --freq 1d --horizon 3 --trials 4
+--val-origins 60 --test-origins 20` on the shared lake); its lake path is recorded relative to the folder above
+the repository, as older versions recorded paths relative to the folder the sweep ran in."""

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import optuna
 
+from sweeper.record import Config, Source
 from sweeper.report import MIN_TRIALS, QUANTILES, coverage, header, importance, quantiles
-from tests.helpers import SHARED_LAKE
+from tests.helpers import SHARED_LAKE, V1_CONFIG
 
 SMALL = ["--val-origins", "100", "--test-origins", "40"]
 
@@ -72,12 +74,17 @@ def test_missing_run_is_one_line_and_exit_2(tmp_path: Path, sweep) -> None:
 def test_header_warns_about_checkpoints_only_when_a_model_used_one() -> None:
     request = {"symbols": ["BTCUSDT"], "backends": ["naive", "marketgpt"], "trials": 5, "metric": "crps", "seed": 0}
     manifest = {"run_id": "r", "status": "complete", "created": "now", "request": request}
-    backends = {"naive": {"checkpoint": None}, "marketgpt": {"checkpoint": "models/marketgpt/tiny"}}
-    assert "randomly initialised" in header(manifest, [{"symbol": "BTCUSDT", "backends": backends}])
-    del backends["marketgpt"]
-    assert "randomly initialised" not in header(manifest, [{"symbol": "BTCUSDT", "backends": backends}])
-    backends["toto"] = {"checkpoint": "ck/toto", "random_init": True}  # written by `sweep models init`
-    assert "Random weights</b>" in header(manifest, [{"symbol": "BTCUSDT", "backends": backends}])
+    config = Config.from_json(V1_CONFIG)  # one naive backend, no checkpoint
+    naive = config.backends["naive"]
+
+    def with_models(**sources: Source) -> list[Config]:
+        models = {b: replace(naive, source=src) for b, src in sources.items()}
+        return [replace(config, backends={"naive": naive, **models})]
+
+    assert "randomly initialised" in header(manifest, with_models(marketgpt=Source("models/marketgpt/tiny", 8)))
+    assert "randomly initialised" not in header(manifest, with_models())
+    random = with_models(toto=Source("ck/toto", 8, random_init=True))  # written by `sweep models init`
+    assert "Random weights</b>" in header(manifest, random)
 
 
 def test_coverage_counts_actuals_inside_each_band() -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from sweeper.errors import SweepError
-from sweeper.evaluate import read_config
+from sweeper.record import Config
 from sweeper.workspace import Workspace
+from tests.helpers import V1_CONFIG
 
 
 def test_runs_show_report_promote_eval_and_forecast_work_from_another_directory(
@@ -64,16 +65,18 @@ def test_runs_show_report_promote_eval_and_forecast_work_from_another_directory(
 
 def test_relative_paths_of_older_configs_resolve_from_the_folder_above_them(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "ck").mkdir()
-    config_path = Workspace(tmp_path / "out").run("old").config("ETHUSD")
+    config_path = Workspace(tmp_path / "out").run("old").config("SOLUSDT")
     config_path.parent.mkdir(parents=True)
-    old = {"backends": {"toto": {"checkpoint": "ck"}, "naive": {"checkpoint": None}},
-           "baseline": {"checkpoint": "Datadog/Toto-Open-Base-1.0"}, "data": {"lake": "demo"}}  # fmt: skip
+    old = json.loads(V1_CONFIG.read_text())
+    old["backends"]["naive"]["checkpoint"] = "ck"  # as older versions recorded a checkpoint: relative
+    old["baseline"]["checkpoint"] = "Datadog/Toto-Open-Base-1.0"  # a hub id stays as it is
+    old["data"]["lake"] = "demo"
     config_path.write_text(json.dumps(old))
     monkeypatch.chdir(config_path.parent)
-    config = read_config(config_path)
-    assert config["backends"]["toto"]["checkpoint"] == str(tmp_path / "ck")
-    assert config["backends"]["naive"]["checkpoint"] is None
-    assert config["baseline"]["checkpoint"] == "Datadog/Toto-Open-Base-1.0" and config["data"]["lake"] == "demo"
+    config = Config.from_json(config_path)
+    assert config.backends["naive"].source.checkpoint == str(tmp_path / "ck")  # type: ignore[union-attr]
+    assert config.chosen is not None and config.chosen.source.checkpoint is None
+    assert config.baseline.source.checkpoint == "Datadog/Toto-Open-Base-1.0" and config.data.lake == "demo"
 
 
 def test_model_folders_are_named_by_the_workspace_and_never_escape_it(tmp_path: Path) -> None:
