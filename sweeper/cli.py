@@ -196,44 +196,6 @@ def _parse_checkpoints(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def _summary_rows(results: list[Any], metric: str) -> list[dict[str, Any]]:
-    from sweeper.metric import get
-
-    m = get(metric)
-    rows = []
-    for r in results:
-        chosen = r.chosen_result()
-        vs = r.comparisons.get("chosen_vs_naive", {})
-        skill = m.skill(vs["test"]) if "test" in vs else None  # positive: better than naive, either direction
-        ens = r.comparisons.get("ensemble_vs_chosen", {})
-        rows.append(
-            {
-                "symbol": r.symbol,
-                "chosen": r.chosen,
-                "is_naive": chosen is r.baseline,
-                "selection": {"rule": r.rule, "why": r.why},
-                "params": chosen.params if chosen else None,
-                "validation": chosen.val if chosen else None,
-                "test": chosen.test if chosen else None,
-                "naive": {"validation": r.baseline.val, "test": r.baseline.test, "source": r.baseline_source},
-                "test_skill_vs_naive": skill,
-                "vs_naive": {s: c.to_dict() for s, c in vs.items()},
-                "ensemble": None
-                if r.ensemble is None
-                else {
-                    "weights": r.ensemble.weights,
-                    "validation": r.ensemble.val,
-                    "test": r.ensemble.test,
-                    "vs_chosen": {s: c.to_dict() for s, c in ens.items()},
-                    "test_skill_vs_chosen": m.skill(ens["test"]) if "test" in ens else None,
-                },
-                "skipped": {b: x.error for b, x in r.backends.items() if x.error},
-                "trials": {b: {"complete": x.trials, "pruned": x.pruned} for b, x in r.backends.items()},
-            }
-        )
-    return rows
-
-
 def _vs(cmp: dict[str, Any] | None, relative: float | None) -> str:
     """'+3.1%' (positive: better) with '(within noise)' when the DM test does not reject equal skill."""
     if not cmp or relative is None:
@@ -409,9 +371,7 @@ def run(
             f"cut one is queued again: continue with `sweep run --resume {paths.run_id}`"
         )
         raise typer.Exit(1) from None
-    rows = [
-        {**row, **Config.from_json(paths.config(row["symbol"])).facts()} for row in _summary_rows(results, req.metric)
-    ]
+    rows = [Config.from_json(paths.config(r.symbol)).summary() for r in results]
     _summary(rows, req.metric, paths).emit(json)
 
 

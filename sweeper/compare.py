@@ -37,6 +37,7 @@ so at the margin an interval may just exclude zero for a difference the test cal
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from arch.bootstrap import StationaryBootstrap, optimal_block_length
@@ -68,6 +69,11 @@ class Comparison:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "within_noise": self.within_noise}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Comparison:
+        """A comparison as a config records it (`to_dict`; null means are NaN)."""
+        return cls(**{k: float("nan") if d[k] is None else d[k] for k in cls.__dataclass_fields__})
 
 
 def _ewc(x: np.ndarray, terms: int) -> float:

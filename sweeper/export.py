@@ -114,7 +114,7 @@ def _export_symbol(
     parent = client.create_run(
         exp_id,
         run_name=f"{paths.run_id}/{symbol}",
-        tags={**tags, KIND_TAG: "symbol", "chosen": cfg.winner or "none"},
+        tags={**tags, KIND_TAG: "symbol", "chosen": "none" if chosen is None else chosen.backend},
     )
     pid = parent.info.run_id
     ensemble = cfg.ensemble

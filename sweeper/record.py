@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from sweeper.atomic import read_json, write_json
+from sweeper.compare import Comparison
 from sweeper.errors import SweepError
+from sweeper.metric import get
 from sweeper.objective import Candidate
 from sweeper.plan import Protocol
 from sweeper.select import REFERENCE
@@ -405,4 +407,47 @@ class Config:
 
     @property
     def winner(self) -> str | None:
-        return None if self.chosen is None else self.chosen.backend
+        """The chosen candidate's name: a searched backend, or `baseline` (the naive defaults)."""
+        if self.chosen is None:
+            return None
+        return self.chosen.backend if self.chosen.backend in self.backends else REFERENCE
+
+    def is_baseline(self, name: str) -> bool:
+        """Whether candidate `name` is the naive baseline: its defaults, or the tuned naive."""
+        return name == REFERENCE or (self.baseline.origin == "tuned" and name == self.baseline.backend)
+
+    def summary(self) -> dict[str, Any]:
+        """What `sweep run` says of this symbol: its row of the summary table and its `--json` record."""
+        m = get(self.selection_metric)
+        vs = self.comparisons.get("chosen_vs_naive", {})
+        ens = self.comparisons.get("ensemble_vs_chosen", {})
+        chosen = None if self.chosen is None else self.chosen_entry()
+        e = self.ensemble
+        return {
+            "symbol": self.symbol,
+            "chosen": self.winner,
+            "is_naive": self.winner is not None and self.is_baseline(self.winner),
+            "selection": {k: (self.selection or {}).get(k) for k in ("rule", "why")},
+            "params": None if self.chosen is None else self.chosen.params,
+            "validation": None if chosen is None else chosen.validation,
+            "test": None if chosen is None else chosen.test,
+            "naive": {
+                "validation": self.baseline.validation,
+                "test": self.baseline.test,
+                "source": self.baseline.origin,
+            },
+            "test_skill_vs_naive": m.skill(Comparison.from_dict(vs["test"])) if "test" in vs else None,
+            "vs_naive": vs,
+            "ensemble": None
+            if e is None
+            else {
+                "weights": e.weights,
+                "validation": e.validation,
+                "test": e.test,
+                "vs_chosen": ens,
+                "test_skill_vs_chosen": m.skill(Comparison.from_dict(ens["test"])) if "test" in ens else None,
+            },
+            "skipped": {b: x.error for b, x in self.backends.items() if x.error},
+            "trials": {b: {"complete": x.trials, "pruned": x.pruned_trials or 0} for b, x in self.backends.items()},
+            **self.facts(),
+        }

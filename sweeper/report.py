@@ -226,9 +226,7 @@ def importance_figure(found: dict[str, dict[str, float]]) -> Figure:
 
 def _roles(name: str, config: Config) -> list[str]:
     """What a candidate is in this config: the chosen one, the naive baseline (a tuned naive can be both)."""
-    base = config.baseline
-    chosen = name == config.winner
-    baseline = name == REFERENCE or (base.origin == "tuned" and name == base.backend)
+    chosen, baseline = name == config.winner, config.is_baseline(name)
     return [role for role, hit in (("chosen", chosen), ("baseline", baseline)) if hit]
 
 

@@ -150,3 +150,8 @@ def test_live_forecast_of_the_naive_fallback_equals_the_recorded_one(sweep, tmp_
     assert f.candidate == "naive"
     np.testing.assert_array_equal(f.point, row["point"])
     np.testing.assert_array_equal(f.quantiles[0.5], row["q50"])
+    # `sweep show` marks the naive defaults as the chosen candidate (it marked none before the record owned it)
+    r = sweep("show", "fb", "--out", tmp_path, "--json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["candidates"]
+    assert [x["candidate"] for x in rows if x["chosen"]] == ["naive (defaults)"]
