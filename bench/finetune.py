@@ -1,10 +1,11 @@
 """Fine-tuning speed and memory per backend on this machine, with random checkpoints of each preset.
 
 Each (backend, preset) runs in a fresh interpreter (its peak memory is its own): a random checkpoint in
-the real format, then the sweep's fine-tuning driver (`sweeper.finetune.fit`) on real BTCUSDT 1h windows
-before a cut, twice: `warm` steps and `warm + steps` steps. Steps per second is `steps` over the
-difference of the two wall times, so loading and the Trainer's start-up cancel out (a one-step fit before
-them pays the imports).
+the real format (MarketGPT's with its bins fitted on the shared lake's 1h bars, as `sweep models init`
+does), then the sweep's fine-tuning driver (`sweeper.finetune.fit`) on real BTCUSDT 1h windows before a
+cut, twice: `warm` steps and `warm + steps` steps. Steps per second is `steps` over the difference of the
+two wall times, so loading and the Trainer's start-up cancel out (a one-step fit before them pays the
+imports).
 `python -m bench.finetune` prints a table; `make bench` (bench/run.py) calls `print_table`.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -21,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 SHARED_LAKE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ohlcv"
-BACKENDS = ("toto", "moirai", "kronos")
+BACKENDS = ("toto", "moirai", "kronos", "marketgpt")
 KNOBS = {"ft_context": 128, "ft_batch_size": 4, "ft_lr": 1e-4}
+WINDOW = {"marketgpt": {"ft_context": 112}}  # its tiny preset sees 128 returns: context + its 16-bar target fit
 STEPS = {"tiny": 20, "small": 3}
 
 
@@ -37,12 +40,13 @@ def bench_finetune(backend: str, preset: str, warm: int = 2) -> dict[str, Any]:
     from sweeper.finetune.settings import FinetuneSettings
 
     torch.set_num_threads(1)
+    os.environ["SWEEP_LAKE"] = str(SHARED_LAKE)  # MarketGPT's random checkpoint fits its bins on this lake
     series = load(SHARED_LAKE, ["BTCUSDT"], "1h")
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = str(backend_class(backend).init_checkpoint(preset, Path(tmp) / "base"))
         seconds = []
         for steps in (1, warm, warm + STEPS[preset]):  # the first pays the imports, and is not counted
-            s = FinetuneSettings.from_knobs({**KNOBS, "ft_steps": steps})
+            s = FinetuneSettings.from_knobs({**KNOBS, **WINDOW.get(backend, {}), "ft_steps": steps})
             length = s.context + finetuner_class(backend).window_prediction(ckpt, s)
             windows = Windows.before(series, series[0].ts[-1000], length)
             job = FinetuneJob(backend, ckpt, None, s, windows, {}, 0)
@@ -64,7 +68,10 @@ def _fresh(backend: str, preset: str) -> dict[str, Any]:
 
 
 def print_table(backends: tuple[str, ...] = BACKENDS, presets: tuple[str, ...] = ("tiny", "small")) -> None:
-    print(f"windows of {KNOBS['ft_context']} bars + prediction, batch {KNOBS['ft_batch_size']}, one torch thread")
+    print(
+        f"windows of {KNOBS['ft_context']} bars (marketgpt {WINDOW['marketgpt']['ft_context']}) + prediction, "
+        f"batch {KNOBS['ft_batch_size']}, one torch thread"
+    )
     print(f"{'backend':<8} {'preset':<6} {'steps/s':>8} {'peak MiB':>9}")
     for backend in backends:
         for preset in presets:

@@ -11,15 +11,16 @@ import yaml
 from sweeper.backends import backend_class
 from sweeper.backends.marketgpt import MarketGPTBackend
 from sweeper.cache import ForecastCache
-from sweeper.data import Series, load
+from sweeper.data import Series, available, load
 from sweeper.errors import SweepError
 from sweeper.forecast import Forecaster, chunk_bounds
 from sweeper.marketgpt.checkpoint import from_pretrained
+from sweeper.marketgpt.corpus import training_cut
 from sweeper.marketgpt.train import TrainSummary
 from sweeper.plan import Contexts, Protocol, contexts, make_plan
 from sweeper.space import SPACES_DIR, load_space
 from tests import marketgpt_support as support
-from tests.helpers import assert_draws_per_origin, assert_live_forecast_is_recorded, assert_no_leak
+from tests.helpers import SHARED_LAKE, assert_draws_per_origin, assert_live_forecast_is_recorded, assert_no_leak
 
 pytestmark = pytest.mark.xdist_group("marketgpt")
 
@@ -121,6 +122,19 @@ def test_init_checkpoint_fits_bins_on_the_lake(mg_lake, series, origins, tmp_pat
     assert pre.meta.symbols == ("BTCUSDT", "ETHUSDT") and pre.tokenizer.vocab_size == 1024
     out = MarketGPTBackend(str(path)).forecast(contexts(series, origins, 64), 2, 3, SAMPLE, 0)
     assert out.shape == (origins.size, 3, 2)
+
+
+def test_init_checkpoint_on_a_lake_with_a_late_series_fits_bins_on_the_others(tmp_path, monkeypatch) -> None:
+    """The common training cut of the shared lake's 1h series is the earliest first validation origin among
+    them (a series that ends early sets it); ADAUSDT starts after it, has no bars before it and made the
+    init fail. Now the series with a context's bars before the cut give the bins, and only they."""
+    monkeypatch.setenv("SWEEP_LAKE", str(SHARED_LAKE))
+    path = MarketGPTBackend.init_checkpoint("tiny", tmp_path / "init")
+    pre = from_pretrained(path)
+    every = load(SHARED_LAKE, sorted({r.symbol for r in available(SHARED_LAKE) if r.freq == "1h"}), "1h")
+    cut = training_cut(every, Protocol())
+    enough = {s.symbol for s in every if np.searchsorted(s.ts, cut) - 1 >= pre.model.cfg.context_length + 1}
+    assert set(pre.meta.symbols) == enough and "BTCUSDT" in enough and "ADAUSDT" not in enough
 
 
 def test_live_forecast_equals_the_sweeps_recorded_forecast(sweep, mg_lake, mg_trained, tmp_path: Path) -> None:

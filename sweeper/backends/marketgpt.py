@@ -77,14 +77,20 @@ class MarketGPTBackend(Backend):
 
     @classmethod
     def init_checkpoint(cls, preset: str, out: Path) -> Path:
-        """Random weights, but real bins: k-means on every `INIT_FREQ` series of the lake ($SWEEP_LAKE or the
-        demo lake), on bars before each one's default sweep validation origins (the same cut as training)."""
-        from sweeper.data import available, resolve_lake
+        """Random weights, but real bins: k-means on the `INIT_FREQ` series of the lake ($SWEEP_LAKE or the
+        demo lake), on bars before their default sweep validation origins (the same cut as training); a
+        series that starts too late to have a context's bars before that cut is left out."""
+        from sweeper.data import available, load, resolve_lake
+        from sweeper.marketgpt.corpus import covered
+        from sweeper.marketgpt.model import get_preset
         from sweeper.marketgpt.train import train
+        from sweeper.plan import Protocol
 
         lake = resolve_lake(None)
         symbols = sorted({r.symbol for r in available(lake) if r.freq == INIT_FREQ})
-        if not symbols:
-            raise SweepError(f"lake {lake} has no {INIT_FREQ} bars to fit MarketGPT's bins on")
-        train(symbols, INIT_FREQ, lake, preset, out, max_steps=0, progress=False)
+        min_bars = get_preset(preset).model.context_length + 1
+        series = covered(load(lake, symbols, INIT_FREQ), Protocol(), min_bars) if symbols else []
+        if not series:
+            raise SweepError(f"lake {lake} has no {INIT_FREQ} series long enough to fit MarketGPT's bins on")
+        train([s.symbol for s in series], INIT_FREQ, lake, preset, out, max_steps=0, progress=False)
         return Path(out)

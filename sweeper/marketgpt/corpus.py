@@ -48,6 +48,13 @@ def training_cut(series: Sequence[Series], protocol: Protocol) -> np.datetime64:
     return min(s.ts[int(make_plan(s, protocol).val[0])] for s in series)
 
 
+def covered(series: Sequence[Series], protocol: Protocol, min_bars: int) -> list[Series]:
+    """The series holding at least `min_bars` bars before the common cut: what fits bins on every series of
+    a lake (`sweep models init marketgpt`), where one that starts after the others' cut has none to give."""
+    cut = training_cut(series, protocol)
+    return [s for s in series if int(np.searchsorted(s.ts, cut, side="left")) - 1 >= min_bars]
+
+
 def build_corpus(series: Sequence[Series], protocol: Protocol, min_bars: int) -> Corpus:
     """Cut every series before the common cut; a symbol left with fewer than `min_bars` bars is an error."""
     cut = training_cut(series, protocol)
