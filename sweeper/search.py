@@ -365,6 +365,8 @@ class Interrupts:
 
 
 INTERRUPTS = Interrupts()
+# Optuna logs a failed trial through the logger of its private module `optuna.study._optimize`, with no public
+# hook to mute one trial; tests/test_faults.py::test_sigterm_exits_143_and_resume_redoes_the_cut_trial pins it
 logging.getLogger("optuna.study._optimize").addFilter(INTERRUPTS.filter)
 
 

@@ -1,8 +1,8 @@
 """Several Optuna worker processes on the same studies: `sweep run --jobs N`.
 
-Entering starts N worker processes, each handed the sweep's tasks once; `run` then sets all N on one
-(symbol, backend) study, so a study fills up N trials at a time and each worker keeps its loaded models
-from one study to the next. A worker claims a trial
+Entering sets up a pool of N worker processes (spawned at the first study, each handed the sweep's tasks
+once); `run` sets all N on one (symbol, backend) study, so a study fills up N trials at a time, and each
+worker keeps its loaded models from one study to the next. A worker claims a trial
 under a lock held by the storage itself (a PostgreSQL advisory lock, or a lock file beside the SQLite
 database): it counts the study's running and finished trials and asks Optuna for a new one only while
 that count is below the budget. So the budget is exact however many workers, or machines on one
