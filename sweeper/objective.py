@@ -150,6 +150,22 @@ class SymbolTask:
 VAL_PREFIX = "val_"  # one trial user attribute per validation mean (val_crps, val_mae, ...), as dashboards show them
 
 
+def storage_trial(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int) -> int:
+    """The storage's id of a study's trial, which every storage write takes, by the storage's public
+    lookups (Optuna keeps `Trial._trial_id`, `FrozenTrial._trial_id` and `Study._study_id` private)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+
+
+def record_aggregation(trial: optuna.Trial, space: Space, choice: str) -> None:
+    """Store the aggregation a trial picked as its parameter, in the study's storage, so trials and configs
+    carry every knob (the sampler never proposes it). Not `trial.suggest_categorical`: that asks the
+    sampler (or the queued knobs) for a value instead of recording the trial's pick."""
+    p = space.params[AGGREGATION]
+    dist = p.distribution()
+    trial_id = storage_trial(trial.storage, trial.study, trial.number)
+    trial.storage.set_trial_param(trial_id, p.optuna_name, dist.to_internal_repr(p.optuna_value(choice)), dist)
+
+
 def record_means(trial: optuna.Trial, means: dict[str, float]) -> None:
     for k, v in means.items():
         trial.set_user_attr(f"{VAL_PREFIX}{k}", v)
@@ -192,9 +208,9 @@ def objective(
             continue
         # asked at every chunk, cached or not: the pruner's history, and so the run, never depends on the cache
         if report(step, metric.aggregate(scores[objectives[0]])):
-            space.record_aggregation(trial, aggregation)
+            record_aggregation(trial, space, aggregation)
             raise optuna.TrialPruned()  # trials.parquet's prune_step: the chunks it saw
-    space.record_aggregation(trial, aggregation)
+    record_aggregation(trial, space, aggregation)
     means = mean_scores(scores)
     record_means(trial, means)
     values = tuple(means[m] for m in objectives)

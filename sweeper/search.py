@@ -1,4 +1,6 @@
-"""The Optuna engine: one study per (symbol, backend), a seeded TPE sampler, storage in the run folder.
+"""The studies every engine shares: one Optuna study per (symbol, backend), a seeded TPE sampler, storage in
+the run folder, and what a finished study hands to selection (`StudyOutcome`). The engines that fill the
+studies with trials are in sweeper/engines/.
 
 Studies persist in the storage (SQLite file by default), so a killed sweep resumes: finished trials are
 kept, a trial that was running when the process died is marked failed and its knobs are queued again.
@@ -22,16 +24,16 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
 
-from sweeper.errors import SweepError, machine_fault
+from sweeper.errors import SweepError
 from sweeper.metric import get
-from sweeper.objective import Report, SymbolTask, objective, recorded_means
+from sweeper.objective import Report, SymbolTask, recorded_means, storage_trial
 from sweeper.space import Space
 
 # A failed trial is recorded (user attribute `error`, trials.parquet, the config's `error`) and reported once
@@ -226,39 +228,30 @@ def _tpe(constant_liar: bool, seed: int) -> optuna.samplers.TPESampler:
     return optuna.samplers.TPESampler(seed=seed, constant_liar=constant_liar)
 
 
-def open_study(
-    storage: str,
-    symbol: str,
-    backend: str,
-    objectives: tuple[str, ...],
-    seed: int,
-    namespace: str = "",
-    worker: int | None = None,
-    prune: bool = False,
-) -> optuna.Study:
-    """Seeded TPE for one objective; NSGA-II for several (a Pareto front, e.g. CRPS vs latency); the
-    successive-halving pruner when `prune`.
+def open_study(s: StudySettings, symbol: str, backend: str, worker: int | None = None) -> optuna.Study:
+    """The study of (symbol, backend) under the settings: seeded TPE for one objective; NSGA-II for several
+    (a Pareto front, e.g. CRPS vs latency); the successive-halving pruner when the settings prune.
 
     Each of several parallel `worker`s gets its own seed, and TPE the constant liar (running trials count
     as bad ones), so the workers do not all propose the same knobs."""
-    name = study_name(symbol, backend, namespace)
-    study_seed = (seed + zlib.crc32(name.encode()) + (0 if worker is None else 7919 * (worker + 1))) % 2**31
-    if len(objectives) == 1:
+    name = study_name(symbol, backend, s.namespace)
+    study_seed = (s.seed + zlib.crc32(name.encode()) + (0 if worker is None else 7919 * (worker + 1))) % 2**31
+    if len(s.objectives) == 1:
         sampler: optuna.samplers.BaseSampler = TrialSeeded(study_seed, functools.partial(_tpe, worker is not None))
     else:
         sampler = optuna.samplers.NSGAIISampler(seed=study_seed)
     study = optuna.create_study(
         study_name=name,
-        storage=storage_for(storage),
+        storage=storage_for(s.storage),
         sampler=sampler,
-        pruner=pruner(prune),
-        directions=[get(m).direction for m in objectives],
+        pruner=pruner(s.prunes),
+        directions=[get(m).direction for m in s.objectives],
         load_if_exists=True,
     )
-    if study.metric_names != list(objectives):  # what optuna-dashboard and the Optuna CLI name the values
+    if study.metric_names != list(s.objectives):  # what optuna-dashboard and the Optuna CLI name the values
         with warnings.catch_warnings():  # experimental since Optuna 3.2, and still so in 5.0
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(list(objectives))
+            study.set_metric_names(list(s.objectives))
     return study
 
 
@@ -288,22 +281,32 @@ def owner_alive(owner: str) -> bool:
 
 def knobs_of(trial: FrozenTrial) -> dict[str, Any]:
     """The knobs a trial ran or was about to run: its params, else those it was queued with (a queued
-    trial killed before its first suggestion has no params yet, only Optuna's fixed_params)."""
+    trial killed before its first suggestion has no params yet). Optuna has no public accessor of the
+    queued params: `Study.enqueue_trial` keeps them in the system attribute "fixed_params", which
+    `tests/test_faults.py::test_a_queued_trial_killed_before_its_first_suggestion_is_queued_again` pins."""
     return dict(trial.params or trial.system_attrs.get("fixed_params") or {})
 
 
-def recover(study: optuna.Study) -> int:
+def recover(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
     """Fail trials left RUNNING by a killed process and queue their knobs again; returns how many.
 
-    A trial claimed by a `--jobs` worker that is still alive (on this host or another) is left alone."""
+    A trial claimed by a `--jobs` worker that is still alive (on this host or another) is left alone. The
+    state is set in the storage, as the process that died would have: `Study.tell` would also hand the
+    trial to the sampler, which never saw it start."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     stale = [t for t in running if not (OWNER in t.user_attrs and owner_alive(t.user_attrs[OWNER]))]
     for t in stale:
-        study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        trial_id = storage_trial(storage, study, t.number)
+        storage.set_trial_user_attr(trial_id, INTERRUPTED, True)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
         if knobs := knobs_of(t):  # not skip_if_exists: the failed trial itself holds these params
             study.enqueue_trial(knobs)
     return len(stale)
+
+
+def record_failure(trial: optuna.Trial, exc: BaseException) -> None:
+    """Keep why a trial failed (a CAUGHT error) with the trial: Optuna only logs it."""
+    trial.set_user_attr(ERROR, f"{type(exc).__name__}: {exc}")
 
 
 def finished(study: optuna.Study) -> int:
@@ -313,8 +316,8 @@ def finished(study: optuna.Study) -> int:
 
 def prepare_study(task: SymbolTask, backend: str, s: StudySettings) -> optuna.Study:
     """Open the study, recover trials of dead processes, and queue the defaults as trial 0 of a new study."""
-    study = open_study(s.storage, task.series.symbol, backend, s.objectives, s.seed, s.namespace, prune=s.prunes)
-    recover(study)
+    study = open_study(s, task.series.symbol, backend)
+    recover(study, storage_for(s.storage))
     protocol = task.plan.protocol
     attrs = {**s.attrs, "symbol": task.series.symbol, "freq": task.series.freq, "horizon": protocol.horizon}
     for k, v in {**attrs, "backend": backend}.items():
@@ -362,6 +365,8 @@ class Interrupts:
 
 
 INTERRUPTS = Interrupts()
+# Optuna logs a failed trial through the logger of its private module `optuna.study._optimize`, with no public
+# hook to mute one trial; tests/test_faults.py::test_sigterm_exits_143_and_resume_redoes_the_cut_trial pins it
 logging.getLogger("optuna.study._optimize").addFilter(INTERRUPTS.filter)
 
 
@@ -372,81 +377,8 @@ def requeue(study: optuna.Study, trial: optuna.Trial) -> None:
     INTERRUPTS.cut = True
     with contextlib.suppress(Exception):
         trial.set_user_attr(INTERRUPTED, True)
-        if knobs := knobs_of(study._storage.get_trial(trial._trial_id)):
+        if knobs := knobs_of(trial.storage.get_trial(storage_trial(trial.storage, study, trial.number))):
             study.enqueue_trial(knobs)
-
-
-def run_study(
-    task: SymbolTask, backend: str, s: StudySettings, on_trial: Callable[[optuna.Study], None] | None = None
-) -> optuna.Study:
-    """Run the trials still missing from the study's budget."""
-    study = prepare_study(task, backend, s)
-    remaining = s.budget.trials - finished(study)
-    if remaining > 0:
-        callbacks = [lambda st, _t: on_trial(st)] if on_trial else None
-
-        def interruptible(trial: optuna.Trial) -> float | tuple:
-            INTERRUPTS.in_trial, INTERRUPTS.cut = True, False
-            try:
-                INTERRUPTS.check()
-                return objective(trial, task, backend, s.objectives, optuna_report(trial) if s.prunes else None)
-            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: like a killed process, a resume redoes this trial
-                INTERRUPTS.pending = None
-                requeue(study, trial)
-                raise
-            except CAUGHT as exc:  # a failed trial; Optuna only logs why, so keep the reason with the trial
-                trial.set_user_attr(ERROR, f"{type(exc).__name__}: {exc}")
-                raise
-            except Exception as exc:
-                if machine_fault(exc) is not None:  # the machine, not the knobs: never counted as a failure
-                    requeue(study, trial)
-                raise
-            finally:
-                INTERRUPTS.in_trial = False
-
-        INTERRUPTS.in_optimize = True
-        try:
-            study.optimize(
-                interruptible,
-                n_trials=remaining,
-                timeout=s.budget.timeout,
-                callbacks=callbacks,
-                catch=CAUGHT,
-            )
-        finally:
-            INTERRUPTS.in_optimize = INTERRUPTS.cut = False
-        INTERRUPTS.check()
-    return study
-
-
-class Engine(Protocol):
-    """Runs studies: a context manager (for what it starts and stops) whose `run` fills one study's budget."""
-
-    def __enter__(self) -> Engine: ...
-
-    def __exit__(self, *exc: object) -> None: ...
-
-    def run(
-        self, task: SymbolTask, backend: str, on_trial: Callable[[optuna.Study], None] | None = None
-    ) -> optuna.Study: ...
-
-
-class OptunaEngine:
-    """The default engine: this process runs each study's trials in turn."""
-
-    def __init__(self, settings: StudySettings) -> None:
-        self.settings = settings
-
-    def __enter__(self) -> OptunaEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def run(
-        self, task: SymbolTask, backend: str, on_trial: Callable[[optuna.Study], None] | None = None
-    ) -> optuna.Study:
-        return run_study(task, backend, self.settings, on_trial)
 
 
 def best_params(study: optuna.Study, space: Space, metric: str, latency_budget: float | None = None) -> dict | None:
@@ -472,3 +404,30 @@ def no_completed_trial(study: optuna.Study) -> str:
 def pareto(study: optuna.Study, space: Space) -> list[dict]:
     """The Pareto front of a multi-objective study: knobs and objective values."""
     return [{"number": t.number, "params": space.values(t.params), "values": t.values} for t in study.best_trials]
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """What selection takes from one (symbol, backend) study: the best knobs on validation, how the
+    trials ended, why there is no best (`error`), and the Pareto front of a multi-objective study. A
+    backend that could not load has an outcome too: no trials, and why."""
+
+    params: dict[str, Any] | None = None
+    complete: int = 0  # trials scored on every validation origin
+    pruned: int = 0  # trials the multi-fidelity search stopped early (never selected)
+    error: str | None = None
+    front: list[dict] | None = None  # multi-objective studies only
+
+
+def outcome(study: optuna.Study, space: Space, metric: str, latency_budget: float | None = None) -> StudyOutcome:
+    """A finished study as selection sees it: its best trial on `metric` (within the latency budget)."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    complete = states.count(TrialState.COMPLETE)
+    params = best_params(study, space, metric, latency_budget)
+    error = None
+    if not complete:
+        error = no_completed_trial(study)
+    elif params is None and latency_budget is not None:
+        error = f"no configuration within the latency budget of {latency_budget:g} s per origin"
+    front = pareto(study, space) if len(study.directions) > 1 else None
+    return StudyOutcome(params, complete, states.count(TrialState.PRUNED), error, front)

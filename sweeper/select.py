@@ -25,6 +25,7 @@ from sweeper.ensemble import greedy, mixture
 from sweeper.errors import SweepError
 from sweeper.metric import Metric, get
 from sweeper.objective import Candidate, Forecast, SymbolTask, mean_scores
+from sweeper.search import StudyOutcome
 from sweeper.trading import sign_strategy
 
 ENSEMBLE = "ensemble"
@@ -130,17 +131,10 @@ def choose(
 
 
 def select(
-    task: SymbolTask,
-    best: dict[str, tuple[dict[str, Any] | None, int]],
-    metric: str,
-    seed: int = 0,
-    errors: dict[str, str] | None = None,
-    rule: str = BEATS_NAIVE,
+    task: SymbolTask, outcomes: dict[str, StudyOutcome], metric: str, seed: int = 0, rule: str = BEATS_NAIVE
 ) -> SymbolResult:
-    """`best` maps backend -> (best params on validation or None, completed trials)."""
-    errors = errors or {}
-    results = {b: BackendResult(b, p, n, error=errors.get(b)) for b, (p, n) in best.items()}
-    results.update({b: BackendResult(b, None, 0, error=e) for b, e in errors.items() if b not in results})
+    """`outcomes` holds each searched backend's study outcome (its best params on validation, or why none)."""
+    results = {b: BackendResult(b, o.params, o.complete, error=o.error, pruned=o.pruned) for b, o in outcomes.items()}
     cands = {b: Candidate(b, r.params) for b, r in results.items() if r.params is not None}
     tuned = BASELINE in cands
     base_key = BASELINE if tuned else REFERENCE

@@ -113,7 +113,7 @@ class Space:
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         """What the sampler searches (ordered knobs under their index names): every knob but the
-        aggregation, which each trial picks itself (`record_aggregation`)."""
+        aggregation, which each trial picks itself (`objective.record_aggregation`)."""
         return {p.optuna_name: p.distribution() for p in self.params.values() if p.name != AGGREGATION}
 
     def values(self, optuna_params: dict[str, Value]) -> dict[str, Value]:
@@ -132,14 +132,6 @@ class Space:
     @property
     def aggregations(self) -> tuple[str, ...]:
         return tuple(str(c) for c in self.params[AGGREGATION].choices)
-
-    def record_aggregation(self, trial: optuna.Trial, choice: str) -> None:
-        """Store the aggregation a trial picked as its parameter, in the study's storage, so trials and
-        configs carry every knob as before (the sampler never proposes it)."""
-        p = self.params[AGGREGATION]
-        dist = p.distribution()
-        internal = dist.to_internal_repr(p.optuna_value(choice))
-        trial.storage.set_trial_param(trial._trial_id, p.optuna_name, internal, dist)
 
     def defaults(self) -> dict[str, Value] | None:
         if any(p.default is None for p in self.params.values()):

@@ -18,6 +18,7 @@ from sweeper.atomic import check_writable, clean_temporaries, write_json
 from sweeper.backends import BASELINE, check_backend
 from sweeper.cache import ForecastCache
 from sweeper.data import Series, lake_label, load, resolve_lake
+from sweeper.engines import SCHEDULERS, engine_for
 from sweeper.errors import SweepError
 from sweeper.finetune.fit import FinetuneStore
 from sweeper.finetune.tuner import Tuner
@@ -27,16 +28,13 @@ from sweeper.objective import SymbolTask
 from sweeper.plan import Protocol, make_plan
 from sweeper.search import (
     Budget,
-    Engine,
-    OptunaEngine,
+    StudyOutcome,
     StudySettings,
-    best_params,
     check_storage,
     finished,
     namespace_for,
-    no_completed_trial,
+    outcome,
     owner_id,
-    pareto,
     study_label,
 )
 from sweeper.select import BEATS_NAIVE, SymbolResult, check_rule, select
@@ -45,7 +43,6 @@ from sweeper.store import config_record, origins_frame, trials_frame, write_parq
 from sweeper.workspace import RunPaths
 
 DEFAULT_BACKENDS = ("naive", "drift", "seasonal_naive")
-SCHEDULERS = ("asha", "fifo")  # Ray Tune trial schedulers: ASHA early stopping, or every trial to its end
 
 
 @dataclass
@@ -72,8 +69,8 @@ class RunRequest:
     storage: str | None = None
     objectives: list[str] | None = None  # several: a Pareto search (NSGA-II); selection still uses `metric`
     latency_budget: float | None = None  # seconds per origin; selection keeps only configs within it
-    engine: str = "optuna"  # or "ray": Ray Tune with OptunaSearch and ASHA (sweeper/ray_engine.py)
-    jobs: int = 1  # optuna engine: processes on this machine sharing every study (sweeper/parallel.py)
+    engine: str = "optuna"  # or "ray": Ray Tune with OptunaSearch and ASHA (sweeper/engines/ray_tune.py)
+    jobs: int = 1  # optuna engine: processes on this machine sharing every study (sweeper/engines/parallel.py)
     workers: int | None = None  # ray engine: trials at once (default: every CPU of the Ray cluster)
     ray_address: str | None = None  # ray engine: "auto" or HOST:PORT of a running cluster; None starts one here
     gpus_per_trial: float = 0.0  # ray engine
@@ -189,10 +186,10 @@ def _check_engine(req: RunRequest) -> None:
 Progress = Callable[[str, int, int], None]  # (study label, finished trials, budget)
 
 
-def engine_for(prep: Prepared, paths: RunPaths, progress: Progress | None) -> Engine:
-    """The engine that runs the studies; a shared --storage names them after the run so runs stay apart."""
+def study_settings(prep: Prepared, paths: RunPaths) -> StudySettings:
+    """What every study of the run shares; a shared --storage names them after the run so runs stay apart."""
     req = prep.request
-    settings = StudySettings(
+    return StudySettings(
         paths.storage_url(req.storage),
         req.search_objectives(),
         Budget(req.trials, req.timeout),
@@ -202,28 +199,15 @@ def engine_for(prep: Prepared, paths: RunPaths, progress: Progress | None) -> En
         # a latency budget selects among all trials within it: pruning on accuracy alone could drop the best of them
         prune=req.prune and req.latency_budget is None,
     )
-    if req.engine == "ray":
-        from sweeper.ray_engine import RayEngine, RayOptions
-
-        opts = RayOptions(req.workers, req.ray_address, req.gpus_per_trial, paths.ray, req.scheduler or SCHEDULERS[0])
-        return RayEngine(settings, opts)
-    if req.jobs > 1:
-        from sweeper.parallel import ParallelEngine
-
-        return ParallelEngine(settings, prep.tasks, req.backends, req.jobs, progress)
-    return OptunaEngine(settings)
 
 
 def execute(prep: Prepared, paths: RunPaths, progress: Progress | None = None) -> list[SymbolResult]:
     """Search every (symbol, backend), select per symbol, write configs and tables."""
     req = prep.request
     results, trial_frames, origin_frames = [], [], []
-    with engine_for(prep, paths, progress) as engine:
+    with engine_for(req, study_settings(prep, paths), prep.tasks, paths.ray) as engine:
         for task in prep.tasks:
-            best: dict[str, tuple[dict[str, Any] | None, int]] = {}
-            errors: dict[str, str] = {}
-            fronts: dict[str, list[dict]] = {}
-            pruned: dict[str, int] = {}
+            outcomes: dict[str, StudyOutcome] = {}
             for backend in req.backends:
                 label = study_label(task.series.symbol, backend)
 
@@ -234,28 +218,16 @@ def execute(prep: Prepared, paths: RunPaths, progress: Progress | None = None) -
                 try:
                     study = engine.run(task, backend, on_trial=tick)
                 except SweepError as exc:  # a backend that cannot load (no weights): skip it, say so
-                    errors[backend] = str(exc)
+                    outcomes[backend] = StudyOutcome(error=str(exc))
                     continue
                 tick(study)
-                states = [t.state.name for t in study.get_trials(deepcopy=False)]
-                complete, pruned[backend] = states.count("COMPLETE"), states.count("PRUNED")
-                params = best_params(study, task.spaces[backend], req.metric, req.latency_budget)
-                if not complete:
-                    errors[backend] = no_completed_trial(study)
-                elif params is None and req.latency_budget is not None:
-                    errors[backend] = (
-                        f"no configuration within the latency budget of {req.latency_budget:g} s per origin"
-                    )
-                best[backend] = (params, complete)
-                if len(req.search_objectives()) > 1:
-                    fronts[backend] = pareto(study, task.spaces[backend])
+                outcomes[backend] = outcome(study, task.spaces[backend], req.metric, req.latency_budget)
                 trial_frames.append(trials_frame(task.series.symbol, backend, study, task.spaces[backend]))
-            result = select(task, best, req.metric, req.seed, errors, req.select)
-            for backend, n in pruned.items():
-                result.backends[backend].pruned = n
+            result = select(task, outcomes, req.metric, req.seed, req.select)
             results.append(result)
             origin_frames.append(origins_frame(task, result))
             search = {"objectives": list(req.search_objectives()), "latency_budget_s": req.latency_budget}
+            fronts = {b: o.front for b, o in outcomes.items() if o.front is not None}
             record = config_record(paths.run_id, task, result, req, lake_label(prep.lake), search, fronts)
             record.to_json(paths.config(task.series.symbol))
     if trial_frames:

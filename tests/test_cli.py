@@ -162,14 +162,16 @@ def test_cache_clean_removes_only_the_cache_and_never_under_a_running_run(worksp
 def test_scheduler_switch_for_ray(cli, tmp_path: Path) -> None:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from sweeper.ray_engine import RayEngine, RayOptions
-    from sweeper.sweep import RunRequest, engine_for, prepare
+    from sweeper.engines import engine_for
+    from sweeper.engines.ray_tune import RayEngine, RayOptions
+    from sweeper.sweep import RunRequest, prepare, study_settings
     from sweeper.workspace import RunPaths
 
     assert isinstance(RayOptions(None, None, 0, tmp_path).trial_scheduler("min", 4), ASHAScheduler)
     assert isinstance(RayOptions(None, None, 0, tmp_path, "fifo").trial_scheduler("min", 4), FIFOScheduler)
     req = RunRequest(["BTCUSD"], lake=str(SHARED_LAKE), freq="1d", engine="ray", scheduler="fifo", val_origins=60)
-    engine = engine_for(prepare(req), RunPaths(tmp_path, "r"), None)
+    prep, paths = prepare(req), RunPaths(tmp_path, "r")
+    engine = engine_for(req, study_settings(prep, paths), prep.tasks, paths.ray)
     assert isinstance(engine, RayEngine) and engine.opts.scheduler == "fifo"  # nothing started yet
     base = ("run", "--symbols", "BTCUSD", "--freq", "1d", *SMALL, "--out", tmp_path)
     r = cli(*base, "--scheduler", "fifo")

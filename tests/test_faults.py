@@ -25,17 +25,22 @@ import polars as pl
 import pytest
 
 from sweeper.atomic import COMMIT, read_committed
+from sweeper.engines.local import run_study
 from sweeper.objective import Candidate
 from sweeper.promote import history
 from sweeper.search import (
     INTERRUPTED,
     INTERRUPTS,
+    OWNER,
     Budget,
     StudySettings,
     best_params,
+    knobs_of,
     open_study,
     optuna_report,
-    run_study,
+    owner_id,
+    recover,
+    storage_for,
 )
 from sweeper.sweep import RunRequest, prepare
 from sweeper.workspace import Workspace
@@ -236,7 +241,7 @@ def test_resumed_run_equals_the_uninterrupted_one(
     run_study(
         small_task, "naive", StudySettings(url, ("crps",), Budget(kill_after), seed)
     )  # 0: only the defaults queued
-    dying = open_study(url, "ETHUSD", "naive", ("crps",), seed, prune=True).ask()  # the process dies in it
+    dying = open_study(StudySettings(url, ("crps",), Budget(25), seed), "ETHUSD", "naive").ask()  # dies in it
     space = small_task.spaces["naive"]
     if dies != "before-its-knobs":
         space.suggest(dying)
@@ -248,6 +253,44 @@ def test_resumed_run_equals_the_uninterrupted_one(
     resumed = run_study(small_task, "naive", StudySettings(url, ("crps",), Budget(25), seed))
     assert kept(resumed) == kept(references[seed])
     assert best_params(resumed, space, "crps") == best_params(references[seed], space, "crps")
+
+
+# --- what recovery takes from Optuna: public storage calls, and one convention of enqueue_trial --------------
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+def test_interrupted_trials_are_failed_and_requeued_through_optuna_storage(
+    storage: str, small_task, tmp_path: Path
+) -> None:
+    """`recover` finds a dead process's trial by number through the storage's public lookups and fails it
+    there; its knobs are queued again, and only live owners' trials are left RUNNING."""
+    url = f"sqlite:///{tmp_path / 's.db'}" if storage == "sqlite" else f"journal:{tmp_path / 's.journal'}"
+    settings = StudySettings(url, ("crps",), Budget(3), 0)
+    study = open_study(settings, "ETHUSD", "naive")
+    space = small_task.spaces["naive"]
+    dead = study.ask()
+    knobs = space.suggest(dead)
+    alive = study.ask()
+    alive.set_user_attr(OWNER, owner_id())  # this process: alive
+    assert recover(study, storage_for(url)) == 1
+    trials = study.get_trials(deepcopy=False)
+    assert trials[dead.number].state.name == "FAIL" and trials[dead.number].user_attrs[INTERRUPTED] is True
+    assert trials[alive.number].state.name == "RUNNING"
+    assert trials[-1].state.name == "WAITING" and space.values(knobs_of(trials[-1])) == knobs
+
+
+def test_a_queued_trial_killed_before_its_first_suggestion_is_queued_again(small_task, tmp_path: Path) -> None:
+    """Optuna keeps a queued trial's knobs in its system attribute "fixed_params" (no public accessor):
+    `knobs_of` reads them there, so a trial killed before it suggested anything is queued again as it was."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_study(StudySettings(url, ("crps",), Budget(3), 0), "ETHUSD", "naive")
+    space = small_task.spaces["naive"]
+    queued = space.optuna_params(space.defaults())
+    study.enqueue_trial(queued)
+    dying = study.ask()  # popped from the queue, then killed: no params yet
+    assert dying.params == {} and knobs_of(study.trials[dying.number]) == queued
+    recover(study, storage_for(url))
+    assert study.trials[-1].state.name == "WAITING" and study.trials[-1].system_attrs["fixed_params"] == queued
 
 
 # --- machine interruptions: re-queued, never counted ------------------------------------------------------------
@@ -278,7 +321,7 @@ def test_a_trial_the_machine_cut_short_is_requeued_not_counted(
     monkeypatch.setattr(type(small_task), "rungs", rungs)
     with pytest.raises(type(fault)):
         run_study(small_task, "naive", StudySettings(url, ("crps",), Budget(10), 0))
-    study = open_study(url, "ETHUSD", "naive", ("crps",), 0)
+    study = open_study(StudySettings(url, ("crps",), Budget(10), 0), "ETHUSD", "naive")
     cut = study.trials[3]
     assert cut.state.name == "FAIL" and cut.user_attrs[INTERRUPTED] is True
     queued = study.trials[4]

@@ -385,7 +385,7 @@ def test_ray_stops_a_finetuning_trial_at_a_training_rung_before_it_trains_on(ser
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-    from sweeper.ray_engine import CHUNK, MEAN, TrialSpec, trainable
+    from sweeper.engines.ray_tune import CHUNK, MEAN, TrialSpec, trainable
 
     class StopAtTheFirstReport(FIFOScheduler):
         def on_trial_result(self, tune_controller: object, trial: object, result: dict) -> str:

@@ -41,6 +41,35 @@ def test_chunks_cover_every_origin_once() -> None:
     assert chunk_bounds(7)[-1][1] == 7
 
 
+def test_optuna_search_keeps_the_optuna_trial_of_each_tune_trial_in_ot_trials(tmp_path: Path) -> None:
+    """The one private use of Ray (`OptunaSearch._ot_trials`, behind `Searcher.asked`): each Tune trial's
+    Optuna trial, whose records the Searcher writes as the Optuna engine does. No Ray needs to run."""
+    from sweeper.engines.ray_tune import CHUNK, FAILED, MEAN, SCORE, Searcher
+    from sweeper.search import Budget, StudySettings, open_study, storage_for
+    from sweeper.space import AGGREGATION, load_space
+
+    url, space = f"sqlite:///{tmp_path / 's.db'}", load_space("naive")
+    study = open_study(StudySettings(url, ("crps",), Budget(3), 0), "ETHUSD", "naive")
+    searcher = Searcher(
+        4, space, metric=SCORE, mode="min", sampler=study.sampler, study_name=study.study_name, storage=storage_for(url)
+    )
+    ids = ("done", "stopped", "failed")
+    for tune_id in ids:
+        config = searcher.suggest(tune_id)
+        asked = searcher.asked(tune_id)
+        assert isinstance(asked, optuna.Trial) and asked.params == config
+    searcher.on_trial_complete("done", {SCORE: 1.0, CHUNK: 4, AGGREGATION: "mean", f"{MEAN}crps": 1.0})
+    searcher.on_trial_complete("stopped", {SCORE: 2.0, CHUNK: 1, AGGREGATION: "median"})
+    searcher.on_trial_complete("failed", {SCORE: float("nan"), FAILED: "boom"})
+    searcher.on_trial_complete("done", {SCORE: 3.0, CHUNK: 4, AGGREGATION: "median"})  # handed twice: no change
+    done, stopped, failed = (study.trials[searcher.asked(i).number] for i in ids)
+    assert done.state.name == "COMPLETE" and done.value == 1.0 and recorded_means(done) == {"crps": 1.0}
+    assert space.values(done.params)[AGGREGATION] == "mean"
+    assert stopped.state.name == "PRUNED" and stopped.value == 2.0 and stopped.intermediate_values == {1: 2.0}
+    assert space.values(stopped.params)[AGGREGATION] == "median"
+    assert failed.state.name == "FAIL" and AGGREGATION not in failed.params
+
+
 def test_ray_sweep_matches_the_optuna_engine_in_form(tmp_path: Path, sweep) -> None:
     runs = {}
     for engine, extra in (("optuna", []), ("ray", ["--workers", 2])):

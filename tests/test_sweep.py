@@ -15,9 +15,10 @@ import polars as pl
 import pytest
 
 from sweeper.cache import ForecastCache
+from sweeper.engines.local import run_study
 from sweeper.forecast import chunk_bounds
 from sweeper.objective import Candidate
-from sweeper.search import INTERRUPTED, open_study
+from sweeper.search import INTERRUPTED, Budget, StudyOutcome, StudySettings, open_study
 from sweeper.sweep import RunRequest, prepare
 from tests.helpers import SHARED_LAKE, SMALL, SWEEP_BIN, count_trials, signal_mid_sweep
 
@@ -142,13 +143,11 @@ def test_stale_running_trial_is_requeued(tmp_path: Path) -> None:
         symbols=["ETHUSD"], lake=str(SHARED_LAKE), backends=["naive"], trials=3, val_origins=60, test_origins=20
     )
     prep = prepare(req)
-    storage = f"sqlite:///{tmp_path / 's.db'}"
-    study = open_study(storage, "ETHUSD", "naive", ("crps",), 0)
+    settings = StudySettings(f"sqlite:///{tmp_path / 's.db'}", ("crps",), Budget(3), 0)
+    study = open_study(settings, "ETHUSD", "naive")
     trial = study.ask()
     ctx = prep.tasks[0].spaces["naive"].params["context_length"].suggest(trial)  # dies here: left RUNNING
-    from sweeper.search import Budget, StudySettings, run_study
-
-    study = run_study(prep.tasks[0], "naive", StudySettings(storage, ("crps",), Budget(3), 0))
+    study = run_study(prep.tasks[0], "naive", settings)
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") + states.count("PRUNED") == 3 and states.count("FAIL") == 1
     assert study.trials[0].user_attrs[INTERRUPTED] is True
@@ -193,8 +192,8 @@ def test_selection_never_reads_test_targets(tmp_path: Path) -> None:
         symbols=["ETHUSD"], lake=str(SHARED_LAKE), backends=["naive", "drift"], val_origins=150, test_origins=60
     )
     best = {
-        "naive": ({"num_samples": 64, "aggregation": "median", "context_length": 64}, 1),
-        "drift": ({"num_samples": 64, "aggregation": "mean", "context_length": 32}, 1),
+        "naive": StudyOutcome({"num_samples": 64, "aggregation": "median", "context_length": 64}, 1),
+        "drift": StudyOutcome({"num_samples": 64, "aggregation": "mean", "context_length": 32}, 1),
     }
     clean = select(prepare(req).tasks[0], best, "crps")
     task = prepare(req).tasks[0]

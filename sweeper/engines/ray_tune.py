@@ -26,7 +26,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
@@ -34,27 +34,35 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: nothing on s
 
 import optuna
 import ray
-from optuna.trial import TrialState
 from ray import tune
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeper.cache import ForecastCache
 from sweeper.data import Series
+from sweeper.engines.base import Engine, OnTrial, set_threads
 from sweeper.errors import SweepError
 from sweeper.finetune.settings import FinetuneSettings
 from sweeper.forecast import Forecaster
 from sweeper.metric import get
-from sweeper.objective import Candidate, Report, SymbolTask, mean_scores, record_means, rung_reporter
-from sweeper.parallel import set_threads
+from sweeper.objective import (
+    Candidate,
+    Report,
+    SymbolTask,
+    mean_scores,
+    record_aggregation,
+    record_means,
+    rung_reporter,
+)
 from sweeper.plan import Plan
-from sweeper.search import StudySettings, finished, prepare_study, storage_for
+from sweeper.search import CAUGHT, StudySettings, finished, prepare_study, storage_for
 from sweeper.space import AGGREGATION, Space
 
 SCORE = "running_mean"  # reported after each chunk: mean of the metric over the origins so far
 CHUNK = "chunk"
 MEAN = "mean_"  # prefix of the validation means in a trial's last report
-FAILED = "failed"  # reported instead of scores when they cannot be computed (ValueError, as in Optuna)
+FAILED = "failed"  # reported instead of scores when they cannot be computed (search.CAUGHT, as in Optuna)
 
 
 @dataclass(frozen=True)
@@ -140,7 +148,7 @@ def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
             )
     except optuna.TrialPruned:
         return  # Tune stopped it at a training rung; that report was its last
-    except (ValueError, FloatingPointError) as exc:
+    except CAUGHT as exc:
         tune.report({SCORE: math.nan, FAILED: str(exc)})
 
 
@@ -174,22 +182,28 @@ class Searcher(OptunaSearch):
         super().__init__(space=space.distributions(), **kwargs)
         self.chunks = chunks
         self.knobs = space
+        self.told: set[str] = set()  # Tune trials whose Optuna trial is finished
+
+    def asked(self, trial_id: str) -> optuna.Trial | None:
+        """The Optuna trial OptunaSearch asked for a Tune trial. OptunaSearch keeps that map private
+        (`_ot_trials`) and has no public accessor; tests/test_ray.py pins it
+        (`test_optuna_search_keeps_the_optuna_trial_of_each_tune_trial_in_ot_trials`)."""
+        return self._ot_trials.get(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        ot = self._ot_trials.get(trial_id)
-        if ot is None or not result or error or trial_id in self._completed_trials:
+        ot = self.asked(trial_id)
+        if ot is None or not result or error or trial_id in self.told:
             return super().on_trial_complete(trial_id, result, error)
-        if FAILED not in result:
-            self.knobs.record_aggregation(ot, result[AGGREGATION])  # the trial's pick, as in the Optuna engine
-        if FAILED not in result and result.get(CHUNK) == self.chunks:
+        self.told.add(trial_id)
+        if FAILED in result:
+            return super().on_trial_complete(trial_id, None, error=True)  # FAIL
+        record_aggregation(ot, self.knobs, result[AGGREGATION])  # the trial's pick, as in the Optuna engine
+        if result.get(CHUNK) == self.chunks:
             record_means(ot, {k[len(MEAN) :]: v for k, v in result.items() if k.startswith(MEAN)})
             return super().on_trial_complete(trial_id, result, error)
-        if FAILED in result:
-            self._ot_study.tell(ot, state=TrialState.FAIL)
-        else:  # Tune hands the report that made ASHA stop the trial here, not to on_trial_result
-            ot.report(result[SCORE], result[CHUNK])
-            self._ot_study.tell(ot, state=TrialState.PRUNED)  # valued at its last running mean
-        self._completed_trials.add(trial_id)
+        # Tune hands the report that made ASHA stop the trial here, not to on_trial_result
+        super().on_trial_result(trial_id, {SCORE: result[SCORE], TRAINING_ITERATION: result[CHUNK]})
+        return super().on_trial_complete(trial_id, None)  # PRUNED, valued at its last running mean
 
 
 class Ticks(tune.Callback):
@@ -207,17 +221,17 @@ class Ticks(tune.Callback):
             self.tick()
 
 
-class RayEngine:
+class RayEngine(Engine):
     """Starts (or joins) Ray on entry and shuts a Ray it started down on exit; `run` tunes one study."""
 
     def __init__(self, settings: StudySettings, opts: RayOptions) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.opts = opts
         self.started = False
         self.workers = 1
         self.cpus_per_trial = 1
 
-    def __enter__(self) -> RayEngine:
+    def __enter__(self) -> Self:
         logging.getLogger("ray.tune").setLevel(logging.ERROR)  # it warns about the logger files we turned off
         if not ray.is_initialized():
             if self.opts.address:
@@ -255,9 +269,7 @@ class RayEngine:
             stops=self.opts.stops(self.settings.prune),
         )
 
-    def run(
-        self, task: SymbolTask, backend: str, on_trial: Callable[[optuna.Study], None] | None = None
-    ) -> optuna.Study:
+    def run(self, task: SymbolTask, backend: str, on_trial: OnTrial | None = None) -> optuna.Study:
         """Tune the trials still missing from the study's budget."""
         s = self.settings
         study = prepare_study(task, backend, s)

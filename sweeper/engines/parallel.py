@@ -1,7 +1,8 @@
 """Several Optuna worker processes on the same studies: `sweep run --jobs N`.
 
-Every worker opens the same storage and works through the same (symbol, backend) studies, one after the
-other, so each loads a model once and the studies fill up N trials at a time. A worker claims a trial
+Entering sets up a pool of N worker processes (spawned at the first study, each handed the sweep's tasks
+once); `run` sets all N on one (symbol, backend) study, so a study fills up N trials at a time, and each
+worker keeps its loaded models from one study to the next. A worker claims a trial
 under a lock held by the storage itself (a PostgreSQL advisory lock, or a lock file beside the SQLite
 database): it counts the study's running and finished trials and asks Optuna for a new one only while
 that count is below the budget. So the budget is exact however many workers, or machines on one
@@ -19,48 +20,39 @@ import ctypes.util
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
 from sweeper.atomic import locked
+from sweeper.engines.base import Engine, OnTrial, set_threads
 from sweeper.errors import SweepError, machine_fault
 from sweeper.objective import SymbolTask, objective
 from sweeper.search import (
     CAUGHT,
-    ERROR,
     FINISHED,
     INTERRUPTED,
     OWNER,
     StudySettings,
-    finished,
     open_study,
     optuna_report,
     owner_id,
     prepare_study,
+    record_failure,
     requeue,
     storage_for,
-    study_label,
     study_name,
 )
 
 POLL_S = 0.5  # how often the parent reads the studies to draw progress
-
-
-def set_threads(n: int) -> None:
-    """Give this process `n` compute threads, so parallel workers share the cores instead of fighting
-    over them. Only touches torch when a backend already imported it."""
-    os.environ["OMP_NUM_THREADS"] = str(n)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(n)
 
 
 @contextlib.contextmanager
@@ -131,7 +123,7 @@ def drain(study: optuna.Study, task: SymbolTask, backend: str, s: StudySettings)
             study.tell(trial, state=TrialState.PRUNED)
             continue
         except CAUGHT as exc:  # as study.optimize(catch=...): a failed trial, go on
-            trial.set_user_attr(ERROR, f"{type(exc).__name__}: {exc}")
+            record_failure(trial, exc)
             study.tell(trial, state=TrialState.FAIL)
             continue
         except Exception as exc:
@@ -145,87 +137,74 @@ def drain(study: optuna.Study, task: SymbolTask, backend: str, s: StudySettings)
 
 @dataclass(frozen=True)
 class Job:
-    """What a worker process gets (pickled once): the studies to work through and its share of cores."""
+    """What a worker process gets (pickled once, as it starts): the settings, every study's task (by symbol)
+    and its share of cores."""
 
     settings: StudySettings
-    tasks: list[SymbolTask]
-    backends: list[str]
+    tasks: dict[str, SymbolTask]
     threads: int
 
 
-def work(job: Job, worker: int) -> dict[str, str]:
-    """One worker process: every study in turn. Returns the studies it had to skip, with why."""
-    set_threads(job.threads)
-    s = job.settings
-    errors: dict[str, str] = {}
-    for task in job.tasks:
-        for backend in job.backends:
-            try:
-                task.forecaster.model(backend)  # load it now, then fit the threads to this process's share
-                set_threads(job.threads)
-                study = open_study(
-                    s.storage, task.series.symbol, backend, s.objectives, s.seed, s.namespace, worker, s.prunes
-                )
-                drain(study, task, backend, s)
-            except SweepError as exc:  # a backend that cannot load: the parent skips it and says why
-                errors[study_label(task.series.symbol, backend)] = str(exc)
-    return errors
+_JOB: Job | None = None  # per worker process: set as it starts (`start_worker`)
 
 
-class ParallelEngine:
-    """Runs every study with `jobs` processes on entry; `run` then hands each finished study to selection."""
+def start_worker(parent: int, job: Job) -> None:
+    """Each worker's initializer: die with the parent, and keep the job for every study it works on."""
+    global _JOB
+    die_with(parent)
+    _JOB = job
 
-    def __init__(
-        self,
-        settings: StudySettings,
-        tasks: list[SymbolTask],
-        backends: list[str],
-        jobs: int,
-        progress: Callable[[str, int, int], None] | None = None,
-    ) -> None:
-        self.settings = settings
-        self.job = Job(settings, tasks, backends, threads=max(1, (os.cpu_count() or 1) // jobs))
+
+def work(symbol: str, backend: str, worker: int) -> str | None:
+    """One worker process on one study; returns why it had to skip the study (a backend that cannot load)."""
+    assert _JOB is not None, "work runs in a worker started by ParallelEngine"
+    task = _JOB.tasks[symbol]
+    try:
+        task.forecaster.model(backend)  # load it now, then fit the threads to this process's share
+        set_threads(_JOB.threads)
+        drain(open_study(_JOB.settings, symbol, backend, worker), task, backend, _JOB.settings)
+    except SweepError as exc:  # the parent raises it: the sweep skips this backend and says why
+        return str(exc)
+    return None
+
+
+class ParallelEngine(Engine):
+    """`jobs` worker processes, started on entry; `run` has them all drain one study."""
+
+    def __init__(self, settings: StudySettings, tasks: list[SymbolTask], jobs: int) -> None:
+        super().__init__(settings)
+        self.job = Job(settings, {t.series.symbol: t for t in tasks}, threads=max(1, (os.cpu_count() or 1) // jobs))
         self.jobs = jobs
-        self.progress = progress
-        self.errors: dict[str, str] = {}
+        self.pool: cf.ProcessPoolExecutor | None = None
 
-    def __enter__(self) -> ParallelEngine:
-        s = self.settings
-        # the parent alone recovers dead trials and queues defaults, before any worker starts
-        studies = {}
-        for task in self.job.tasks:
-            for b in self.job.backends:
-                with study_lock(s.storage, study_name(task.series.symbol, b, s.namespace)):  # no half-claimed trial
-                    studies[study_label(task.series.symbol, b)] = prepare_study(task, b, s)
+    def __enter__(self) -> Self:
         ctx = multiprocessing.get_context("spawn")  # no forked database connections or torch threads
-        with cf.ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=die_with, initargs=(os.getpid(),)) as pool:
-            futures = [pool.submit(work, self.job, i) for i in range(self.jobs)]
-            try:
-                while cf.wait(futures, timeout=POLL_S).not_done:
-                    self._draw(studies)
-            except BaseException:  # Ctrl-C, SIGTERM or a fault here: stop the workers now, not after their
-                for child in multiprocessing.active_children():  # studies (their trials re-queue on resume)
-                    child.kill()
-                raise
-            for f in futures:
-                for label, why in f.result().items():
-                    self.errors.setdefault(label, why)
-        self._draw(studies)
+        self.pool = cf.ProcessPoolExecutor(
+            self.jobs, mp_context=ctx, initializer=start_worker, initargs=(os.getpid(), self.job)
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
-        return None
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
 
-    def _draw(self, studies: dict[str, optuna.Study]) -> None:
-        if self.progress:
-            for label, study in studies.items():
-                self.progress(label, finished(study), self.settings.budget.trials)
-
-    def run(
-        self, task: SymbolTask, backend: str, on_trial: Callable[[optuna.Study], None] | None = None
-    ) -> optuna.Study:
-        label = study_label(task.series.symbol, backend)
-        if label in self.errors:
-            raise SweepError(self.errors[label])
-        s = self.settings
-        return open_study(s.storage, task.series.symbol, backend, s.objectives, s.seed, s.namespace)
+    def run(self, task: SymbolTask, backend: str, on_trial: OnTrial | None = None) -> optuna.Study:
+        assert self.pool is not None, "ParallelEngine runs studies inside its with block"
+        s, symbol = self.settings, task.series.symbol
+        # the parent alone recovers dead trials and queues defaults, before any worker starts on the study
+        with study_lock(s.storage, study_name(symbol, backend, s.namespace)):  # no half-claimed trial
+            study = prepare_study(task, backend, s)
+        futures = [self.pool.submit(work, symbol, backend, i) for i in range(self.jobs)]
+        try:
+            while cf.wait(futures, timeout=POLL_S).not_done:
+                if on_trial:
+                    on_trial(study)
+        except BaseException:  # Ctrl-C, SIGTERM or a fault here: stop the workers now, not after their
+            for child in multiprocessing.active_children():  # study (their trials re-queue on resume)
+                child.kill()
+            raise
+        for f in futures:
+            if (why := f.result()) is not None:
+                raise SweepError(why)
+        return study
