@@ -95,7 +95,11 @@ def test_two_workers_share_one_postgres_study(postgres_url: str, tmp_path: Path,
     complete = check_every_trial_once(study, TRIALS)
     owners = Counter(t.user_attrs[OWNER] for t in complete)
     assert len(owners) == 2, owners  # both workers took trials
-    assert len({str(t.params) for t in complete}) > TRIALS // 2  # and did not propose the same knobs
+    # and did not propose the same knobs: while TPE still explores (its later trials converge on a few of
+    # the 42 points of naive's space), nearly every trial tries new sampled knobs (aggregation is not sampled)
+    early = [t for t in complete if t.number < TRIALS // 2]
+    sampled = {tuple(v for k, v in sorted(t.params.items()) if k != "aggregation") for t in early}
+    assert len(sampled) > len(early) // 2, sampled
     assert pl.read_parquet(tmp_path / "results" / "pg" / "trials.parquet").height == TRIALS
     assert (tmp_path / "hyperparams" / "pg" / "ETHUSD.json").is_file()
 
