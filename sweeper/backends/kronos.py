@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from sweeper.backends.base import Backend, Seeds
-from sweeper.backends.pretrained import checkpoint_dir, seeded, torch_device
+from sweeper.backends.pretrained import checkpoint_dir
+from sweeper.device import seeded, torch_device
 from sweeper.errors import SweepError
 from sweeper.knob import TEMPERATURE, TOP_K, TOP_P, Knob
 from sweeper.plan import Contexts

@@ -31,10 +31,9 @@ from sweeper.backends.pretrained import (
     per_origin_samples,
     preset_config,
     quiet,
-    seeded,
-    torch_device,
     write_checkpoint,
 )
+from sweeper.device import seeded, torch_device
 from sweeper.knob import Knob
 from sweeper.plan import Contexts
 

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from sweeper.backends.base import Backend, Seeds, origin_rngs
-from sweeper.backends.pretrained import checkpoint_dir, preset_config, quiet, seeded, torch_device, write_checkpoint
+from sweeper.backends.pretrained import checkpoint_dir, preset_config, quiet, write_checkpoint
+from sweeper.device import seeded, torch_device
 from sweeper.plan import Contexts
 
 _LAYOUT = {

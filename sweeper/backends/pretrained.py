@@ -3,8 +3,8 @@
 Where weights come from: a hub id is resolved to its folder in the Hugging Face cache (downloaded first
 when online), so a hub id and a local copy load through the same `from_pretrained(folder)` call. Missing
 weights become one `SweepError` line that says how to provide them; with HF_HUB_OFFLINE set that happens
-at once, without the ~20 s of network retries. Also: the device, seeded draws that leave the global torch
-RNG alone, and writing random checkpoints next to, never over, existing weights.
+at once, without the ~20 s of network retries. Also: per-origin draws that leave the global torch RNG
+alone, and writing random checkpoints next to, never over, existing weights (the device: sweeper/device.py).
 
 torch and huggingface_hub are imported inside the functions: importing `sweeper` stays cheap.
 """
@@ -73,32 +73,6 @@ def checkpoint_dir(backend: str, checkpoint: str) -> Path:
             f"and {why}; {_how_to_provide(backend)}"
         ) from None
     return Path(weights).parent
-
-
-def torch_device(device: str) -> torch.device:
-    """`auto` means CUDA when there is one, else the CPU."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise SweepError(f"invalid device {device!r}: use auto, cpu or cuda[:N]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SweepError(f"device {device} asked for, but torch sees no CUDA device (use --device cpu)")
-    return dev
-
-
-@contextlib.contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch for one block and restore the caller's RNG state afterwards."""
-    import torch
-
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        yield
 
 
 def per_origin_samples(

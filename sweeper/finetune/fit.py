@@ -239,7 +239,7 @@ def _train(
     import torch
     from torch.utils.data import DataLoader
 
-    from sweeper.backends.pretrained import seeded
+    from sweeper.device import seeded
 
     _quiet_lightning()
     s = job.settings

@@ -49,7 +49,7 @@ class Tuner:
         return FinetuneJob(backend, base, base_id, s, windows, dict(params), self.seed)
 
     def checkpoint(self, job: FinetuneJob, on_rung: RungHook | None = None) -> Path:
-        from sweeper.backends.pretrained import torch_device
+        from sweeper.device import torch_device
 
         before = self.store.get(job.key())
         path = fit(job, self.store, torch_device(self.device), on_rung)
@@ -80,7 +80,7 @@ def recorded_checkpoint(
     """The weights of one recorded block of a config (`backends.<name>.finetune.<split>[i]`): its folder
     while that still holds them, else re-fitted into `store` from the same bars before the recorded cut,
     seed and knobs (the key proves it: bars before the cut that changed since are refused)."""
-    from sweeper.backends.pretrained import torch_device
+    from sweeper.device import torch_device
     from sweeper.forecast import checkpoint_id
 
     folder = Path(block["weights"])
@@ -125,7 +125,7 @@ def make_checkpoint(
     import tempfile
 
     from sweeper.backends import backend_class
-    from sweeper.backends.pretrained import torch_device
+    from sweeper.device import torch_device
     from sweeper.forecast import checkpoint_id
     from sweeper.marketgpt.corpus import training_cut
 

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from sweeper.atomic import read_json, write_bytes, write_json
-from sweeper.backends.pretrained import torch_device
+from sweeper.device import torch_device
 from sweeper.errors import SweepError
 from sweeper.marketgpt.model import MarketGPT, ModelConfig
 from sweeper.marketgpt.tokenizer import CandleTokenizer

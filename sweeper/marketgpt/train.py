@@ -31,8 +31,8 @@ from rich.progress import (
 )
 
 from sweeper import output
-from sweeper.backends.pretrained import seeded, torch_device
 from sweeper.data import load, resolve_lake
+from sweeper.device import seeded, torch_device
 from sweeper.errors import SweepError
 from sweeper.marketgpt.checkpoint import (
     TrainingMeta,
