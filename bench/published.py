@@ -98,18 +98,18 @@ def best_of(f: Callable[[], None], runs: int = 3) -> float:
 def kronos_sampler(ckpt: Path, origins: int = 2, draws: int = 8, context: int = 128) -> str:
     """Kronos small: our shared-context sampler against the package's auto_regressive_inference on the same
     origins and draws (both sides of the loop above use ours), per horizon; ours without reusing context
-    passes between calls (the sweep above reuses them, kronos_prefix.PrefixCache)."""
+    passes between calls (the sweep above reuses them, sweeper.passes)."""
     import numpy as np
     import torch
     from model.kronos import auto_regressive_inference
 
     from sweeper.backends.kronos import KronosBackend, _features, _time_features
-    from sweeper.backends.kronos_prefix import PrefixCache
     from sweeper.data import load
+    from sweeper.passes import ContextPasses
     from sweeper.plan import contexts
 
     model = backend_class("kronos")(str(ckpt), "cpu")
-    model.prefixes = PrefixCache(0)  # every call runs its context pass, as the package's sampler does
+    model.passes = ContextPasses(0)  # every call runs its context pass, as the package's sampler does
     series = load(Path(LAKE), ["BTCUSDT"], "1h")[0]
     out = []
     for horizon in (1, 4):

@@ -22,8 +22,8 @@ from sweeper.backends.kronos import (
     _features,
     _time_features,
 )
-from sweeper.backends.kronos_prefix import PrefixCache
 from sweeper.errors import SweepError
+from sweeper.passes import ContextPasses
 from sweeper.plan import Contexts, contexts
 from sweeper.space import SPACES_DIR, load_space
 from tests.helpers import (
@@ -142,7 +142,7 @@ def test_shared_context_sampling_equals_the_packages_sampler_draw_for_draw(tiny:
 
 
 def test_an_origins_draws_are_the_same_alone_as_in_any_batch(tiny: KronosBackend, series, monkeypatch) -> None:
-    monkeypatch.setattr(tiny, "prefixes", PrefixCache(0))  # every call runs its own context pass
+    monkeypatch.setattr(tiny, "passes", ContextPasses(0))  # every call runs its own context pass
     knobs = {**KNOBS, "temperature": 0.7, "top_k": 16}
     origins = _origins(series, 5)
     assert_draws_per_origin(tiny, series, knobs, origins[1:], H, 2 * KronosBackend.draw_block, origins[0], rtol=1e-5)
@@ -152,7 +152,7 @@ def test_the_context_pass_runs_once_per_origin_whatever_the_sampling_knobs(tiny_
     """Temperature, top_k and top_p, more draws of the same knobs, and a clip the context never reaches
     reuse an origin's context pass; draws are those of a backend that runs every pass afresh."""
     warm, cold = (KronosBackend(str(tiny_dir)) for _ in range(2))
-    monkeypatch.setattr(cold, "prefixes", PrefixCache(0))
+    monkeypatch.setattr(cold, "passes", ContextPasses(0))
     c, origins, seeds = KNOBS["context_length"], _origins(series, 6), np.arange(6) * 7 + 1
 
     def both(idx: slice, knobs: dict, first: int = 0, rtol: float = 0.0) -> None:
@@ -161,19 +161,19 @@ def test_the_context_pass_runs_once_per_origin_whatever_the_sampling_knobs(tiny_
         np.testing.assert_allclose(ours, cold.forecast(ctx, H, S, knobs, seeds[idx], first=first), rtol=rtol)
 
     both(slice(0, 4), KNOBS)
-    assert warm.prefixes.passes == 4
+    assert warm.passes.passes == 4
     both(slice(0, 4), {**KNOBS, "temperature": 0.6, "top_k": 16})  # other sampling knobs: the same passes
     both(slice(0, 4), KNOBS, first=S)  # the next draws of an entry
     reach = float(np.abs(_z(contexts(series, origins[:4], c))).max())
     both(slice(0, 4), {**KNOBS, "clip": reach + 1.0})  # a clip above every |z| leaves the inputs as they were
-    assert warm.prefixes.passes == 4
+    assert warm.passes.passes == 4
     both(slice(0, 4), {**KNOBS, "clip": 0.5})  # a clip the contexts reach changes them: new passes
-    assert warm.prefixes.passes == 8
+    assert warm.passes.passes == 8
     both(slice(2, 6), KNOBS, rtol=1e-5)  # two origins held, two new: the batch joined from both
-    assert warm.prefixes.passes == 10
-    warm.prefixes = PrefixCache(1)  # a budget below one origin's pass holds nothing
+    assert warm.passes.passes == 10
+    warm.passes = ContextPasses(1)  # a budget below one origin's pass holds nothing
     both(slice(0, 2), KNOBS)
-    assert warm.prefixes.passes == 2 and not warm.prefixes.held
+    assert warm.passes.passes == 2 and not warm.passes.held
 
 
 def _z(ctx: Contexts) -> np.ndarray:

@@ -17,6 +17,7 @@ from sweeper.forecast import Forecaster, chunk_bounds
 from sweeper.marketgpt.checkpoint import from_pretrained
 from sweeper.marketgpt.corpus import training_cut
 from sweeper.marketgpt.train import TrainSummary
+from sweeper.passes import ContextPasses
 from sweeper.plan import Contexts, Protocol, contexts, make_plan
 from sweeper.space import SPACES_DIR, load_space
 from tests import marketgpt_support as support
@@ -157,3 +158,18 @@ def test_live_forecast_equals_the_sweeps_recorded_forecast(sweep, mg_lake, mg_tr
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert_live_forecast_is_recorded(tmp_path / "hyperparams" / "e2e" / "BTCUSDT.json", "marketgpt")
+
+
+def test_the_context_pass_runs_once_per_origin_whatever_the_sampling_knobs(mg_trained, series, origins) -> None:
+    """Other temperature, top_k or top_p and the next draws of an entry reuse an origin's context pass; the
+    draws are those of a backend that runs every pass afresh."""
+    warm, cold = (MarketGPTBackend(str(mg_trained.out_dir)) for _ in range(2))
+    cold.passes = ContextPasses(0)
+    ctx, seeds = contexts(series, origins, 64), np.array([3, 5, 8])
+    block = MarketGPTBackend.draw_block
+    for knobs, first in ((SAMPLE, 0), ({**SAMPLE, "temperature": 0.6, "top_k": 20}, 0), (SAMPLE, block)):
+        got = warm.forecast(ctx, 2, block, knobs, seeds, first=first)
+        np.testing.assert_array_equal(got, cold.forecast(ctx, 2, block, knobs, seeds, first=first))
+    assert warm.passes.passes == origins.size and cold.passes.passes == 3 * origins.size
+    warm.forecast(contexts(series, origins, 48), 2, block, SAMPLE, seeds)  # another context: other inputs
+    assert warm.passes.passes == 2 * origins.size

@@ -32,7 +32,7 @@ import io
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +42,10 @@ from sweeper.device import seeded, torch_device
 from sweeper.errors import SweepError
 from sweeper.knob import TEMPERATURE, TOP_K, TOP_P, Knob
 from sweeper.plan import Contexts
+
+if TYPE_CHECKING:
+    from sweeper.backends.kronos_prefix import Prefix
+    from sweeper.passes import ContextPasses
 
 DEFAULT_MODEL = "NeoQuasar/Kronos-small"
 DEFAULT_TOKENIZER = "NeoQuasar/Kronos-Tokenizer-base"
@@ -136,9 +140,9 @@ class KronosBackend(Backend):
     # 32 draws, context 128: 74 ms/origin at 1, 52 at 8, 54 at 32 (only CPU measured: no GPU was lent)
     batch_size = 32
     draw_block = 8  # every draw costs a token per bar through model and decoder: extend in small blocks
-    # context passes kept for reuse (kronos_prefix.PrefixCache): about 11 MB per origin at context 256 for
-    # the small model (8 layers of keys/values at d_model 512, 4 decoder layers at 256), so ~180 origins
-    prefix_budget = 2 * 2**30
+    # context passes kept for reuse (sweeper.passes): about 11 MB per origin at context 256 for the small
+    # model (8 layers of keys/values at d_model 512, 4 decoder layers at 256), so ~180 origins
+    pass_budget = 2 * 2**30
     knobs = (  # defaults: the package's predict() defaults
         TEMPERATURE,
         replace(TOP_P, default=0.9, doc="nucleus sampling; off when top_k > 0 (the package's sampler)"),
@@ -153,9 +157,9 @@ class KronosBackend(Backend):
         model_ref, tokenizer_ref = self._refs(str(self.checkpoint))
         self.tokenizer = _load(pkg.KronosTokenizer, tokenizer_ref, self.device)
         self.model = _load(pkg.Kronos, model_ref, self.device)
-        from sweeper.backends.kronos_prefix import PrefixCache
+        from sweeper.passes import ContextPasses
 
-        self.prefixes = PrefixCache(self.prefix_budget)
+        self.passes: ContextPasses[Prefix] = ContextPasses(self.pass_budget)
 
     @staticmethod
     def _refs(checkpoint: str) -> tuple[str, str]:
@@ -187,20 +191,29 @@ class KronosBackend(Backend):
     ) -> np.ndarray:
         import torch
 
-        from sweeper.backends.kronos_prefix import sample_block
+        from sweeper.backends.kronos_prefix import Prefix, sample_block, shared_prefix
+        from sweeper.passes import input_key
 
         k = self.knob_values(knobs)
         temperature, top_k, top_p, clip = k["temperature"], k["top_k"], k["top_p"], k["clip"]
         b = ctx.values.shape[0]
         x = _features(ctx.values.astype(np.float64))
         mean, std = x.mean(axis=1, keepdims=True), x.std(axis=1, keepdims=True) + 1e-5
-        z = torch.from_numpy(np.clip((x - mean) / std, -clip, clip).astype(np.float32)).to(self.device)
-        stamps = np.concatenate([_time_features(ctx.ts), _time_features(ctx.future_ts(horizon))], axis=1)
+        z_np = np.clip((x - mean) / std, -clip, clip).astype(np.float32)
+        past = _time_features(ctx.ts)
+        stamps = np.concatenate([past, _time_features(ctx.future_ts(horizon))], axis=1)
+        keys = [input_key(z_np[u], past[u]) for u in range(b)]
+        z = torch.from_numpy(z_np).to(self.device)
         seeds = self.block_seeds(seed, b, first, num_samples)
         d, blocks = self.draw_block, len(seeds[0])
         close = np.empty((b, blocks * d, horizon), dtype=np.float64)
         with torch.inference_mode():
-            prefix = self.prefixes.prefix(self.tokenizer, self.model, z, torch.from_numpy(stamps).to(self.device))
+            st = torch.from_numpy(stamps).to(self.device)
+
+            def run(idx: list[int]) -> list[Prefix]:
+                return shared_prefix(self.tokenizer, self.model, z[idx], st[idx]).split()
+
+            prefix = Prefix.join(self.passes.rows(keys, run), st)
             for j in range(blocks):
                 gens = [torch.Generator(device=self.device).manual_seed(row[j]) for row in seeds]
                 paths = sample_block(self.tokenizer, self.model, prefix, gens, d, horizon, temperature, top_k, top_p)

@@ -18,17 +18,13 @@ alone under the same seed (tests/test_backend_kronos.py). Attention over cached 
 written out (a joint softmax over the context's keys, shared by an origin's draws, and the draw's own).
 
 The context pass is most of the cost at the published shapes (88% of a 6-trial Kronos-small sweep on CPU,
-profiled), and it depends only on the normalised, clipped context and its time features, not on the
-sampling knobs. `PrefixCache` keeps it per origin, keyed by exactly those inputs, so a trial that changes
-only temperature, top_k or top_p (or a clip no value of the context reaches), and every extension of an
-entry's draws, reuses it and pays only for its draws.
+profiled) and depends only on the normalised, clipped context and its time features, so the backend keeps
+it per origin across calls (`sweeper.passes`: `Prefix.split` and `Prefix.join` cut and rejoin batches).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -141,6 +137,10 @@ class Prefix:
             each(getattr(self, field.name))
         return found
 
+    def split(self) -> list[Prefix]:
+        """One prefix per origin, each in storage of its own (held by `sweeper.passes`)."""
+        return [self.map(lambda t, u=u: t[u : u + 1].clone()) for u in range(self.pre.shape[0])]
+
     @staticmethod
     def join(rows: list[Prefix], stamps: torch.Tensor) -> Prefix:
         """Origins' prefixes (one origin each) as one batch, with this call's time features (they run on
@@ -149,55 +149,6 @@ class Prefix:
         joined = [torch.cat(parts) for parts in zip(*(r.tensors() for r in rows), strict=True)]
         it = iter(joined)
         return replace(first.map(lambda _: next(it)), stamps=stamps)
-
-
-class PrefixCache:
-    """Context passes by origin, keyed by what they are computed from (the normalised, clipped context and
-    its time features: the same inputs give the same bits), least recently used out first past `budget`
-    bytes. A batch's missing origins run together; the others come from the cache."""
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.held: OrderedDict[bytes, Prefix] = OrderedDict()
-        self.bytes = 0
-        self.passes = 0  # origins run through the context pass (the rest were reused)
-
-    @staticmethod
-    def key(z: torch.Tensor, stamps: torch.Tensor) -> bytes:
-        """One origin's inputs to the context pass: its (C, 6) features and their (C, 5) time features."""
-        digest = hashlib.blake2b(z.cpu().numpy().tobytes(), digest_size=16)
-        digest.update(stamps.cpu().numpy().tobytes())
-        return digest.digest()
-
-    def prefix(self, tokenizer: Any, model: Any, z: torch.Tensor, stamps: torch.Tensor) -> Prefix:
-        c = z.shape[1]
-        keys = [self.key(z[u], stamps[u, :c]) for u in range(z.shape[0])]
-        missing = [u for u, k in enumerate(keys) if k not in self.held]
-        self.passes += len(missing)
-        if len(missing) == len(keys):  # nothing to reuse: the batch as computed
-            fresh = shared_prefix(tokenizer, model, z, stamps)
-            for u, k in enumerate(keys):
-                self._put(k, fresh.map(lambda t, u=u: t[u : u + 1].clone()))
-            return fresh
-        rows = {u: self.held[k] for u, k in enumerate(keys) if k in self.held}
-        if missing:
-            fresh = shared_prefix(tokenizer, model, z[missing], stamps[missing])
-            for i, u in enumerate(missing):
-                rows[u] = fresh.map(lambda t, i=i: t[i : i + 1].clone())
-        for u, k in enumerate(keys):
-            self._put(k, rows[u])
-        return Prefix.join([rows[u] for u in range(len(keys))], stamps)
-
-    def _put(self, key: bytes, row: Prefix) -> None:
-        if key in self.held:
-            self.held.move_to_end(key)
-            return
-        size = sum(t.numel() * t.element_size() for t in row.tensors())
-        self.held[key] = row
-        self.bytes += size
-        while self.bytes > self.budget:  # budget 0: nothing is kept
-            _, old = self.held.popitem(last=False)
-            self.bytes -= sum(t.numel() * t.element_size() for t in old.tensors())
 
 
 def shared_prefix(tokenizer: Any, model: Any, z: torch.Tensor, stamps: torch.Tensor) -> Prefix:

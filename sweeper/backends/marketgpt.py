@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,10 @@ from sweeper.errors import SweepError
 from sweeper.knob import TEMPERATURE, TOP_K, TOP_P, Knob
 from sweeper.plan import Contexts
 
+if TYPE_CHECKING:
+    from sweeper.marketgpt.sampling import Pass
+    from sweeper.passes import ContextPasses
+
 INIT_FREQ = "1h"  # a random-init checkpoint fits its bins on the lake's bars at this frequency
 
 
@@ -28,6 +32,7 @@ class MarketGPTBackend(Backend):
     name = "marketgpt"
     batch_size = 1_000_000  # one call per split
     draw_block = 16  # sampled paths cost a token per step each: extend in small blocks
+    pass_budget = 2 * 2**30  # context passes kept for reuse (sweeper.passes): keys/values per origin and layer
     knobs = (
         Knob("mode", str, "sample", choices=("sample", "direct"), doc="token paths, or the step head's point path"),
         TEMPERATURE,  # top-k and top-p per OHLC component
@@ -44,8 +49,10 @@ class MarketGPTBackend(Backend):
                 "search_spaces/marketgpt.yaml)"
             )
         from sweeper.marketgpt.checkpoint import from_pretrained
+        from sweeper.passes import ContextPasses
 
         self.pretrained = from_pretrained(Path(self.checkpoint), device)
+        self.passes: ContextPasses[Pass] = ContextPasses(self.pass_budget)
         meta = self.pretrained.meta
         self.trained_until = None if meta.trained_until is None else np.datetime64(meta.trained_until, "us")
 
@@ -73,7 +80,7 @@ class MarketGPTBackend(Backend):
         sampling = SamplingSettings(k["mode"], k["temperature"], k["top_k"], k["top_p"])
         model, tokenizer = self.pretrained.model, self.pretrained.tokenizer
         seeds = self.block_seeds(seed, ctx.values.shape[0], first, num_samples)
-        return close_paths(model, tokenizer, ctx, horizon, num_samples, sampling, seeds, self.draw_block)
+        return close_paths(model, tokenizer, ctx, horizon, num_samples, sampling, seeds, self.draw_block, self.passes)
 
     @classmethod
     def init_checkpoint(cls, preset: str, out: Path) -> Path:

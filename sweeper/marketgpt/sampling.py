@@ -17,6 +17,7 @@ import torch
 from sweeper.errors import SweepError
 from sweeper.marketgpt.model import MarketGPT, PrefixCache
 from sweeper.marketgpt.tokenizer import CandleTokenizer, candle_returns, time_features
+from sweeper.passes import ContextPasses, input_key
 from sweeper.plan import Contexts
 
 PATH_BYTES = 256 * 2**20  # memory for the paths in flight (their caches, scores and logits)
@@ -92,6 +93,31 @@ def _tensors(enc: Encoded, lo: int, hi: int, device: torch.device) -> tuple[torc
     return tuple(torch.from_numpy(a[lo:hi]).to(device) for a in (enc.tokens, enc.hours, enc.dows))
 
 
+Pass = tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]  # one origin's first logits, keys/values
+
+
+def _context_pass(
+    model: MarketGPT, enc: Encoded, lo: int, hi: int, dev: torch.device, passes: ContextPasses[Pass]
+) -> Pass:
+    """Origins lo..hi's last-position logits (B, 4, V) and per-layer keys/values over their contexts: those
+    `passes` holds, the others run together."""
+
+    def run(idx: list[int]) -> list[Pass]:
+        h0, kvs = model(*(t[idx] for t in _tensors(enc, lo, hi, dev)))
+        logits = model.logits(h0[:, -1])
+        return [
+            (logits[u : u + 1].clone(), [(k[u : u + 1].clone(), v[u : u + 1].clone()) for k, v in kvs])
+            for u in range(len(idx))
+        ]
+
+    keys = [input_key(enc.tokens[u], enc.hours[u], enc.dows[u]) for u in range(lo, hi)]
+    rows = passes.rows(keys, run)
+    layers = zip(*(kv for _, kv in rows), strict=True)
+    return torch.cat([r[0] for r in rows]), [
+        (torch.cat([k for k, _ in ls]), torch.cat([v for _, v in ls])) for ls in layers
+    ]
+
+
 @torch.no_grad()
 def sample_paths(
     model: MarketGPT,
@@ -102,13 +128,15 @@ def sample_paths(
     settings: SamplingSettings,
     seeds: list[list[int]],
     block: int,
+    passes: ContextPasses[Pass],
 ) -> np.ndarray:
     """(B, num_samples, horizon) close paths by ancestral sampling of candle tokens; `seeds[i]`: origin i's
     block seeds.
 
-    Each chunk of origins runs its contexts once, batched; every block then continues from that prefix,
-    each origin's paths drawn from a generator of its own seeded by its block seed, so an origin's draws
-    never depend on the other origins of its chunk or on how many blocks one call makes."""
+    Each chunk of origins runs its contexts once, batched (those `passes` does not hold yet); every block
+    then continues from that prefix, each origin's paths drawn from a generator of its own seeded by its
+    block seed, so an origin's draws never depend on the other origins of its chunk or on how many blocks
+    one call makes."""
     dev = next(model.parameters()).device
     b, length = enc.tokens.shape[:2]
     cfg = model.cfg
@@ -119,8 +147,7 @@ def sample_paths(
     close_tokens = np.empty((b, len(seeds[0]) * block, horizon), dtype=np.int64)
     for lo in range(0, b, chunk):
         hi = min(lo + chunk, b)
-        h0, kvs = model(*_tensors(enc, lo, hi, dev))
-        logits0 = model.logits(h0[:, -1])
+        logits0, kvs = _context_pass(model, enc, lo, hi, dev, passes)
         if horizon > 1:
             fh = torch.from_numpy(enc.future_hours[lo:hi]).to(dev).repeat_interleave(block, 0)
             fd = torch.from_numpy(enc.future_dows[lo:hi]).to(dev).repeat_interleave(block, 0)
@@ -175,9 +202,10 @@ def close_paths(
     settings: SamplingSettings,
     seeds: list[list[int]],
     block: int,
+    passes: ContextPasses[Pass],
 ) -> np.ndarray:
     """(B, num_samples, horizon) close paths for a batch of contexts, in the settings' mode; `seeds`: per
-    origin, one per draw block of `block` draws (`Backend.block_seeds`)."""
+    origin, one per draw block of `block` draws (`Backend.block_seeds`); `passes`: the context passes kept."""
     cap = model.cfg.context_length
     if settings.mode == "direct":
         enc = encode_contexts(tokenizer, ctx, horizon, cap)
@@ -186,4 +214,4 @@ def close_paths(
     if horizon > cap - 1:
         raise SweepError(f"marketgpt: horizon {horizon} needs a model context above {horizon}, this one has {cap}")
     enc = encode_contexts(tokenizer, ctx, horizon, cap - (horizon - 1))  # every sampled bar stays in context
-    return sample_paths(model, tokenizer, enc, horizon, num_samples, settings, seeds, block)
+    return sample_paths(model, tokenizer, enc, horizon, num_samples, settings, seeds, block, passes)
