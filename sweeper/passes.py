@@ -32,15 +32,19 @@ def input_key(*arrays: np.ndarray) -> bytes:
     return digest.digest()
 
 
-def nbytes(x: Any) -> int:
-    """Bytes of the tensors in `x`: a tensor, or lists, tuples and dataclasses of them."""
+def leaves(x: Any) -> list[torch.Tensor]:
+    """The tensors in `x` (a tensor, or lists, tuples and dataclasses of them), depth first in field order."""
     if isinstance(x, torch.Tensor):
-        return x.numel() * x.element_size()
+        return [x]
     if dataclasses.is_dataclass(x):
-        return sum(nbytes(getattr(x, f.name)) for f in dataclasses.fields(x))
+        return [t for f in dataclasses.fields(x) for t in leaves(getattr(x, f.name))]
     if isinstance(x, list | tuple):
-        return sum(nbytes(v) for v in x)
-    return 0
+        return [t for v in x for t in leaves(v)]
+    return []
+
+
+def nbytes(x: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in leaves(x))
 
 
 class ContextPasses(Generic[Row]):

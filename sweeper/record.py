@@ -71,16 +71,17 @@ class Source:
         return blocks[-1] if blocks else None
 
     def resolved(self, named_in: Path) -> Source:
-        if not self.finetune:
-            return replace(self, checkpoint=self.checkpoint and resolved(self.checkpoint, named_in))
-        finetune = {
-            **self.finetune,
-            **{
-                split: [{**b, "weights": resolved(b["weights"], named_in)} for b in self.finetune.get(split, [])]
-                for split in ("val", "test")
-            },
+        """The checkpoint and every fine-tuned weights folder resolved from the file `named_in`."""
+        splits = {
+            split: [{**b, "weights": resolved(b["weights"], named_in)} for b in blocks]
+            for split, blocks in (self.finetune or {}).items()
+            if split in ("val", "test")
         }
-        return Source(self.checkpoint and resolved(self.checkpoint, named_in), self.draws, self.random_init, finetune)
+        return replace(
+            self,
+            checkpoint=self.checkpoint and resolved(self.checkpoint, named_in),
+            finetune=self.finetune and {**self.finetune, **splits},
+        )
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,11 @@ class Scored:
 
     def means(self) -> dict[str, Any]:
         return {"validation": self.validation, "test": self.test, "trading": self.trading}
+
+    @staticmethod
+    def read_means(d: dict[str, Any]) -> dict[str, Any]:
+        """`means` as a file holds them: the fields of a `Scored`."""
+        return {"validation": d["validation"], "test": d["test"], "trading": d.get("trading") or {}}
 
 
 @dataclass(frozen=True)
@@ -137,22 +143,20 @@ class Searched(Scored):
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Searched:
         return cls(
-            d["validation"],
-            d["test"],
-            d.get("trading") or {},
-            d["params"],
-            None if d["params"] is None else Source.from_dict(d),
-            int(d["trials"]),
-            d.get("pruned_trials"),
-            d.get("pareto_front"),
-            d.get("error"),
+            **Scored.read_means(d),
+            params=d["params"],
+            source=None if d["params"] is None else Source.from_dict(d),
+            trials=int(d["trials"]),
+            pruned_trials=d.get("pruned_trials"),
+            pareto_front=d.get("pareto_front"),
+            error=d.get("error"),
         )
 
 
 @dataclass(frozen=True)
 class Baseline(Scored):
-    """The naive reference every candidate is compared against: searched (`origin` "searched") or its
-    defaults ("defaults") when the run did not search it."""
+    """The naive reference every candidate is compared against: tuned (`origin` "tuned", naive was
+    searched) or its defaults ("defaults") when the run did not search it."""
 
     backend: str
     origin: str
@@ -171,13 +175,11 @@ class Baseline(Scored):
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Baseline:
         return cls(
-            d["validation"],
-            d["test"],
-            d.get("trading") or {},
-            d["backend"],
-            d["source"],
-            d["params"],
-            Source.from_dict(d),
+            **Scored.read_means(d),
+            backend=d["backend"],
+            origin=d["source"],
+            params=d["params"],
+            source=Source.from_dict(d),
         )
 
 

@@ -54,11 +54,11 @@ def _source(task: SymbolTask, backend: str, params: dict[str, Any]) -> Source:
     """What re-creates a backend's draws (`record.Source`); for fine-tuned knobs the weights behind each
     split."""
     checkpoint = task.forecaster.model(backend).checkpoint
-    finetune = None
-    if FinetuneSettings.from_knobs(params).active:
+    finetune, settings = None, FinetuneSettings.from_knobs(params)
+    if settings.active:
         fc, tuner = task.forecaster, task.forecaster.tuner
         finetune = {
-            "knobs": FinetuneSettings.from_knobs(params).knobs(),
+            "knobs": settings.knobs(),
             **{
                 split: tuner.record(fc.finetune_jobs(task.series, task.plan, split, backend, params))
                 for split in ("val", "test")

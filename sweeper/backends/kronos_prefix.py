@@ -31,6 +31,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sweeper.passes import leaves
+
 MAX_CONTEXT = 512  # the package's KronosPredictor window; past it the window slides and nothing is shared
 KV = tuple[torch.Tensor, torch.Tensor]
 
@@ -115,27 +117,13 @@ class Prefix:
     decoder_kv: list[KV]  # per tokenizer decoder layer, over the context tokens
 
     def map(self, f: Any) -> Prefix:
-        """The prefix with `f` applied to each of its tensors (all have the origins first)."""
+        """The prefix with `f` applied to each of its tensors (all have the origins first), in the order
+        `sweeper.passes.leaves` lists them."""
 
         def each(x: Any) -> Any:
             return f(x) if isinstance(x, torch.Tensor) else type(x)(each(v) for v in x)
 
         return Prefix(**{field.name: each(getattr(self, field.name)) for field in fields(self)})
-
-    def tensors(self) -> list[torch.Tensor]:
-        """Its tensors, in the order `map` visits them."""
-        found: list[torch.Tensor] = []
-
-        def each(x: Any) -> None:
-            if isinstance(x, torch.Tensor):
-                found.append(x)
-            else:
-                for v in x:
-                    each(v)
-
-        for field in fields(self):
-            each(getattr(self, field.name))
-        return found
 
     def split(self) -> list[Prefix]:
         """One prefix per origin, each in storage of its own (held by `sweeper.passes`)."""
@@ -145,10 +133,8 @@ class Prefix:
     def join(rows: list[Prefix], stamps: torch.Tensor) -> Prefix:
         """Origins' prefixes (one origin each) as one batch, with this call's time features (they run on
         into the forecast bars, which the prefix does not depend on)."""
-        first = rows[0]
-        joined = [torch.cat(parts) for parts in zip(*(r.tensors() for r in rows), strict=True)]
-        it = iter(joined)
-        return replace(first.map(lambda _: next(it)), stamps=stamps)
+        joined = iter([torch.cat(parts) for parts in zip(*(leaves(r) for r in rows), strict=True)])
+        return replace(rows[0].map(lambda _: next(joined)), stamps=stamps)
 
 
 def shared_prefix(tokenizer: Any, model: Any, z: torch.Tensor, stamps: torch.Tensor) -> Prefix:
