@@ -7,6 +7,7 @@ of a chosen file (before or after it): the same death a power-cut-free crash giv
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -390,14 +391,12 @@ def small_disk(tmp_path: Path):
 
 
 def fill(disk: Path) -> Path:
+    """Fill `disk` to the last byte. Unbuffered: a buffered file keeps the bytes the full disk refused and
+    raises ENOSPC again when it is closed."""
     filler = disk / "filler"
-    with open(filler, "wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * 65536)
-                fh.flush()
-        except OSError:
-            pass
+    with open(filler, "wb", buffering=0) as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(b"\0" * 65536)
     return filler
 
 

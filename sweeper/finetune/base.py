@@ -123,6 +123,11 @@ class Finetuner(ABC):
             raise SweepError(
                 f"ft_freeze {s.freeze}: {self.backend} checkpoint {self.checkpoint} has only {blocks} blocks"
             )
+        if s.adapters and k == blocks:
+            raise SweepError(
+                f"ft_lora_rank {s.lora_rank} with ft_freeze {s.freeze}: all {blocks} blocks of {self.backend} "
+                f"checkpoint {self.checkpoint} are frozen, none is left to adapt"
+            )
 
     @classmethod
     def train_knobs(cls, params: Mapping[str, Any]) -> dict[str, Any]:

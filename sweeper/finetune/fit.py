@@ -245,7 +245,15 @@ def _train(
     s = job.settings
     module = tuner.module(s)
     module.train()  # from_pretrained loads in eval mode; a frozen Kronos tokenizer goes back to eval per step
-    _freeze(tuner, s)
+    save = tuner.save
+    if s.adapters:
+        from sweeper.finetune import lora
+
+        with seeded(job.seed, device):  # the adapters' initial A
+            lora.adapt(module, tuner.parts(), s)
+        save = lora.saving_merged(module, tuner.save)
+    else:
+        _freeze(tuner, s)
     _with_schedule(module, s)
     draws = _Draws(job.windows, job.seed, s.steps * s.accumulate * s.batch_size)
     loader = DataLoader(
@@ -257,7 +265,7 @@ def _train(
         found = store.get(keys[step])
         if found is None:
             meta = {**job.fields(step), "base_checkpoint": job.base, "loss": losses[-1] if losses else None}
-            found = store.put(keys[step], tuner.save, meta)
+            found = store.put(keys[step], save, meta)
         saved[step] = found
         return found
 

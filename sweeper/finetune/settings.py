@@ -41,6 +41,8 @@ class FinetuneSettings:
     batch_size: int = 8
     accumulate: int = 1  # gradient accumulation (micro-batches per optimiser step)
     refit_every: int = 0  # walk-forward: re-fit before every block of this many origins; 0: once per split
+    lora_rank: int = 0  # > 0: rank-r adapters (peft's LoRA) on the trainable blocks instead of their weights
+    lora_alpha: float = 16.0  # the adapters' update is scaled by lora_alpha / lora_rank
 
     @classmethod
     def from_knobs(cls, knobs: Mapping[str, Any]) -> FinetuneSettings:
@@ -49,7 +51,8 @@ class FinetuneSettings:
         if unknown:
             known = ", ".join(PREFIX + f for f in cls.__dataclass_fields__)
             raise SweepError(f"unknown fine-tuning knob {PREFIX}{unknown[0]}: choose from {known}")
-        types = {"lr": float, "warmup": float, "weight_decay": float, "schedule": str, "freeze": str}
+        floats = {"lr", "warmup", "weight_decay", "lora_alpha"}
+        types = {**dict.fromkeys(floats, float), "schedule": str, "freeze": str}
         values = {k: None if v is None else types.get(k, int)(v) for k, v in given.items()}
         s = cls(**values)
         s.check()
@@ -66,6 +69,8 @@ class FinetuneSettings:
             (self.prediction is None or self.prediction >= 1, f"ft_prediction must be >= 1, got {self.prediction}"),
             (self.batch_size >= 1 and self.accumulate >= 1, "ft_batch_size and ft_accumulate must be >= 1"),
             (self.refit_every >= 0, f"ft_refit_every must be >= 0, got {self.refit_every}"),
+            (self.lora_rank >= 0, f"ft_lora_rank must be >= 0 (0: train the weights themselves), got {self.lora_rank}"),
+            (self.lora_alpha > 0, f"ft_lora_alpha must be > 0, got {self.lora_alpha}"),
         ]
         for ok, why in rules:
             if not ok:
@@ -75,6 +80,11 @@ class FinetuneSettings:
     @property
     def active(self) -> bool:
         return self.steps > 0
+
+    @property
+    def adapters(self) -> bool:
+        """Whether LoRA adapters train the blocks (head_only trains no block, so ft_lora_rank changes nothing)."""
+        return self.lora_rank > 0 and self.freeze != "head_only"
 
     def frozen_blocks(self) -> int | None:
         """K of first_K, 0 for none, None for head_only."""
@@ -103,8 +113,12 @@ class FinetuneSettings:
         return sorted({max(1, round(share * self.steps)) for share in RUNGS})
 
     def knobs(self) -> dict[str, Any]:
-        """The settings as the knobs that made them (what the key and the config record)."""
-        return {PREFIX + k: v for k, v in asdict(self).items()}
+        """The settings as the knobs that made them (what the key and the config record). Without adapters
+        the LoRA knobs change nothing and are left out, so keys and records from before them still match."""
+        fields = asdict(self)
+        if not self.adapters:
+            del fields["lora_rank"], fields["lora_alpha"]
+        return {PREFIX + k: v for k, v in fields.items()}
 
 
 def is_finetune_knob(name: str) -> bool:
