@@ -38,6 +38,7 @@ from sweeper.backends import REGISTRY, backend_class
 from sweeper.metric import get
 from sweeper.objective import SymbolTask
 from sweeper.plan import contexts
+from sweeper.search import storage_for
 from sweeper.sweep import RunRequest, prepare, run
 from sweeper.workspace import RunPaths
 
@@ -78,7 +79,9 @@ def timed_sweep(label: str, req: RunRequest) -> Sweep:
         history, pruned, finished = [], 0, 0
         for symbol in req.symbols:
             for backend in req.backends:
-                study = optuna.load_study(study_name=f"{symbol}--{backend}", storage=paths.storage_url(req.storage))
+                study = optuna.load_study(
+                    study_name=f"{symbol}--{backend}", storage=storage_for(paths.storage_url(req.storage))
+                )
                 for t in study.get_trials(deepcopy=False):
                     finished += t.state.name in ("COMPLETE", "PRUNED")
                     pruned += t.state.name == "PRUNED"

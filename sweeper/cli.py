@@ -280,8 +280,8 @@ def run(
     spaces: str = typer.Option(None, help="Folder of search-space YAML files (default: search_spaces/)."),
     storage: str = typer.Option(
         None,
-        help="Optuna storage: a URL (sqlite://, postgresql://), or journal (a journal file in the run "
-        "folder, less overhead per trial). Default: SQLite in the run folder.",
+        help="Optuna storage: journal (the default: Optuna's journal file in the run folder), sqlite (a "
+        "SQLite file in the run folder), or a URL (sqlite:///PATH, postgresql://...).",
     ),
     objectives: list[str] = typer.Option(
         None, "--objectives", help="Several metrics for a Pareto search (NSGA-II), e.g. crps latency."

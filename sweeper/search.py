@@ -2,8 +2,9 @@
 the run folder, and what a finished study hands to selection (`StudyOutcome`). The engines that fill the
 studies with trials are in sweeper/engines/.
 
-Studies persist in the storage (SQLite file by default), so a killed sweep resumes: finished trials are
-kept, a trial that was running when the process died is marked failed and its knobs are queued again.
+Studies persist in the storage (the run folder's journal file by default, `sweeper.journal`), so a killed
+sweep resumes: finished trials are kept, a trial that was running when the process died is marked failed
+and its knobs are queued again.
 
 Multi-fidelity (on unless `--no-prune`, for a single objective without a latency budget): each trial
 reports its running validation mean after every chunk of origins, and Optuna's successive-halving pruner
@@ -119,9 +120,9 @@ def study_name(symbol: str, backend: str, namespace: str = "") -> str:
 
 
 def namespace_for(run_id: str, storage: str | None) -> str:
-    """Studies in a storage that runs share (--storage URL) carry the run id; the run folder's own SQLite
-    file or journal needs none."""
-    return run_id if storage and storage != JOURNAL else ""
+    """Studies in a storage that runs share (--storage URL) carry the run id; the run folder's own journal
+    or SQLite file needs none."""
+    return run_id if storage and storage not in LOCAL else ""
 
 
 def study_label(symbol: str, backend: str) -> str:
@@ -136,18 +137,20 @@ def driver_url(url: str) -> str:
     return url
 
 
-JOURNAL = "journal"  # --storage journal: Optuna's append-only journal file in the run folder
+JOURNAL = "journal"  # --storage journal (the default): Optuna's append-only journal file in the run folder
+SQLITE = "sqlite"  # --storage sqlite: a SQLite file in the run folder
+LOCAL = (JOURNAL, SQLITE)  # the run folder's own stores
 
 
 @functools.cache
 def storage_for(url: str) -> optuna.storages.BaseStorage:
-    """One storage per URL and process. SQLite runs in WAL mode: a commit per trial without a full fsync,
-    still safe against a killed process (only a power cut can lose the last trials). `journal:PATH` is
-    Optuna's journal file: about 4x less overhead per trial than SQLite (see README, Benchmark)."""
+    """One storage per URL and process. `journal:PATH` is Optuna's journal file, appended whole lines or
+    nothing (`sweeper.journal`). SQLite runs in WAL mode: a commit per trial without a full fsync, still
+    safe against a killed process (only a power cut can lose the last trials)."""
     if url.startswith(f"{JOURNAL}:"):
-        from optuna.storages.journal import JournalFileBackend
+        from sweeper.journal import JournalFile
 
-        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix(f"{JOURNAL}:")))
+        return optuna.storages.JournalStorage(JournalFile(url.removeprefix(f"{JOURNAL}:")))
     storage = optuna.storages.RDBStorage(driver_url(url))
     if url.startswith("sqlite"):
 
@@ -163,12 +166,12 @@ def storage_for(url: str) -> optuna.storages.BaseStorage:
 def check_storage(storage: str | None) -> None:
     """A --storage other than the run folder's own is opened before anything is written, so a malformed
     or unreachable URL is one line (password hidden) and leaves no run folder behind."""
-    if storage is None or storage == JOURNAL:
+    if storage is None or storage in LOCAL:
         return
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    rule = "use journal, sqlite:///PATH or postgresql://USER@HOST/DB"
+    rule = "use journal, sqlite, sqlite:///PATH or postgresql://USER@HOST/DB"
     try:
         url = make_url(storage)
     except (ArgumentError, ValueError):

@@ -179,8 +179,6 @@ def _check_engine(req: RunRequest) -> None:
             raise SweepError(f"unknown --scheduler {req.scheduler!r}: use {' or '.join(SCHEDULERS)}")
     elif req.workers is not None or req.ray_address or req.gpus_per_trial or req.scheduler:
         raise SweepError("--workers, --ray-address, --gpus-per-trial and --scheduler need --engine ray")
-    if req.jobs > 1 and req.storage and not req.storage.startswith(("sqlite", "postgresql")):
-        raise SweepError(f"--jobs needs a sqlite:// or postgresql:// --storage, got {req.storage.split(':')[0]}")
 
 
 Progress = Callable[[str, int, int], None]  # (study label, finished trials, budget)

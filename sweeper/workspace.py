@@ -1,7 +1,7 @@
 """Every path under `--out`, in one place, and the names it keeps for itself.
 
     results/<run_id>/manifest.json      the request, status, and what was written
-    results/<run_id>/study.db           Optuna storage (SQLite unless --storage says otherwise)
+    results/<run_id>/study.journal      Optuna storage (journal file; study.db with --storage sqlite)
     results/<run_id>/cache/             forecast samples, reused by resumed runs and other workers
     results/<run_id>/finetuned/         fine-tuned weights by key, next to the forecast cache
     results/<run_id>/trials.parquet     every trial of every study
@@ -54,17 +54,23 @@ class RunPaths:
     manifest = property(lambda self: self.results / "manifest.json")
     cache = property(lambda self: self.results / "cache")
     study_db = property(lambda self: self.results / "study.db")
+    study_journal = property(lambda self: self.results / "study.journal")
     report = property(lambda self: self.results / "report.html")
     trials = property(lambda self: self.results / "trials.parquet")
     origins = property(lambda self: self.results / "origins.parquet")
     ray = property(lambda self: self.results / "ray")  # Ray Tune's experiment folders
 
     def storage_url(self, storage: str | None = None) -> str:
-        """The Optuna storage of the run: --storage as given, the run folder's journal file for
-        `journal`, else the run folder's SQLite file."""
+        """The Optuna storage of the run: --storage as given; `journal` or `sqlite`: the run folder's
+        journal or SQLite file; none: the store the run folder has (runs made before the journal was the
+        default have study.db), else the journal."""
+        if storage is None:
+            storage = "sqlite" if self.study_db.exists() and not self.study_journal.exists() else "journal"
         if storage == "journal":
-            return f"journal:{(self.results / 'study.journal').resolve()}"
-        return storage or f"sqlite:///{self.study_db.resolve()}"
+            return f"journal:{self.study_journal.resolve()}"
+        if storage == "sqlite":
+            return f"sqlite:///{self.study_db.resolve()}"
+        return storage
 
     def config(self, symbol: str) -> Path:
         return self.hyperparams / f"{check_name('symbol', symbol)}.json"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import time
@@ -14,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import polars as pl
 
 from sweeper.backends.base import Backend
 from sweeper.data import COLUMNS, Series, load
 from sweeper.plan import contexts
+from sweeper.search import storage_for
 
 SHARED_LAKE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ohlcv"
 SMALL = ["--val-origins", "120", "--test-origins", "40"]
@@ -94,12 +95,21 @@ def assert_no_leak(
         assert not np.array_equal(np.asarray(before), np.asarray(changed)), f"origin row {o}: context ignored"
 
 
-def count_trials(db: Path) -> int:
-    with sqlite3.connect(db) as con:
-        try:
-            return con.execute("select count(*) from trials where state in ('COMPLETE', 'PRUNED')").fetchone()[0]
-        except sqlite3.OperationalError:
-            return 0
+def storage_of(store: Path) -> optuna.storages.BaseStorage:
+    """The Optuna storage of a run's store file: its journal (`study.journal`, the default) or SQLite file."""
+    return storage_for(f"journal:{store.resolve()}" if store.suffix == ".journal" else f"sqlite:///{store}")
+
+
+def count_trials(store: Path) -> int:
+    """Finished (COMPLETE or PRUNED) trials of every study in a run's store file; 0 before it exists."""
+    if not store.exists():
+        return 0
+    storage = storage_of(store)
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return sum(
+        len(optuna.load_study(study_name=s.study_name, storage=storage).get_trials(deepcopy=False, states=done))
+        for s in optuna.get_all_study_summaries(storage)
+    )
 
 
 def sweep_command(out: Path, run_id: str, backends: list[str], trials: int, *extra: str) -> list[str]:
@@ -125,7 +135,7 @@ def wait_for_trials(db: Path, after: int, timeout: float = 60) -> None:
 def signal_mid_sweep(tmp_path: Path, run_id: str, backends: list[str], trials: int, after: int, sig: int):
     """Start a real `sweep run` in its own process group and send it `sig` once `after` trials are done."""
     proc = start_sweep(sweep_command(tmp_path, run_id, backends, trials))
-    db = tmp_path / "results" / run_id / "study.db"
+    db = tmp_path / "results" / run_id / "study.journal"
     wait_for_trials(db, after)
     os.killpg(proc.pid, sig)
     _, stderr = proc.communicate(timeout=60)

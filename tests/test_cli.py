@@ -137,7 +137,7 @@ def test_cache_clean_removes_only_the_cache_and_never_under_a_running_run(worksp
     assert (results / "cache").is_dir()
     r = cli("cache", "clean", "alpha", "--out", workspace, "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["runs"][0]["bytes"] > 0
-    assert not (results / "cache").exists() and (results / "study.db").is_file()
+    assert not (results / "cache").exists() and (results / "study.journal").is_file()
     assert (workspace / "hyperparams" / "alpha" / "BTCUSD.json").is_file()
     # a report afterwards recomputes the draws it needs
     assert cli("report", "alpha", "--out", workspace).exit_code == 0

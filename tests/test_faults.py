@@ -52,6 +52,7 @@ from tests.helpers import (
     shared_series,
     signal_mid_sweep,
     start_sweep,
+    storage_of,
     sweep_command,
     wait_for_trials,
 )
@@ -93,7 +94,7 @@ def leftovers(out: Path) -> list[Path]:
 
 
 def study_of(db: Path, backend: str = "naive") -> optuna.Study:
-    return optuna.load_study(study_name=f"ETHUSD--{backend}", storage=f"sqlite:///{db}")
+    return optuna.load_study(study_name=f"ETHUSD--{backend}", storage=storage_of(db))
 
 
 def kept(study: optuna.Study) -> list[tuple[dict, str, float | None, dict[int, float]]]:
@@ -116,7 +117,7 @@ def finished_trials(study: optuna.Study) -> dict[int, tuple]:
 
 
 def has_study(db: Path, backend: str) -> bool:
-    return db.exists() and f"ETHUSD--{backend}" in optuna.get_all_study_names(f"sqlite:///{db}")
+    return db.exists() and f"ETHUSD--{backend}" in optuna.get_all_study_names(storage_of(db))
 
 
 def assert_complete(db: Path, trials: int, backend: str = "naive") -> None:
@@ -154,7 +155,7 @@ def test_a_run_killed_at_any_write_resumes_or_starts_again(match: str, nth: int,
     assert json.loads((tmp_path / "results" / "x" / "manifest.json").read_text())["status"] == "complete"
     naive = json.loads((tmp_path / "hyperparams" / "x" / "ETHUSD.json").read_text())["backends"]["naive"]
     assert naive["trials"] + naive["pruned_trials"] == 8 and naive["trials"] > 0
-    assert_complete(tmp_path / "results" / "x" / "study.db", 8)
+    assert_complete(tmp_path / "results" / "x" / "study.journal", 8)
     assert leftovers(tmp_path) == []  # the killed writer's temporary file was cleaned on start
 
 
@@ -175,7 +176,7 @@ def test_a_run_killed_at_random_resumes_to_the_uninterrupted_run(
     seed: int, uninterrupted: Path, tmp_path: Path
 ) -> None:
     proc = start_sweep(sweep_command(tmp_path, "u", ["naive", "drift"], 40))
-    db = tmp_path / "results" / "u" / "study.db"
+    db = tmp_path / "results" / "u" / "study.journal"
     wait_for_trials(db, random.Random(seed).randint(1, 70))
     time.sleep(random.Random(seed).random() * 0.05)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -184,7 +185,7 @@ def test_a_run_killed_at_random_resumes_to_the_uninterrupted_run(
     done = sweep_cli("run", "--resume", "u", "--out", tmp_path)
     assert done.returncode == 0, done.stderr
     for backend in ("naive", "drift"):
-        reference = study_of(uninterrupted / "results" / "u" / "study.db", backend)
+        reference = study_of(uninterrupted / "results" / "u" / "study.journal", backend)
         assert "PRUNED" in {t.state.name for t in reference.trials}  # the run prunes, and resumes alike
         assert kept(study_of(db, backend)) == kept(reference)
         # no finished trial lost: each one finished before the kill is still there, as it was
@@ -402,7 +403,7 @@ def fill(disk: Path) -> Path:
 
 def test_a_full_disk_stops_the_run_in_one_line_and_resume_loses_nothing(small_disk: Path) -> None:
     proc = start_sweep(sweep_command(small_disk, "d", ["naive"], 400))
-    db = small_disk / "results" / "d" / "study.db"
+    db = small_disk / "results" / "d" / "study.journal"
     wait_for_trials(db, 20)
     filler = fill(small_disk)
     _, stderr = proc.communicate(timeout=120)
@@ -465,7 +466,7 @@ def descendants(pid: int) -> set[int]:
 
 def test_jobs_workers_die_with_their_killed_parent(tmp_path: Path) -> None:
     proc = start_sweep(sweep_command(tmp_path, "j", ["naive"], 3000, "--jobs", "2"))
-    db = tmp_path / "results" / "j" / "study.db"
+    db = tmp_path / "results" / "j" / "study.journal"
     wait_for_trials(db, 10, timeout=120)
     workers = descendants(proc.pid)
     assert len(workers) >= 2, "the workers never started"

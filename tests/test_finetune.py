@@ -32,7 +32,7 @@ from sweeper.plan import Protocol, make_plan
 from sweeper.search import optuna_report
 from sweeper.space import load_space
 from sweeper.workspace import Workspace
-from tests.helpers import SHARED_LAKE, shared_series
+from tests.helpers import SHARED_LAKE, shared_series, storage_of
 from tests.test_sweep import SWEEP_BIN, count_trials
 
 BACKENDS = ("toto", "moirai", "kronos", "marketgpt")
@@ -371,13 +371,13 @@ def test_killed_finetuning_sweep_resumes_and_its_promoted_config_reproduces(swee
     proc = subprocess.Popen(
         [*SWEEP_BIN, *run], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
-    db, store = tmp_path / "results" / "ft" / "study.db", tmp_path / "results" / "ft" / "finetuned"
+    db, store = tmp_path / "results" / "ft" / "study.journal", tmp_path / "results" / "ft" / "finetuned"
     deadline = time.time() + 120
     while time.time() < deadline and (not db.exists() or count_trials(db) < 1):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the next trial is fine-tuning by now (each one trains)
     proc.communicate(timeout=60)
-    before = {t.number: t.params for t in optuna.load_study(study_name="BTCUSDT--toto", storage=f"sqlite:///{db}").trials
+    before = {t.number: t.params for t in optuna.load_study(study_name="BTCUSDT--toto", storage=storage_of(db)).trials
               if t.state.name == "COMPLETE"}  # fmt: skip
     assert len(before) == 1
     # a training cut short leaves only its temporary folder: every keyed folder is complete
@@ -386,7 +386,7 @@ def test_killed_finetuning_sweep_resumes_and_its_promoted_config_reproduces(swee
         [*SWEEP_BIN, "run", "--resume", "ft", "--out", str(tmp_path)], capture_output=True, text=True
     )
     assert resumed.returncode == 0, resumed.stderr
-    study = optuna.load_study(study_name="BTCUSDT--toto", storage=f"sqlite:///{db}")
+    study = optuna.load_study(study_name="BTCUSDT--toto", storage=storage_of(db))
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 2
     assert all(study.trials[n].params == p and study.trials[n].state.name == "COMPLETE" for n, p in before.items())
     cfg = json.loads((tmp_path / "hyperparams" / "ft" / "BTCUSDT.json").read_text())

@@ -14,7 +14,7 @@ import pytest
 from sweeper.forecast import chunk_bounds
 from sweeper.objective import Candidate, mean_scores, recorded_means
 from sweeper.sweep import RunRequest, prepare
-from tests.helpers import SHARED_LAKE
+from tests.helpers import SHARED_LAKE, storage_of
 
 pytestmark = pytest.mark.xdist_group("ray")  # one Ray at a time on a 2-core machine
 SYMBOLS = ("BTCUSD", "ETHUSD")
@@ -106,7 +106,7 @@ def test_ray_sweep_matches_the_optuna_engine_in_form(tmp_path: Path, sweep) -> N
     task = prepare(RunRequest(list(SYMBOLS), lake=str(SHARED_LAKE), freq="1d", val_origins=60, test_origins=20)).tasks[
         1
     ]
-    study = optuna.load_study(study_name="ETHUSD--naive", storage=f"sqlite:///{ray_run / 'study.db'}")
+    study = optuna.load_study(study_name="ETHUSD--naive", storage=storage_of(ray_run / "study.journal"))
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert done
     for t in done:

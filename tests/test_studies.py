@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from sweeper.space import ORDERED, load_space
-from tests.helpers import SHARED_LAKE
+from tests.helpers import SHARED_LAKE, storage_of
 
 OPTUNA = Path(sys.executable).with_name("optuna")
 
@@ -32,14 +32,15 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "results" / "st"
 
 
-def _optuna(*args: str) -> list[dict]:
-    done = subprocess.run([str(OPTUNA), *args, "-f", "json"], capture_output=True, text=True, check=True)
+def _optuna(run: Path, *args: str) -> list[dict]:
+    """The Optuna CLI on the run's journal file, as the README tells users to call it."""
+    storage = ["--storage", str(run / "study.journal"), "--storage-class", "JournalFileBackend"]
+    done = subprocess.run([str(OPTUNA), *args, *storage, "-f", "json"], capture_output=True, text=True, check=True)
     return json.loads(done.stdout)
 
 
 def test_optuna_cli_shows_metric_names_and_study_attributes(run: Path) -> None:
-    storage = f"sqlite:///{run / 'study.db'}"
-    studies = {s["name"]: s for s in _optuna("studies", "--storage", storage)}
+    studies = {s["name"]: s for s in _optuna(run, "studies")}
     attrs = studies["BTCUSDT--seasonal_naive"]["user_attrs"]
     assert attrs == {
         "run": "st",
@@ -50,7 +51,7 @@ def test_optuna_cli_shows_metric_names_and_study_attributes(run: Path) -> None:
         "lake": str(SHARED_LAKE.resolve()),
         "backend": "seasonal_naive",
     }
-    best = _optuna("best-trial", "--study-name", "BTCUSDT--naive", "--storage", storage)
+    best = _optuna(run, "best-trial", "--study-name", "BTCUSDT--naive")
     assert set(best["value"]) == {"crps"}  # the objective by its name, not "Objective 0"
     assert best["user_attrs"]["val_crps"] == best["value"]["crps"]  # one attribute per metric
     assert {"val_mae", "val_msis", "val_directional_accuracy", "val_latency_s"} <= set(best["user_attrs"])
@@ -67,7 +68,7 @@ def test_trials_table_has_one_typed_column_per_knob_with_real_values(run: Path) 
     assert (seasonal["prune_step"].is_null() == (seasonal["state"] != "PRUNED")).all()  # set for pruned trials only
     assert set(seasonal["params_context_length"]) <= {64, 128, 256, 512}
     assert trials.filter(backend="naive")["params_season"].is_null().all()
-    study = optuna.load_study(study_name="BTCUSDT--seasonal_naive", storage=f"sqlite:///{run / 'study.db'}")
+    study = optuna.load_study(study_name="BTCUSDT--seasonal_naive", storage=storage_of(run / "study.journal"))
     space = load_space("seasonal_naive")
     by_number = {t.number: space.values(t.params) for t in study.trials}
     for row in seasonal.iter_rows(named=True):

@@ -20,7 +20,7 @@ from sweeper.forecast import chunk_bounds
 from sweeper.objective import Candidate
 from sweeper.search import INTERRUPTED, Budget, StudyOutcome, StudySettings, open_study
 from sweeper.sweep import RunRequest, prepare
-from tests.helpers import SHARED_LAKE, SMALL, SWEEP_BIN, count_trials, signal_mid_sweep
+from tests.helpers import SHARED_LAKE, SMALL, SWEEP_BIN, count_trials, signal_mid_sweep, storage_of
 
 
 def test_daily_sweep_writes_valid_configs(tmp_path: Path, sweep) -> None:
@@ -110,7 +110,7 @@ def test_killed_sweep_with_pruning_resumes_keeping_every_finished_trial(tmp_path
     _, _, db = signal_mid_sweep(tmp_path, "k", ["naive", "drift"], 120, 30, signal.SIGKILL)
     done_before = count_trials(db)
     assert 30 <= done_before < 240, "the kill must land mid-sweep"
-    storage = f"sqlite:///{db}"
+    storage = storage_of(db)
     before = {
         t.number: (t.state.name, t.params, t.value, t.intermediate_values)
         for t in optuna.load_study(study_name="ETHUSD--naive", storage=storage).trials
@@ -394,7 +394,7 @@ def test_ctrl_c_exits_130_and_resume_redoes_the_interrupted_trial(tmp_path: Path
     assert "sweep run --resume c" in stderr
     out = subprocess.run([*SWEEP_BIN, "run", "--resume", "c", "--out", str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    study = optuna.load_study(study_name="ETHUSD--naive", storage=f"sqlite:///{db}")
+    study = optuna.load_study(study_name="ETHUSD--naive", storage=storage_of(db))
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 150
     assert all(t.user_attrs.get(INTERRUPTED) for t in study.trials if t.state.name == "FAIL")
 

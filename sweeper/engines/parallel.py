@@ -40,6 +40,7 @@ from sweeper.search import (
     CAUGHT,
     FINISHED,
     INTERRUPTED,
+    JOURNAL,
     OWNER,
     StudySettings,
     open_study,
@@ -65,8 +66,9 @@ def study_lock(url: str, name: str) -> Iterator[None]:
     elif url.startswith("sqlite"):
         with locked(Path(f"{sqlalchemy.engine.make_url(url).database}.lock")):
             yield
-    else:
-        raise SweepError(f"--jobs needs a sqlite:// or postgresql:// storage, got {url.split(':')[0]}")
+    else:  # the journal file (its own appends lock `PATH.lock`)
+        with locked(Path(f"{url.removeprefix(f'{JOURNAL}:')}.claims.lock")):
+            yield
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
