@@ -32,6 +32,19 @@ def torch_device(device: str) -> torch.device:
     return dev
 
 
+def reseed(seed: int, device: torch.device) -> None:
+    """Seed the generators that draw on `device`: the CPU's and, on CUDA, that device's; what
+    `torch.manual_seed` does for them, without its lazy seeding of every CUDA device, which on a machine
+    where CUDA is never initialised formats the caller's stack at each call (1.3 ms: 18% of a published-shape
+    Moirai sweep on CPU, where every block of draws is seeded)."""
+    import torch
+
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+
+
 @contextlib.contextmanager
 def seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch for one block and restore the caller's RNG state afterwards."""
@@ -39,5 +52,5 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
+        reseed(seed, device)
         yield

@@ -33,9 +33,12 @@ def input_key(*arrays: np.ndarray) -> bytes:
 
 
 def leaves(x: Any) -> list[torch.Tensor]:
-    """The tensors in `x` (a tensor, or lists, tuples and dataclasses of them), depth first in field order."""
+    """The tensors in `x` (a tensor, or lists, tuples, dicts and dataclasses of them), depth first in field
+    (or key) order."""
     if isinstance(x, torch.Tensor):
         return [x]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in leaves(v)]
     if dataclasses.is_dataclass(x):
         return [t for f in dataclasses.fields(x) for t in leaves(getattr(x, f.name))]
     if isinstance(x, list | tuple):

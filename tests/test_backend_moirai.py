@@ -11,6 +11,7 @@ import pytest
 from sweeper.backends import backend_class
 from sweeper.backends.moirai import MoiraiBackend
 from sweeper.errors import SweepError
+from sweeper.passes import ContextPasses
 from sweeper.plan import contexts
 from sweeper.space import load_space
 from tests.helpers import (
@@ -105,10 +106,30 @@ def test_draws_follow_the_library_forecast(tiny: MoiraiBackend, series, patch) -
 
 
 @pytest.mark.parametrize("patch", [16, "auto"])
-def test_an_origins_draws_are_the_same_alone_as_in_any_batch(tiny: MoiraiBackend, series, patch) -> None:
+def test_an_origins_draws_are_the_same_alone_as_in_any_batch(tiny: MoiraiBackend, series, patch, monkeypatch) -> None:
+    monkeypatch.setattr(tiny, "passes", ContextPasses(0))  # every call runs its own forward pass
     origins = np.arange(len(series) - 45, len(series) - 40)
     knobs = {**KNOBS, "patch_size": patch, "use_covariates": True}
     assert_draws_per_origin(tiny, series, knobs, origins, H, 40, len(series) - 200, rtol=1e-5)
+
+
+@pytest.mark.parametrize("patch", [16, "auto"])
+def test_more_draws_of_an_origin_only_sample_from_its_kept_pass(tiny_dir: Path, series, patch) -> None:
+    """The forward pass (and auto's pick of a patch size) is kept per origin: the next draws of a cache
+    entry run no pass, and equal those of a backend that runs every pass afresh."""
+    warm, cold = (MoiraiBackend(str(tiny_dir)) for _ in range(2))
+    cold.passes = ContextPasses(0)
+    knobs, ctx, seeds = {**KNOBS, "patch_size": patch, "use_covariates": True}, _ctx(series, 4), np.arange(4) * 7 + 1
+    heads = []
+    run = warm._forecast_params
+    warm._forecast_params = lambda *a: heads.append(a[1].shape[0]) or run(*a)  # type: ignore[method-assign]
+    for first in (0, MoiraiBackend.draw_block):  # the first draws of an entry, then the next ones
+        np.testing.assert_array_equal(
+            warm.forecast(ctx, H, N, knobs, seeds, first=first), cold.forecast(ctx, H, N, knobs, seeds, first=first)
+        )
+    assert warm.passes.passes == 4 and sum(heads) == (4 if patch == 16 else 4 * 6)  # auto: 5 sizes, then its pick
+    warm.forecast(ctx, H, N, {**knobs, "use_covariates": False}, seeds)  # other inputs: passes of their own
+    assert warm.passes.passes == 8
 
 
 def test_patch_size_and_covariates(tiny: MoiraiBackend, series) -> None:

@@ -20,8 +20,9 @@ the model's own context is then `context_length - horizon` bars, so nothing at o
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from sweeper.backends.pretrained import (
 from sweeper.device import seeded, torch_device
 from sweeper.knob import Knob
 from sweeper.plan import Contexts
+
+if TYPE_CHECKING:
+    from sweeper.passes import ContextPasses
 
 CLOSE = 3  # column of the close in Contexts.values (open, high, low, close, volume)
 COVARIATES = [0, 1, 2, 4]
@@ -57,10 +61,22 @@ def _uni2ts() -> Any:
     return uni2ts
 
 
+@dataclass
+class Head:
+    """What one origin's forward pass leaves for its draws: the patch size it forecasts with (auto's pick)
+    and the distribution head's parameters, loc and scale on its forecast tokens (batch of one)."""
+
+    patch: int
+    params: Any
+    loc: Any
+    scale: Any
+
+
 class MoiraiBackend(Backend):
     name = "moirai"
     default_checkpoint = "Salesforce/moirai-1.1-R-small"
     batch_size = 32  # origins per forward pass; the draws are sampled from its output
+    pass_budget = 2**30  # forward passes kept for reuse (sweeper.passes): more draws of an origin only sample
     knobs = (
         Knob("patch_size", int, AUTO, choices=(8, 16, 32, 64, 128, AUTO), doc="the published patch sizes, or auto"),
         Knob("use_covariates", bool, False, doc="open, high, low, volume as past covariates"),
@@ -75,12 +91,17 @@ class MoiraiBackend(Backend):
         with quiet():  # from_pretrained prints where it loads from
             module = self._lib.MoiraiModule.from_pretrained(str(folder), map_location=self.device, strict=True)
         self._module = module.to(self._device).eval()
+        from sweeper.passes import ContextPasses
+
+        self.passes: ContextPasses[Head] = ContextPasses(self.pass_budget)
 
     def forecast(
         self, ctx: Contexts, horizon: int, num_samples: int, knobs: Mapping[str, Any], seed: Seeds, first: int = 0
     ) -> np.ndarray:
         import torch
         from torch.utils._pytree import tree_map
+
+        from sweeper.passes import input_key
 
         knobs = self.knob_values(knobs)
         patch = knobs["patch_size"]
@@ -98,18 +119,38 @@ class MoiraiBackend(Backend):
             )
         out = np.empty((b, num_samples, horizon), dtype=np.float32)
         seeds = self.block_seeds(seed, b, first, num_samples)
-        with torch.inference_mode():
-            chosen = np.full(b, patch) if patch != AUTO else self._best_patches(close, covariates, context, horizon)
+        inputs = ctx.values[:, :, COVARIATES] if knobs["use_covariates"] else np.empty((b, 0))
+        asked = np.array([horizon, -1 if patch == AUTO else patch])
+        keys = [input_key(ctx.close[u], inputs[u], asked) for u in range(b)]
+
+        def run(idx: list[int]) -> list[Head]:
+            """The head of each origin in `idx`: the patch its forecast uses (auto's pick) and its parameters."""
+            if patch == AUTO:
+                cov = None if covariates is None else covariates[idx]
+                chosen = self._best_patches(close[idx], cov, context, horizon)
+            else:
+                chosen = np.full(len(idx), patch)
+            heads: list[Head] = [None] * len(idx)  # type: ignore[list-item]
+            last = slice(c - context, c)
             for p in sorted(set(chosen.tolist())):
                 rows = np.flatnonzero(chosen == p)
-                last = slice(c - context, c)
-                cov = None if covariates is None else covariates[rows, last]
-                params, loc, scale = self._forecast_params(p, close[rows, last], cov, horizon)
+                picked = [idx[r] for r in rows]
+                params, loc, scale = self._forecast_params(
+                    p, close[picked, last], None if covariates is None else covariates[picked, last], horizon
+                )
+                for j, r in enumerate(rows):
+                    own = tree_map(lambda x, j=j: x[j : j + 1].clone(), (params, loc, scale))
+                    heads[r] = Head(p, *own)
+            return heads
 
-                def origin(i: int, params: Any = params, loc: Any = loc, scale: Any = scale) -> Any:
-                    one = slice(i, i + 1)
-                    part = tree_map(lambda x: x[one], params)
-                    return self._module.distr_output.distribution(part, loc=loc[one], scale=scale[one])
+        with torch.inference_mode():
+            heads = self.passes.rows(keys, run)
+            for p in sorted({h.patch for h in heads}):
+                rows = np.flatnonzero([h.patch == p for h in heads])
+
+                def origin(i: int, rows: np.ndarray = rows) -> Any:
+                    h = heads[rows[i]]
+                    return self._module.distr_output.distribution(h.params, loc=h.loc, scale=h.scale)
 
                 row_seeds = [seeds[r] for r in rows]
                 draws = per_origin_samples(origin, row_seeds, self.draw_block, self._device)[:num_samples]

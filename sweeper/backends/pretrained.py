@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sweeper.device import reseed
 from sweeper.errors import SweepError
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def per_origin_samples(
             distr = distribution(i)
             blocks = []
             for s in row:
-                torch.manual_seed(s)
+                reseed(s, device)
                 blocks.append(distr.sample((block,)))
             origins.append(torch.cat(blocks))
     return torch.cat(origins, dim=1)
