@@ -11,8 +11,10 @@ origins, the shipped search space, the same trial count and seeded TPE on both s
 - sweep: the whole `sweep run` (search with pruning, selection, test origins, files), in this process.
 - floor: the sum of the (partial) forward passes the sweep's trials needed, each timed when it ran.
 - time-to-quality: the loop's wall time to its best validation CRPS over the sweep's wall time to a
-  complete trial at least as good (same origins; the draws differ, so this carries sampling noise); n/a
-  when the sweep never got there or the loop finished no trial within its budget.
+  complete trial at least as good (same origins, and each origin seeded as the sweep seeds it, so one
+  configuration scores the same on both sides: with a shared seed for every origin the loop's values
+  spread wider and its best was a luckier draw than any the sweep's, n/a for moirai and moirai2 on
+  2026-12-06); n/a when the sweep never got there or the loop finished no trial within its budget.
 
 One line per backend, in the form the README quotes:
     published <backend>: naive loop X trials/min, sweep Y trials/min, ratio Rx, wall/floor Fx, time-to-quality Tx

@@ -57,6 +57,16 @@ def checkpoint_id(checkpoint: str | None) -> str | None:
 SEED_FIELDS = ("backend", "checkpoint", "knobs", "draw_block")
 
 
+def config_fields(model: Backend, params: Mapping[str, Any]) -> dict[str, Any]:
+    """What the configuration is (the SEED_FIELDS): backend, checkpoint, model knobs, draw blocks."""
+    return {
+        "backend": model.name,
+        "checkpoint": checkpoint_id(model.checkpoint),
+        "knobs": type(model).model_knobs(params),
+        "draw_block": model.draw_block,
+    }
+
+
 def origin_seeds(fields: Mapping[str, Any], seed: int, last_ts: np.ndarray) -> np.ndarray:
     """One seed per origin (B,) from the configuration's fields, the run seed and each context's last
     bar time: the same configuration forecasting the same bars gets the same draws, in a sweep or live."""
@@ -198,18 +208,8 @@ class Forecaster:
         """`num_samples` draws (B, N, H) for `origins` of `series` with `params`, straight from the model
         (no cache): the draws the sweep cached for the same bars (batched as the sweep's chunks batch them)."""
         model = self.model(backend)
-        fields = self._config_fields(model, params)
+        fields = config_fields(model, params)
         return self._draw(fields, model, series, origins, horizon, num_samples, 0)
-
-    @staticmethod
-    def _config_fields(model: Backend, params: Mapping[str, Any]) -> dict[str, Any]:
-        """What the configuration is (the SEED_FIELDS): backend, checkpoint, model knobs, draw blocks."""
-        return {
-            "backend": model.name,
-            "checkpoint": checkpoint_id(model.checkpoint),
-            "knobs": type(model).model_knobs(params),
-            "draw_block": model.draw_block,
-        }
 
     def _entry(
         self,
@@ -224,7 +224,7 @@ class Forecaster:
         """A chunk's cache fields and key (`checkpoint`: fine-tuned weights instead of the base)."""
         fields = {
             "seeding": "per-origin-draws",  # draws of older runs were seeded otherwise: never mix them
-            **self._config_fields(self.model(backend, checkpoint), params),
+            **config_fields(self.model(backend, checkpoint), params),
             "data": series.fingerprint,
             "plan": plan.fingerprint(),
             "split": split,
