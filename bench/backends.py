@@ -3,7 +3,7 @@
 Each backend is measured in a fresh interpreter, so its import time and peak memory are its own: the
 import of its model library, loading the checkpoint through the backend's constructor, and forecasts per
 second (one forecast = one origin's full set of sample paths) at the search space's default knobs, on
-real BTCUSDT 1h candles, origins in the backend's own batches as a sweep sends them.
+real BTCUSDT 1h candles, origins in batches chosen as a sweep chooses them (`sweeper.batching`).
 `python -m bench.backends` prints a table; `make bench` (bench/run.py) can call `bench_backend`.
 """
 
@@ -75,6 +75,7 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from sweeper.backends import backend_class
+    from sweeper.batching import BatchSizes
     from sweeper.data import load
     from sweeper.plan import contexts
     from sweeper.space import load_space
@@ -95,11 +96,11 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
     ctx_len = int(knobs["context_length"])
     model.forecast(contexts(series, idx[:2], ctx_len), 1, 2, knobs, seed=0)  # warm-up
     rss_loaded = _peak_rss_mb()
+    sizes = BatchSizes(cls.batch_size, cls.batch_measured)
     runs = []
     for h in args["horizons"]:
         start = time.perf_counter()
-        for lo in range(0, idx.size, cls.batch_size):
-            model.forecast(contexts(series, idx[lo : lo + cls.batch_size], ctx_len), h, n, knobs, seed=lo)
+        sizes.run(idx, (ctx_len, h), lambda b, h=h: model.forecast(contexts(series, b, ctx_len), h, n, knobs, seed=0))
         wall = time.perf_counter() - start
         runs.append({"horizon": h, "wall_s": round(wall, 3), "forecasts_per_s": round(idx.size / wall, 1)})
     return {
@@ -112,6 +113,7 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
         "import_s": round(import_s, 2),
         "load_s": round(load_s, 3),
         "runs": runs,
+        "batch_sizes": sizes.chosen(),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "forecast_rss_growth_mb": round(_peak_rss_mb() - rss_loaded, 1),
     }
@@ -136,7 +138,8 @@ def print_table(backends: list[str], preset: str = "tiny", threads: int = 1) -> 
         speeds = "  ".join(f"H={x['horizon']}: {x['forecasts_per_s']:>7.1f}/s" for x in r["runs"])
         print(
             f"{backend:<8} {r['preset']:<5} import {r['import_s']:5.1f} s  load {r['load_s']:5.2f} s  "
-            f"{r['num_samples']} draws  {speeds}  peak RSS {r['peak_rss_mb']:.0f} MB  ({r['knobs']})"
+            f"{r['num_samples']} draws  {speeds}  batches {r['batch_sizes']}  peak RSS {r['peak_rss_mb']:.0f} MB  "
+            f"({r['knobs']})"
         )
 
 

@@ -151,9 +151,9 @@ def run_all(backends: list[str], trials: int, loop_budget_s: float, timeout_s: f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS))
-    parser.add_argument("--trials", type=int, default=20, help="trials per side and backend (default 20)")
+    parser.add_argument("--trials", type=int, default=100, help="trials per side and backend (default 100)")
     parser.add_argument("--loop-budget", type=float, default=90.0, help="seconds the naive loop may run per backend")
-    parser.add_argument("--timeout", type=float, default=240.0, help="seconds the sweep's study may run per backend")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds the sweep's study may run per backend")
     args = parser.parse_args()
     run_all(args.backends, args.trials, args.loop_budget, args.timeout)
 

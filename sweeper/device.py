@@ -54,3 +54,11 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=cuda):
         reseed(seed, device)
         yield
+
+
+def release_memory() -> None:
+    """Hand the CUDA allocator's cached blocks back after an out-of-memory error, so a smaller retry fits."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

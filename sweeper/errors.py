@@ -44,3 +44,10 @@ def machine_fault(exc: BaseException) -> BaseException | None:
             return cur
         cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
     return None
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether torch (or Python) ran out of memory: CUDA raises `torch.OutOfMemoryError`, a RuntimeError
+    saying "out of memory"; the CPU allocator a RuntimeError saying "can't allocate memory"."""
+    text = str(exc)
+    return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text

@@ -21,6 +21,7 @@ import numpy as np
 
 from sweeper.backends import backend_class
 from sweeper.backends.base import CONTEXT_KNOB, Backend
+from sweeper.batching import BatchSizes
 from sweeper.cache import Cached, ForecastCache, cache_key
 from sweeper.data import Series
 from sweeper.errors import SweepError
@@ -109,6 +110,7 @@ class Forecaster:
         self.device = device
         self.checkpoints = dict(checkpoints or {})
         self.model_calls = 0
+        self.batch_sizes: dict[str, BatchSizes] = {}  # origins per call, per backend
         self._models: dict[tuple[str, str | None], Backend] = {}
         self.tuner = tuner or Tuner(FinetuneStore.beside(cache.root), seed, device)
 
@@ -245,14 +247,15 @@ class Forecaster:
     ) -> np.ndarray:
         """Draws `first .. first + more - 1` for origins `idx`, batch by batch."""
         ctx_len = int(fields["knobs"][CONTEXT_KNOB])
-        parts = []
-        for b in range(0, idx.size, model.batch_size):
-            ctx = contexts(series, idx[b : b + model.batch_size], ctx_len)
+
+        def call(batch: np.ndarray) -> np.ndarray:
+            ctx = contexts(series, batch, ctx_len)
             self.model_calls += 1
             seeds = origin_seeds(fields, self.seed, ctx.ts[:, -1])
-            out = model.forecast(ctx, horizon, more, fields["knobs"], seeds, first=first)
-            parts.append(np.asarray(out, dtype=np.float32))
-        new = np.concatenate(parts)
+            return np.asarray(model.forecast(ctx, horizon, more, fields["knobs"], seeds, first=first), np.float32)
+
+        sizes = self.batch_sizes.setdefault(model.name, BatchSizes(model.batch_size, model.batch_measured))
+        new = np.concatenate(sizes.run(idx, (ctx_len, horizon), call))
         expected = (idx.size, more, horizon)
         if new.shape != expected:
             raise RuntimeError(f"{fields['backend']} returned samples of shape {new.shape}, expected {expected}")

@@ -1,4 +1,4 @@
-"""Context passes kept across calls, per origin, for the autoregressive backends (Kronos, MarketGPT).
+"""Context passes kept across calls, per origin: Kronos's and MarketGPT's, and Moirai's forward pass.
 
 Their cost at published shapes is the pass over each origin's context (Kronos-small: 88% of a sweep,
 profiled), and that pass depends only on the model's inputs for the context, never on the sampling knobs

@@ -30,7 +30,7 @@ import numpy as np
 
 from sweeper.atomic import locked, read_json, write_json
 from sweeper.cache import cache_key
-from sweeper.errors import SweepError
+from sweeper.errors import SweepError, out_of_memory
 from sweeper.finetune.base import Finetuner, Windows, finetuner_class
 from sweeper.finetune.settings import FinetuneSettings
 
@@ -194,11 +194,6 @@ def _precision(device: Any) -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
-def _out_of_memory(exc: BaseException) -> bool:
-    text = str(exc)
-    return "out of memory" in text or "can't allocate memory" in text
-
-
 def fit(
     job: FinetuneJob,
     store: FinetuneStore,
@@ -313,7 +308,7 @@ def _train(
             signal.signal(signal.SIGINT, previous)
             raise KeyboardInterrupt from exc
         except (torch.OutOfMemoryError, RuntimeError) as exc:
-            if not _out_of_memory(exc):
+            if not out_of_memory(exc):
                 raise
             raise SweepError(
                 f"fine-tuning {job.backend} ran out of memory on {device} with ft_batch_size {s.batch_size} of "

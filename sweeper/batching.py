@@ -1,0 +1,98 @@
+"""Origins per forward call, chosen by timing the calls a run makes instead of a constant per backend.
+
+The best batch depends on the model's shapes, the context length and the device. On the 2-core CPU, at
+the published small shapes, horizon 1, no passes kept (ms per origin, one origin a call against batches):
+
+- Moirai at context 512, 100 draws: 12 alone, 4 from 8 up;
+- Toto at context 512, 32 draws: 55 alone, 15 at 16, 13 at 32;
+- Kronos at context 256, 32 draws: flat, 96-124 from 1 to 32.
+
+On a GPU the gain runs on until memory runs out. So a backend's `batch_size` is only its ceiling. Each
+(context length, horizon) starts at one origin and doubles while a doubled batch is at least 10% cheaper
+per origin, timed on the run's own batches (whole ones only), then settles on the last size that was: a
+larger batch that gains less holds more memory for nothing. A batch that runs out of memory halves the
+ceiling for that key and runs again.
+
+Draws never depend on the batch (each origin draws from its own seeds, `Backend.block_seeds`), so the
+choice changes speed only, never a forecast.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from sweeper.device import release_memory
+from sweeper.errors import out_of_memory
+
+GAIN = 0.9  # a doubled batch must cost at most this share of the smaller one's time per origin
+
+
+@dataclass
+class Ladder:
+    """One key's search: the size in use, the cost per origin measured at the size below it, settled or not."""
+
+    size: int
+    ceiling: int
+    below: float | None = None  # seconds per origin at size // 2
+    settled: bool = False
+
+    def measured(self, seconds_per_origin: float) -> None:
+        """A whole batch of `size` origins took this long per origin."""
+        if self.settled:
+            return
+        if self.below is not None and seconds_per_origin > GAIN * self.below:
+            self.settled, self.size = True, self.size // 2
+            return
+        if self.size >= self.ceiling:
+            self.settled = True
+            return
+        self.below = seconds_per_origin
+        self.size = min(2 * self.size, self.ceiling)
+
+    def out_of_memory(self) -> None:
+        """A batch of `size` (> 1) did not fit: half of it is the most this key runs from now on."""
+        self.ceiling = self.size // 2
+        self.size, self.settled = self.ceiling, True
+
+
+class BatchSizes:
+    """Per (context length, horizon), the origins a call carries, never above `ceiling`: measured, or (a
+    backend whose calls are vectorised arithmetic, the baselines) always the ceiling."""
+
+    def __init__(self, ceiling: int, measured: bool = True, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.ceiling = ceiling
+        self.measured = measured
+        self.clock = clock
+        self.ladders: dict[tuple[int, int], Ladder] = {}
+
+    def chosen(self) -> dict[str, int]:
+        """What each key runs at now, as `context/horizon: origins`."""
+        return {f"{c}/{h}": lad.size for (c, h), lad in sorted(self.ladders.items())}
+
+    def run(self, idx: np.ndarray, key: tuple[int, int], call: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
+        """`call` over `idx` in batches of the key's size, in origin order, each batch timed."""
+        if key not in self.ladders:
+            start = 1 if self.measured else self.ceiling
+            self.ladders[key] = Ladder(size=start, ceiling=self.ceiling, settled=not self.measured)
+        lad = self.ladders[key]
+        parts, lo = [], 0
+        while lo < idx.size:
+            batch = idx[lo : lo + lad.size]
+            start = self.clock()
+            try:
+                out = call(batch)
+            except (MemoryError, RuntimeError) as exc:
+                if not out_of_memory(exc) or lad.size == 1:
+                    raise
+                lad.out_of_memory()
+                release_memory()
+                continue
+            if batch.size == lad.size:
+                lad.measured((self.clock() - start) / batch.size)
+            parts.append(out)
+            lo += batch.size
+        return parts
