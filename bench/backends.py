@@ -96,7 +96,7 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
     ctx_len = int(knobs["context_length"])
     model.forecast(contexts(series, idx[:2], ctx_len), 1, 2, knobs, seed=0)  # warm-up
     rss_loaded = _peak_rss_mb()
-    sizes = BatchSizes(cls.batch_size, cls.batch_measured)
+    sizes = BatchSizes(cls.batch_size, cls.batch_ceiling or cls.batch_size)
     runs = []
     for h in args["horizons"]:
         start = time.perf_counter()

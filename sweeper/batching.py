@@ -1,4 +1,4 @@
-"""Origins per forward call, chosen by timing the calls a run makes instead of a constant per backend.
+"""Origins per forward call: a backend's known-good size to start, larger where timing shows it pays.
 
 The best batch depends on the model's shapes, the context length and the device. On the 2-core CPU, at
 the published small shapes, horizon 1, no passes kept (ms per origin, one origin a call against batches):
@@ -7,11 +7,17 @@ the published small shapes, horizon 1, no passes kept (ms per origin, one origin
 - Toto at context 512, 32 draws: 55 alone, 15 at 16, 13 at 32;
 - Kronos at context 256, 32 draws: flat, 96-124 from 1 to 32.
 
-On a GPU the gain runs on until memory runs out. So a backend's `batch_size` is only its ceiling. Each
-(context length, horizon) starts at one origin and doubles while a doubled batch is at least 10% cheaper
-per origin, timed on the run's own batches (whole ones only), then settles on the last size that was: a
-larger batch that gains less holds more memory for nothing. A batch that runs out of memory halves the
-ceiling for that key and runs again.
+A backend's `batch_size` is where each (context length, horizon) starts: the CPU's good size. From there
+the batch doubles, up to the backend's `batch_ceiling`, while a doubled batch is at least 10% cheaper per
+origin, timed on the run's own batches (whole ones only). It then settles on the last size that paid: a
+larger batch that gains less holds more memory for nothing. On a GPU the gain runs on until memory runs
+out. A batch that runs out of memory halves the ceiling for that key and runs again.
+
+It never starts lower, because the run's batches are not a clean experiment. Starting at one origin and
+doubling (tried on 2026-12-06, `bench.published`, 100 trials) made the Kronos-small sweep slower: 35 s
+became 44 s. Toto went from 13 s to 14 s and Moirai from 6 s to 7 s. The likely cause is kept passes
+(`sweeper.passes`): once they are kept, a call is mostly sampling, whose per-call cost a batch shares. So
+the first batches' timings mix passes run with passes reused.
 
 Draws never depend on the batch (each origin draws from its own seeds, `Backend.block_seeds`), so the
 choice changes speed only, never a forecast.
@@ -60,12 +66,12 @@ class Ladder:
 
 
 class BatchSizes:
-    """Per (context length, horizon), the origins a call carries, never above `ceiling`: measured, or (a
-    backend whose calls are vectorised arithmetic, the baselines) always the ceiling."""
+    """Per (context length, horizon), the origins a call carries: `start`, doubled while it pays, never
+    above `ceiling` (equal to `start` for the baselines, whose calls are vectorised arithmetic)."""
 
-    def __init__(self, ceiling: int, measured: bool = True, clock: Callable[[], float] = time.perf_counter) -> None:
-        self.ceiling = ceiling
-        self.measured = measured
+    def __init__(self, start: int, ceiling: int, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.start = start
+        self.ceiling = max(ceiling, start)
         self.clock = clock
         self.ladders: dict[tuple[int, int], Ladder] = {}
 
@@ -76,8 +82,7 @@ class BatchSizes:
     def run(self, idx: np.ndarray, key: tuple[int, int], call: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
         """`call` over `idx` in batches of the key's size, in origin order, each batch timed."""
         if key not in self.ladders:
-            start = 1 if self.measured else self.ceiling
-            self.ladders[key] = Ladder(size=start, ceiling=self.ceiling, settled=not self.measured)
+            self.ladders[key] = Ladder(self.start, self.ceiling, settled=self.start >= self.ceiling)
         lad = self.ladders[key]
         parts, lo = [], 0
         while lo < idx.size:

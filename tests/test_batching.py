@@ -1,4 +1,4 @@
-"""Batch sizes chosen by timing the run's own calls: doubling while it pays, halving when memory runs out."""
+"""Batch sizes grown by timing the run's own calls: doubling while it pays, halving when memory runs out."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class Timed:
 
 def test_a_batch_doubles_while_it_is_cheaper_per_origin_and_settles_on_the_last_size_that_was() -> None:
     model = Timed({1: 12.0, 2: 8.0, 4: 5.0, 8: 4.0, 16: 3.9, 32: 3.8, 3: 6.0, 5: 5.0})
-    sizes = BatchSizes(64, clock=model.clock)
+    sizes = BatchSizes(1, 64, clock=model.clock)
     idx = np.arange(100)
     out = np.concatenate(sizes.run(idx, (512, 1), model))
     np.testing.assert_array_equal(out, idx * 10)  # every origin once, in order
@@ -46,33 +46,37 @@ def test_a_batch_doubles_while_it_is_cheaper_per_origin_and_settles_on_the_last_
     assert model.sizes[2:] == [1, 2, 1] and sizes.chosen()["256/1"] == 4  # another context length: its own search
 
 
-def test_a_batch_never_grows_past_the_backends_ceiling_and_baselines_run_whole() -> None:
+def test_a_batch_starts_at_the_backends_size_and_never_grows_past_its_ceiling() -> None:
     model = Timed({n: 10.0 / n for n in range(1, 65)})  # always cheaper together
-    sizes = BatchSizes(16, clock=model.clock)
+    sizes = BatchSizes(1, 16, clock=model.clock)
     sizes.run(np.arange(64), (64, 1), model)
     assert max(model.sizes) == 16 and sizes.chosen() == {"64/1": 16}
-    whole = Timed({64: 1.0})
-    BatchSizes(1_000_000, measured=False, clock=whole.clock).run(np.arange(64), (64, 1), whole)
+    flat = Timed({n: 1.0 for n in range(1, 65)})  # no gain from batching: the start stands, never less
+    sizes = BatchSizes(8, 64, clock=flat.clock)
+    sizes.run(np.arange(40), (64, 1), flat)
+    assert flat.sizes == [8, 16, 8, 8] and sizes.chosen() == {"64/1": 8}
+    whole = Timed({64: 1.0})  # the baselines: one call per chunk, never measured
+    BatchSizes(1_000_000, 1_000_000, clock=whole.clock).run(np.arange(64), (64, 1), whole)
     assert whole.sizes == [64]
 
 
 def test_a_batch_that_runs_out_of_memory_is_halved_and_run_again() -> None:
     model = Timed({n: 10.0 / n for n in range(1, 65)}, fits=6)
-    sizes = BatchSizes(64, clock=model.clock)
+    sizes = BatchSizes(1, 64, clock=model.clock)
     out = np.concatenate(sizes.run(np.arange(30), (64, 24), model))
     np.testing.assert_array_equal(out, np.arange(30) * 10)  # nothing lost, nothing twice
     assert max(model.sizes) == 4 and sizes.chosen() == {"64/24": 4}
     never = Timed({1: 1.0}, fits=0)
     with pytest.raises(torch.OutOfMemoryError):  # one origin that does not fit is the machine's fault
-        BatchSizes(64, clock=never.clock).run(np.arange(3), (64, 1), never)
+        BatchSizes(1, 64, clock=never.clock).run(np.arange(3), (64, 1), never)
     broken = Timed({1: 1.0})
     broken.per_origin = {}  # a bug (KeyError) is never taken for memory
     with pytest.raises(KeyError):
-        BatchSizes(64, clock=broken.clock).run(np.arange(3), (64, 1), broken)
+        BatchSizes(1, 64, clock=broken.clock).run(np.arange(3), (64, 1), broken)
 
 
 def test_the_measured_batch_never_changes_a_forecast(tmp_path) -> None:
-    """Moirai's draws through the forecaster: batches chosen by timing, or one origin per call."""
+    """Moirai's draws through the forecaster: batches grown by timing from one origin, or one per call."""
     from sweeper.backends.moirai import MoiraiBackend
 
     ckpt = MoiraiBackend.init_checkpoint("tiny", tmp_path / "moirai")
@@ -82,7 +86,7 @@ def test_the_measured_batch_never_changes_a_forecast(tmp_path) -> None:
     draws, calls = [], []
     for ceiling in (64, 1):
         fc = Forecaster(ForecastCache(None), checkpoints={"moirai": str(ckpt)})
-        fc.batch_sizes["moirai"] = BatchSizes(ceiling)
+        fc.batch_sizes["moirai"] = BatchSizes(1, ceiling)
         draws.append(fc.draw(series, origins, 4, "moirai", knobs, 32))
         calls.append(fc.model_calls)
     assert calls[1] == origins.size > calls[0]  # one origin per call, against batches of 1, 2, 4, ...

@@ -48,8 +48,8 @@ class Backend(ABC):
 
     name: ClassVar[str]
     default_checkpoint: ClassVar[str | None] = None
-    batch_size: ClassVar[int] = 1_000_000  # origins per forward call at most; models set what fits memory
-    batch_measured: ClassVar[bool] = False  # models: below that, the size is chosen by timing (sweeper.batching)
+    batch_size: ClassVar[int] = 1_000_000  # origins per forward call to start with; models set what fits memory
+    batch_ceiling: ClassVar[int | None] = None  # models: the most it may grow to where timing shows it pays
     # The backend's own knobs (`sweeper.knob`), besides COMMON and the fine-tuning ones: `load_space`
     # checks a space against them, `knob_values` fills and checks what `forecast` is given.
     knobs: ClassVar[tuple[Knob, ...]] = ()

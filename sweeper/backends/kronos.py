@@ -136,10 +136,10 @@ class KronosBackend(Backend):
 
     name = "kronos"
     default_checkpoint = DEFAULT_MODEL
-    # origins per call, their contexts run together once (kronos_prefix); measured on 2 CPU cores, small preset,
-    # 32 draws, context 128: 74 ms/origin at 1, 52 at 8, 54 at 32 (only CPU measured: no GPU was lent)
-    batch_size = 64  # origins per call at most (sweeper.batching times what is faster below it)
-    batch_measured = True
+    # origins per call, their contexts run together once (kronos_prefix), grown where timing shows it pays
+    # (sweeper.batching; 2 CPU cores, small preset, 32 draws, context 256: flat, 96-124 ms/origin, 1 to 32)
+    batch_size = 32
+    batch_ceiling = 256
     draw_block = 8  # every draw costs a token per bar through model and decoder: extend in small blocks
     # context passes kept for reuse (sweeper.passes): about 11 MB per origin at context 256 for the small
     # model (8 layers of keys/values at d_model 512, 4 decoder layers at 256), so ~180 origins

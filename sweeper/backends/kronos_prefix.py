@@ -132,7 +132,9 @@ class Prefix:
     @staticmethod
     def join(rows: list[Prefix], stamps: torch.Tensor) -> Prefix:
         """Origins' prefixes (one origin each) as one batch, with this call's time features (they run on
-        into the forecast bars, which the prefix does not depend on)."""
+        into the forecast bars, which the prefix does not depend on). One origin is used as it is held."""
+        if len(rows) == 1:
+            return replace(rows[0], stamps=stamps)
         joined = iter([torch.cat(parts) for parts in zip(*(leaves(r) for r in rows), strict=True)])
         return replace(rows[0].map(lambda _: next(joined)), stamps=stamps)
 

@@ -75,8 +75,8 @@ class Head:
 class MoiraiBackend(Backend):
     name = "moirai"
     default_checkpoint = "Salesforce/moirai-1.1-R-small"
-    batch_size = 128  # origins per forward pass at most, timed below it (sweeper.batching); draws sample its output
-    batch_measured = True
+    batch_size = 32  # origins per forward pass (grown where it pays: sweeper.batching); draws sample its output
+    batch_ceiling = 512
     pass_budget = 2**30  # forward passes kept for reuse (sweeper.passes): more draws of an origin only sample
     knobs = (
         Knob("patch_size", int, AUTO, choices=(8, 16, 32, 64, 128, AUTO), doc="the published patch sizes, or auto"),

@@ -106,10 +106,10 @@ def _toto() -> Any:
 class TotoBackend(Backend):
     name = "toto"
     default_checkpoint = "Datadog/Toto-Open-Base-1.0"
-    # origins per call at most, timed below it (sweeper.batching); past one patch each origin carries
+    # origins per call (grown where it pays: sweeper.batching); past one patch each origin carries
     # samples_per_batch paths (and a KV cache)
-    batch_size = 64
-    batch_measured = True
+    batch_size = 16
+    batch_ceiling = 256
     knobs = (
         Knob("use_covariates", bool, False, doc="open, high, low, volume as more variates of one series"),
         # memory, not quality: paths decoded together past one patch (at most a draw block). The library
