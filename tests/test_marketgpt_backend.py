@@ -173,3 +173,23 @@ def test_the_context_pass_runs_once_per_origin_whatever_the_sampling_knobs(mg_tr
     assert warm.passes.passes == origins.size and cold.passes.passes == 3 * origins.size
     warm.forecast(contexts(series, origins, 48), 2, block, SAMPLE, seeds)  # another context: other inputs
     assert warm.passes.passes == 2 * origins.size
+
+
+def test_the_first_bars_filter_runs_once_per_call_however_many_blocks(model, series, origins, monkeypatch) -> None:
+    """Every block's first bar samples the context pass's logits: their filter (a sort over the vocabulary
+    for top_p) runs once, not once per block, and the draws are those each block alone would make."""
+    from sweeper.marketgpt import sampling
+
+    calls: list[int] = []
+    real = sampling.filter_logits
+    monkeypatch.setattr(sampling, "filter_logits", lambda logits, *a: calls.append(logits.shape[0]) or real(logits, *a))
+    ctx, seeds, block = contexts(series, origins, 64), np.array([3, 5, 8]), MarketGPTBackend.draw_block
+    many = model.forecast(ctx, 1, 4 * block, SAMPLE, seeds)
+    assert calls == [origins.size]  # one filter for 4 blocks
+    for j in range(4):
+        np.testing.assert_array_equal(
+            many[:, j * block : (j + 1) * block], model.forecast(ctx, 1, block, SAMPLE, seeds, first=j * block)
+        )
+    calls.clear()
+    model.forecast(ctx, 3, 2 * block, SAMPLE, seeds)
+    assert calls == [origins.size] + [origins.size * block] * 2 * 2  # then each later bar's, per block

@@ -73,15 +73,19 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
     return logits
 
 
-def _draw(logits: torch.Tensor, s: SamplingSettings, gens: list[torch.Generator], samples: int = 1) -> torch.Tensor:
-    """(M, 4, V) logits -> (M * samples, 4) tokens: `samples` independent draws per row, per component.
+def _cdf(logits: torch.Tensor, s: SamplingSettings) -> torch.Tensor:
+    """(M, 4, V) logits -> their filtered CDFs, what `_draw` samples from."""
+    return filter_logits(logits.float(), s.temperature, s.top_k, s.top_p).softmax(-1).cumsum(-1)
+
+
+def _draw(cdf: torch.Tensor, gens: list[torch.Generator], samples: int = 1) -> torch.Tensor:
+    """(M, 4, V) CDFs (`_cdf`) -> (M * samples, 4) tokens: `samples` independent draws per row, per component.
 
     Inverse-CDF sampling: one uniform per draw (torch.multinomial spends one random number per token),
     and the draws of one row share its CDF instead of copying the logits `samples` times. The rows are
     origin-major, equally many per origin, and origin u's uniforms come from `gens[u]` alone: the filter
     and CDF run batched, the draws per origin.
     """
-    cdf = filter_logits(logits.float(), s.temperature, s.top_k, s.top_p).softmax(-1).cumsum(-1)
     rows = cdf.shape[0] // len(gens)
     u = torch.cat([torch.rand((rows, cdf.shape[1], samples), generator=g, device=cdf.device) for g in gens])
     u = u * cdf[..., -1:]
@@ -148,18 +152,19 @@ def sample_paths(
     for lo in range(0, b, chunk):
         hi = min(lo + chunk, b)
         logits0, kvs = _context_pass(model, enc, lo, hi, dev, passes)
+        cdf0 = _cdf(logits0, settings)  # the first bar's, shared by every block (its sort is most of a draw)
         if horizon > 1:
             fh = torch.from_numpy(enc.future_hours[lo:hi]).to(dev).repeat_interleave(block, 0)
             fd = torch.from_numpy(enc.future_dows[lo:hi]).to(dev).repeat_interleave(block, 0)
         for j in range(len(seeds[0])):
             gens = [torch.Generator(device=dev).manual_seed(row[j]) for row in seeds[lo:hi]]
-            tok = _draw(logits0, settings, gens, block)
+            tok = _draw(cdf0, gens, block)
             steps = [tok[:, 3]]
             if horizon > 1:
                 cache = [PrefixCache(k, v, block, horizon - 1) for k, v in kvs]
             for i in range(horizon - 1):  # feed future bar i, draw bar i + 1
                 h, _ = model(tok[:, None], fh[:, i : i + 1], fd[:, i : i + 1], start=length + i, cache=cache)
-                tok = _draw(model.logits(h[:, -1]), settings, gens)
+                tok = _draw(_cdf(model.logits(h[:, -1]), settings), gens)
                 steps.append(tok[:, 3])
             paths = torch.stack(steps, dim=1).view(hi - lo, block, horizon).cpu().numpy()
             close_tokens[lo:hi, j * block : (j + 1) * block] = paths
