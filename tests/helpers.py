@@ -127,8 +127,12 @@ def start_sweep(cmd: list[str], env: Mapping[str, str] | None = None) -> subproc
 
 
 def wait_for_trials(db: Path, after: int, timeout: float = 60) -> None:
+    """Until the study in `db` holds `after` trials; a test that would go on without them fails here."""
     deadline = time.time() + timeout
-    while time.time() < deadline and (not db.exists() or count_trials(db) < after):
+    while not db.exists() or count_trials(db) < after:
+        if time.time() >= deadline:
+            held = count_trials(db) if db.exists() else 0
+            raise AssertionError(f"{db} holds {held} trials after {timeout:.0f} s, the test needs {after}")
         time.sleep(0.05)
 
 
