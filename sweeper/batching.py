@@ -39,24 +39,24 @@ GAIN = 0.9  # a doubled batch must cost at most this share of the smaller one's 
 
 @dataclass
 class Ladder:
-    """One key's search: the size in use, the cost per origin measured at the size below it, settled or not."""
+    """One key's search: the size in use, the size before it and its cost per origin, settled or not."""
 
     size: int
     ceiling: int
-    below: float | None = None  # seconds per origin at size // 2
+    below: tuple[int, float] | None = None  # (the size before this one, its seconds per origin)
     settled: bool = False
 
     def measured(self, seconds_per_origin: float) -> None:
         """A whole batch of `size` origins took this long per origin."""
         if self.settled:
             return
-        if self.below is not None and seconds_per_origin > GAIN * self.below:
-            self.settled, self.size = True, self.size // 2
+        if self.below is not None and seconds_per_origin > GAIN * self.below[1]:
+            self.settled, self.size = True, self.below[0]
             return
         if self.size >= self.ceiling:
             self.settled = True
             return
-        self.below = seconds_per_origin
+        self.below = (self.size, seconds_per_origin)
         self.size = min(2 * self.size, self.ceiling)
 
     def out_of_memory(self) -> None:
@@ -67,11 +67,11 @@ class Ladder:
 
 class BatchSizes:
     """Per (context length, horizon), the origins a call carries: `start`, doubled while it pays, never
-    above `ceiling` (equal to `start` for the baselines, whose calls are vectorised arithmetic)."""
+    above `ceiling` (None: always `start`, as for the baselines, whose calls are vectorised arithmetic)."""
 
-    def __init__(self, start: int, ceiling: int, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, start: int, ceiling: int | None, clock: Callable[[], float] = time.perf_counter) -> None:
         self.start = start
-        self.ceiling = max(ceiling, start)
+        self.ceiling = start if ceiling is None else max(ceiling, start)
         self.clock = clock
         self.ladders: dict[tuple[int, int], Ladder] = {}
 

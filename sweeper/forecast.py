@@ -254,8 +254,7 @@ class Forecaster:
             seeds = origin_seeds(fields, self.seed, ctx.ts[:, -1])
             return np.asarray(model.forecast(ctx, horizon, more, fields["knobs"], seeds, first=first), np.float32)
 
-        ceiling = model.batch_ceiling or model.batch_size
-        sizes = self.batch_sizes.setdefault(model.name, BatchSizes(model.batch_size, ceiling))
+        sizes = self.batch_sizes.setdefault(model.name, BatchSizes(model.batch_size, model.batch_ceiling))
         new = np.concatenate(sizes.run(idx, (ctx_len, horizon), call))
         expected = (idx.size, more, horizon)
         if new.shape != expected:

@@ -55,8 +55,12 @@ def test_a_batch_starts_at_the_backends_size_and_never_grows_past_its_ceiling() 
     sizes = BatchSizes(8, 64, clock=flat.clock)
     sizes.run(np.arange(40), (64, 1), flat)
     assert flat.sizes == [8, 16, 8, 8] and sizes.chosen() == {"64/1": 8}
+    capped = Timed({n: 1.0 for n in range(1, 65)})  # a ceiling that is no doubling of the start
+    sizes = BatchSizes(16, 24, clock=capped.clock)
+    sizes.run(np.arange(64), (64, 1), capped)
+    assert capped.sizes[:3] == [16, 24, 16] and sizes.chosen() == {"64/1": 16}  # back to 16, not 24 // 2
     whole = Timed({64: 1.0})  # the baselines: one call per chunk, never measured
-    BatchSizes(1_000_000, 1_000_000, clock=whole.clock).run(np.arange(64), (64, 1), whole)
+    BatchSizes(1_000_000, None, clock=whole.clock).run(np.arange(64), (64, 1), whole)
     assert whole.sizes == [64]
 
 
